@@ -1,0 +1,176 @@
+"""The ``edgecnn`` command line: a thin layer that parses options and calls the library.
+
+Nothing here imports TensorFlow at module level, so ``edgecnn --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from edgecnn.errors import EdgeCNNError
+
+app = typer.Typer(
+    name="edgecnn",
+    help="Train, export (TFLite, ONNX) and benchmark image-classification CNNs for edge devices.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+
+RUNS_DIR_OPT = typer.Option("runs", "--runs-dir", help="Folder holding run directories.")
+RUN_ARG = typer.Argument(None, help="Run name or folder (default: the latest run).", show_default=False)
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- train
+
+
+@app.command()
+def train(
+    data: str = typer.Option("shapes", "--data", "-d", help="shapes[:N], cifar10, an image folder, .tar.gz/.zip, "
+                             "cifar-10-python.tar.gz or .npz."),
+    arch: str = typer.Option("regularized", "--arch", "-a", help="Preset (mlp, basic, regularized, resnet8) or spec "
+                             "like 'C: 32n 32n d0.2 64n gap | D: 64 | L2: 1e-4'."),
+    epochs: int = typer.Option(10, help="Training epochs."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Batch size per replica."),
+    optimizer: str = typer.Option("adamw", help="adam, adamw or sgd."),
+    lr: float = typer.Option(5e-3, help="Peak learning rate."),
+    schedule: str = typer.Option("cosine", help="constant, cosine (with warm-up) or onecycle."),
+    warmup_epochs: float = typer.Option(1.0, help="Linear warm-up for the cosine schedule (at most 10% of steps)."),
+    label_smoothing: float = typer.Option(0.0, help="Label smoothing factor."),
+    weight_decay: float = typer.Option(1e-4, help="Decoupled weight decay."),
+    augment: str = typer.Option("light", help="none, light (flip+translate), standard, full, or a comma list of "
+                                "flip,translate,rotate,zoom,contrast."),
+    early_stopping: int = typer.Option(0, help="Stop after N epochs without val-accuracy gain (0: off)."),
+    seed: int = typer.Option(0, help="Random seed (data split, init, shuffling)."),
+    image_size: Optional[int] = typer.Option(None, help="Resize images to SIZE x SIZE (default: native, or 32)."),
+    channels: int = typer.Option(3, help="3 (RGB) or 1 (grayscale)."),
+    val_split: float = typer.Option(0.1, help="Validation fraction when the data has no val split."),
+    test_split: float = typer.Option(0.1, help="Test fraction when an image folder has no split."),
+    skip_bad_images: bool = typer.Option(False, help="Skip unreadable images (counted) instead of failing."),
+    device: str = typer.Option("auto", help="auto, cpu or gpu."),
+    precision: str = typer.Option("auto", help="auto (mixed_float16 on tensor-core GPUs), float32, mixed_float16, "
+                                  "mixed_bfloat16."),
+    cpu_replicas: int = typer.Option(1, help="Mirror over N logical CPU devices (tests the multi-GPU path)."),
+    jit_compile: bool = typer.Option(False, "--xla/--no-xla", help="Compile the training step with XLA."),
+    deterministic: bool = typer.Option(False, help="Deterministic TensorFlow ops (slower)."),
+    name: Optional[str] = typer.Option(None, help="Run name (default: run1, run2, ...)."),
+    runs_dir: str = RUNS_DIR_OPT,
+    summary: bool = typer.Option(False, "--summary", help="Print the layer table and MACs, then exit."),
+):
+    """Train a CNN and write a run directory (model.keras, labels, metrics, plots).
+
+    Example: edgecnn train --data shapes --epochs 3
+    """
+    from edgecnn.train import TrainConfig
+
+    cfg = TrainConfig(
+        data=data, arch=arch, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule,
+        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, weight_decay=weight_decay, augment=augment,
+        early_stopping=early_stopping, seed=seed, image_size=image_size, channels=channels, val_split=val_split,
+        test_split=test_split, skip_bad_images=skip_bad_images, device=device, precision=precision,
+        cpu_replicas=cpu_replicas, jit_compile=jit_compile, deterministic=deterministic, name=name,
+        runs_dir=runs_dir,
+    )
+    if summary:
+        _print_summary(arch, image_size or 32, channels, 10)
+        return
+    from edgecnn.train import train as run_train
+
+    run_dir = run_train(cfg, log=_log)
+    _log(f"run directory: {run_dir}")
+
+
+def _print_summary(arch: str, image_size: int, channels: int, num_classes: int) -> None:
+    from edgecnn import model
+
+    core = model.build_core(arch, (image_size, image_size, channels), num_classes)
+    _log(model.summary_text(core))
+
+
+@app.command()
+def summary(
+    arch: str = typer.Argument("regularized", help="Preset name or architecture spec."),
+    image_size: int = typer.Option(32, help="Input size."),
+    channels: int = typer.Option(3, help="Input channels."),
+    num_classes: int = typer.Option(10, help="Number of classes."),
+):
+    """Print the layer table, parameter count and MACs per image of an architecture.
+
+    Example: edgecnn summary "C: 16n 16n d0.25 32n 32n d0.25 | D: 8 L2"
+    """
+    from edgecnn.spec import parse
+
+    parse(arch)  # fail fast (and without TensorFlow) on a bad spec
+    _print_summary(arch, image_size, channels, num_classes)
+
+
+@app.command()
+def evaluate(
+    run: Optional[str] = RUN_ARG,
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Data source (default: the run's own)."),
+    runs_dir: str = RUNS_DIR_OPT,
+    json_out: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
+):
+    """Re-score a run's model on a data source and print the report.
+
+    Example: edgecnn evaluate run3 --data path/to/images
+    """
+    from edgecnn import evaluate as ev
+
+    result = ev.evaluate_run(run, runs_dir, data)
+    if json_out:
+        print(json.dumps({k: v for k, v in result.items() if k != "report"}, indent=2))
+    else:
+        _log(result["report"])
+        _log(f"accuracy {result['test_accuracy']:.4f}  loss {result['test_loss']:.4f}  on {result['test_images']} "
+             f"images of {result['data']}")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Console entry point: one line on stderr and a non-zero exit for every user error."""
+    debug = bool(os.environ.get("EDGECNN_DEBUG"))
+    try:
+        rv = app(args=argv, standalone_mode=False, prog_name="edgecnn")
+    except EdgeCNNError as exc:
+        if debug:
+            raise
+        _err(f"error: {exc}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            _err(f"error: {exc.format_message()} (see edgecnn --help)")
+            sys.exit(exc.exit_code or 2)
+        if type(exc).__name__ == "Abort":
+            _err("aborted")
+            sys.exit(1)
+        if debug:
+            raise
+        _err(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+             "(set EDGECNN_DEBUG=1 for a traceback)")
+        sys.exit(3)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

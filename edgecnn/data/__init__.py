@@ -1,0 +1,231 @@
+"""Data sources behind ``--data``: one loader returning train / validation / test splits.
+
+Sources: ``shapes`` (built-in, offline; ``shapes:N`` for N training images), ``cifar10``
+(Keras download), a ``cifar-10-python.tar.gz`` or ``cifar-10-batches-py`` folder, an image
+folder with one sub-folder per class (or a ``.tar.gz``/``.zip`` of one), or a ``.npz``.
+Images are uint8 (N, H, W, C); labels int64. This module imports no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.errors import EdgeCNNError
+
+
+@dataclass
+class Dataset:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: list[str]
+    source: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.x_train.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def summary(self) -> str:
+        h, w, c = self.input_shape
+        return (
+            f"{self.source}: {len(self.x_train)} train / {len(self.x_val)} val / {len(self.x_test)} test images, "
+            f"{h}x{w}x{c}, {self.num_classes} classes"
+        )
+
+
+def stratified_split(y: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
+    """Deterministically split indices per class; returns one index array per fraction plus the rest."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in range(len(fractions) + 1)]
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        rng.shuffle(idx)
+        start = 0
+        for k, frac in enumerate(fractions):
+            n = int(round(frac * len(idx)))
+            if frac > 0 and len(idx) >= len(fractions) + 1:
+                n = max(1, n)
+            parts[k] += idx[start:start + n].tolist()
+            start += n
+        parts[-1] += idx[start:].tolist()
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def _convert(x: np.ndarray, image_size: int | None, channels: int) -> np.ndarray:
+    """Resize/convert already-decoded images exactly like files are (Pillow, bilinear)."""
+    if (image_size is None or x.shape[1:3] == (image_size, image_size)) and x.shape[-1] == channels:
+        return x
+    from PIL import Image
+
+    size = image_size or x.shape[1]
+    out = np.empty((len(x), size, size, channels), dtype=np.uint8)
+    for i, img in enumerate(x):
+        im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+        im = im.convert("L" if channels == 1 else "RGB")
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.BILINEAR)
+        out[i] = np.asarray(im, dtype=np.uint8).reshape(size, size, channels)
+    return out
+
+
+def _check_split_args(val_split: float, test_split: float) -> None:
+    for name, v in (("--val-split", val_split), ("--test-split", test_split)):
+        if not 0.0 <= v < 1.0:
+            raise EdgeCNNError(f"{name} must be in [0, 1), got {v}")
+    if val_split + test_split >= 0.9:
+        raise EdgeCNNError(f"--val-split + --test-split must leave training data, got {val_split + test_split}")
+
+
+def load(
+    source: str | os.PathLike = "shapes",
+    image_size: int | None = None,
+    channels: int = 3,
+    val_split: float = 0.1,
+    test_split: float = 0.1,
+    seed: int = 0,
+    skip_bad_images: bool = False,
+) -> Dataset:
+    """Load ``source`` into a Dataset. Raises EdgeCNNError with one clear line on bad input."""
+    _check_split_args(val_split, test_split)
+    if channels not in (1, 3):
+        raise EdgeCNNError(f"--channels must be 1 or 3, got {channels}")
+    if image_size is not None and not 8 <= image_size <= 512:
+        raise EdgeCNNError(f"--image-size must be 8..512, got {image_size}")
+    src = str(source)
+    info: dict = {}
+
+    if src == "shapes" or src.startswith("shapes:"):
+        from edgecnn.data import shapes
+
+        n = shapes.DEFAULT_TRAIN
+        if ":" in src:
+            try:
+                n = int(src.split(":", 1)[1])
+            except ValueError:
+                raise EdgeCNNError(f"--data {src}: expected shapes or shapes:N (N training images)") from None
+            if not 20 <= n <= 1_000_000:
+                raise EdgeCNNError(f"--data {src}: N must be 20..1000000")
+        splits, classes = shapes.load(n, image_size or 32, channels, seed=seed)
+        (xt, yt), (xv, yv), (xs, ys) = splits["train"], splits["val"], splits["test"]
+        return Dataset(xt, yt, xv, yv, xs, ys, classes, src, info)
+
+    if src == "cifar10":
+        from edgecnn.data import cifar10
+
+        x_train, y_train, x_test, y_test, classes = cifar10.load(None)
+        return _from_arrays(x_train, y_train, x_test, y_test, classes, src, image_size, channels, val_split, seed)
+
+    path = Path(src).expanduser()
+    if not path.exists():
+        raise EdgeCNNError(
+            f"--data {src}: no such file or folder (use shapes, cifar10, an image folder, an archive or a .npz)"
+        )
+    from edgecnn.data import archive, cifar10
+
+    if cifar10.is_cifar_source(path):
+        x_train, y_train, x_test, y_test, classes = cifar10.load(path)
+        return _from_arrays(x_train, y_train, x_test, y_test, classes, src, image_size, channels, val_split, seed)
+    if path.is_file() and path.suffix.lower() == ".npz":
+        from edgecnn.data import npz
+
+        x_train, y_train, x_test, y_test, classes = npz.load(path)
+        return _from_arrays(x_train, y_train, x_test, y_test, classes, src, image_size, channels, val_split, seed)
+    if archive.is_archive(path):
+        path = archive.single_root(archive.extract(path))
+        if cifar10.is_cifar_source(path):
+            x_train, y_train, x_test, y_test, classes = cifar10.load(path)
+            return _from_arrays(x_train, y_train, x_test, y_test, classes, src, image_size, channels, val_split, seed)
+    if path.is_dir():
+        return _from_folder(path, src, image_size or 32, channels, val_split, test_split, seed, skip_bad_images)
+    raise EdgeCNNError(f"--data {src}: unsupported file type (expected a folder, .tar.gz, .zip or .npz)")
+
+
+def _from_arrays(x_train, y_train, x_test, y_test, classes, src, image_size, channels, val_split, seed) -> Dataset:
+    x_train = _convert(x_train, image_size, channels)
+    x_test = _convert(x_test, image_size, channels)
+    if len(np.unique(y_train)) < 2:
+        raise EdgeCNNError(f"--data {src}: training split has fewer than two classes")
+    if len(x_test) == 0:
+        raise EdgeCNNError(f"--data {src}: test split is empty")
+    val_idx, train_idx = stratified_split(y_train, (val_split,), seed)
+    return Dataset(
+        x_train[train_idx], y_train[train_idx], x_train[val_idx], y_train[val_idx], x_test, y_test, classes, src
+    )
+
+
+def _folder_cache_key(root: Path, image_size: int, channels: int, skip_bad: bool) -> str:
+    from edgecnn.data.images import IMAGE_EXTENSIONS, RESIZE
+
+    h = hashlib.sha256(f"{root.resolve()}|{image_size}|{channels}|{skip_bad}|{RESIZE}|v1".encode())
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                st = os.stat(os.path.join(dirpath, name))
+                h.update(f"{dirpath}/{name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def _from_folder(root, src, image_size, channels, val_split, test_split, seed, skip_bad) -> Dataset:
+    from edgecnn.data import folder
+    from edgecnn.data.archive import cache_root
+
+    key = _folder_cache_key(root, image_size, channels, skip_bad)
+    cache = cache_root() / "folders" / f"{key}.npz"
+    if cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            names = [str(s) for s in arrays.pop("class_names").tolist()]
+            info = {"skipped_images": int(arrays.pop("skipped")), "cache": str(cache)}
+            return Dataset(**arrays, class_names=names, source=src, info=info)
+        except Exception:  # a damaged cache is rebuilt, never trusted
+            cache.unlink(missing_ok=True)
+
+    splits = folder.find_splits(root)
+    skipped = 0
+    if splits:
+        classes = folder.list_classes(splits["train"])
+        x_train, y_train, s = folder.read_split(splits["train"], classes, image_size, channels, skip_bad)
+        skipped += s
+        x_test, y_test, s = folder.read_split(splits.get("test", splits.get("val")), classes, image_size, channels,
+                                              skip_bad)
+        skipped += s
+        if "val" in splits and "test" in splits:
+            x_val, y_val, s = folder.read_split(splits["val"], classes, image_size, channels, skip_bad)
+            skipped += s
+        else:
+            val_idx, train_idx = stratified_split(y_train, (val_split,), seed)
+            x_val, y_val = x_train[val_idx], y_train[val_idx]
+            x_train, y_train = x_train[train_idx], y_train[train_idx]
+    else:
+        classes = folder.list_classes(root)
+        x, y, skipped = folder.read_split(root, classes, image_size, channels, skip_bad)
+        test_idx, val_idx, train_idx = stratified_split(y, (test_split, val_split), seed)
+        x_train, y_train, x_val, y_val = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+        x_test, y_test = x[test_idx], y[test_idx]
+    if len(x_train) == 0 or len(x_test) == 0:
+        raise EdgeCNNError(f"--data {src}: too few images to split into train and test")
+    arrays = dict(x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test)
+    try:
+        from edgecnn.fsutil import atomic_path
+
+        with atomic_path(cache, suffix=".npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays, class_names=np.asarray(classes), skipped=np.asarray(skipped))
+    except (EdgeCNNError, OSError):
+        pass  # the cache is an optimisation only
+    return Dataset(**arrays, class_names=classes, source=src, info={"skipped_images": skipped})

@@ -1,0 +1,86 @@
+"""Bounded, per-file image decoding with Pillow: the one place images are read."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.errors import EdgeCNNError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+# Refuse decompression bombs: 32x32 models never need more than ~40 megapixels.
+MAX_PIXELS = 40_000_000
+# How images are made to fit the model; recorded in labels.json, used by predict.
+RESIZE = "bilinear-squash"
+
+
+class ImageError(EdgeCNNError):
+    """One image file that cannot be read."""
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def load_image(path: str | Path, image_size: int | tuple[int, int], channels: int = 3) -> np.ndarray:
+    """Decode ``path`` to a uint8 array (H, W, channels), resized exactly as training does.
+
+    Raises ImageError naming the file for anything Pillow cannot decode completely
+    (missing, truncated, corrupt, not an image, or over MAX_PIXELS).
+    """
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    path = Path(path)
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_PIXELS:
+                    raise ImageError(f"{path}: image too large ({img.width}x{img.height} pixels)")
+                img.load()
+                img = img.convert("L" if channels == 1 else "RGB")
+                if img.size != (size[1], size[0]):
+                    img = img.resize((size[1], size[0]), Image.BILINEAR)
+                arr = np.asarray(img, dtype=np.uint8)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a directory, not an image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{path}: refused as a decompression bomb ({exc})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{path}: not a readable image") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError(f"{path}: corrupt or truncated image ({exc})") from None
+    if channels == 1:
+        arr = arr[..., None]
+    return arr
+
+
+def load_images(paths: list[Path], image_size: int, channels: int, workers: int = 4):
+    """Decode many files in parallel. Returns (array of good images, list of errors, index of good)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(p):
+        try:
+            return load_image(p, image_size, channels), None
+        except ImageError as exc:
+            return None, str(exc)
+
+    out = np.empty((len(paths), image_size, image_size, channels), dtype=np.uint8)
+    errors: list[str] = []
+    good: list[int] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for i, (arr, err) in enumerate(pool.map(one, paths, chunksize=64)):
+            if err is None:
+                out[len(good)] = arr
+                good.append(i)
+            else:
+                errors.append(err)
+    return out[: len(good)], errors, good

@@ -1,0 +1,90 @@
+"""Where training runs: CPU, one GPU, several GPUs (MirroredStrategy) or several workers."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from edgecnn.errors import EdgeCNNError
+
+DEVICES = ("auto", "cpu", "gpu")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+@dataclass
+class DeviceSetup:
+    strategy: object
+    precision: str
+    device: str  # what actually runs: cpu | gpu
+    replicas: int
+    description: str
+
+
+def _gpu_supports_fp16(gpus) -> bool:
+    from edgecnn._tf import tf
+
+    for gpu in gpus:
+        try:
+            cc = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        except Exception:
+            cc = None
+        if not cc or cc[0] < 7:  # tensor cores from Volta (7.0) on
+            return False
+    return bool(gpus)
+
+
+def setup(device: str = "auto", precision: str = "auto", cpu_replicas: int = 1) -> DeviceSetup:
+    """Configure TensorFlow for ``device`` and pick a distribution strategy and precision.
+
+    ``cpu_replicas > 1`` splits the CPU into that many logical devices and mirrors over
+    them: the multi-GPU code path, exercised where no GPU exists. Must run before
+    TensorFlow initialises its devices (i.e. first in the process).
+    """
+    if device not in DEVICES:
+        raise EdgeCNNError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if precision not in PRECISIONS:
+        raise EdgeCNNError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    from edgecnn._tf import tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    try:
+        if device == "cpu" and gpus:
+            tf.config.set_visible_devices([], "GPU")
+            gpus = []
+        for gpu in gpus:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        if cpu_replicas > 1 and not gpus:
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
+    except RuntimeError as exc:  # devices already initialised in this process
+        if cpu_replicas > 1 and len(tf.config.list_logical_devices("CPU")) < cpu_replicas:
+            raise EdgeCNNError(f"cannot split the CPU into {cpu_replicas} devices now: {exc}") from None
+    if device == "gpu" and not gpus:
+        raise EdgeCNNError("--device gpu: TensorFlow sees no GPU (run `edgecnn doctor` to see why)")
+
+    if precision == "auto":
+        precision = "mixed_float16" if gpus and _gpu_supports_fp16(gpus) else "float32"
+
+    if os.environ.get("TF_CONFIG"):
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except json.JSONDecodeError:
+            raise EdgeCNNError("TF_CONFIG is set but is not valid JSON") from None
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        desc = f"MultiWorkerMirroredStrategy ({strategy.num_replicas_in_sync} replicas)"
+    elif len(gpus) > 1:
+        strategy = tf.distribute.MirroredStrategy()
+        desc = f"MirroredStrategy over {len(gpus)} GPUs"
+    elif gpus:
+        strategy = tf.distribute.OneDeviceStrategy("/gpu:0")
+        desc = "1 GPU"
+    elif cpu_replicas > 1:
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")][:cpu_replicas]
+        strategy = tf.distribute.MirroredStrategy(devices=cpus)
+        desc = f"MirroredStrategy over {len(cpus)} logical CPU devices"
+    else:
+        strategy = tf.distribute.get_strategy()
+        desc = "CPU"
+    return DeviceSetup(strategy, precision, "gpu" if gpus else "cpu", strategy.num_replicas_in_sync,
+                       f"{desc}, {precision}")

@@ -1,0 +1,12 @@
+"""The one error type users see: a single line naming the file or option."""
+
+
+class EdgeCNNError(Exception):
+    """A problem with the user's input or environment, reported as one line.
+
+    The CLI prints ``error: <message>`` and exits with ``exit_code``; no traceback.
+    """
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,0 +1,199 @@
+"""Keras models from architecture specs: the deployable ``core`` and the training wrapper.
+
+``core`` maps uint8-range images (float32 0..255) to class probabilities and contains its
+own Rescaling, so every export takes raw pixels. Augmentation lives in a separate
+pipeline placed in front of ``core`` only in the training model; it never reaches an export.
+"""
+
+from __future__ import annotations
+
+from edgecnn.errors import EdgeCNNError
+from edgecnn.spec import Spec, parse
+
+AUGMENTATIONS = ("flip", "translate", "rotate", "zoom", "contrast")
+AUGMENT_PRESETS = {
+    "none": (),
+    "light": ("flip", "translate"),
+    "standard": ("flip", "translate", "rotate", "zoom"),
+    "full": ("flip", "translate", "rotate", "zoom", "contrast"),
+}
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+
+
+def parse_augment(text: str) -> tuple[str, ...]:
+    """``light`` / ``none`` / a comma list of AUGMENTATIONS."""
+    t = (text or "none").strip().lower()
+    if t in AUGMENT_PRESETS:
+        return AUGMENT_PRESETS[t]
+    names = tuple(s.strip() for s in t.split(",") if s.strip())
+    bad = [n for n in names if n not in AUGMENTATIONS]
+    if bad or not names:
+        raise EdgeCNNError(
+            f"--augment {text!r}: unknown {', '.join(bad) or 'value'}; use "
+            + ", ".join(AUGMENT_PRESETS) + " or a comma list of " + ", ".join(AUGMENTATIONS)
+        )
+    return names
+
+
+def build_augment(names: tuple[str, ...], input_shape, seed: int = 0):
+    """A Sequential of Keras random layers (identity at inference)."""
+    from edgecnn._tf import keras
+
+    layers = []
+    for name in names:
+        if name == "flip":
+            layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+        elif name == "translate":
+            layers.append(keras.layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1))
+        elif name == "rotate":
+            layers.append(keras.layers.RandomRotation(0.05, fill_mode="nearest", seed=seed + 2))
+        elif name == "zoom":
+            layers.append(keras.layers.RandomZoom(0.1, fill_mode="nearest", seed=seed + 3))
+        elif name == "contrast":
+            layers.append(keras.layers.RandomContrast(0.1, value_range=(0, 255), seed=seed + 4))
+    return keras.Sequential([keras.Input(input_shape), *layers], name="augment")
+
+
+def build_core(spec: Spec | str, input_shape, num_classes: int, dtype_policy: str | None = None):
+    """Build the deployable model. ``dtype_policy`` e.g. ``mixed_float16`` for GPU training."""
+    from edgecnn._tf import keras
+
+    spec = parse(spec) if isinstance(spec, str) else spec
+    h, w, c = input_shape
+    if 2 ** spec.pools > min(h, w):
+        raise EdgeCNNError(
+            f"architecture {spec.text!r} halves the image {spec.pools} times; a {h}x{w} input allows at most "
+            f"{max(0, min(h, w).bit_length() - 1)}"
+        )
+    reg = keras.regularizers.L2(spec.l2) if spec.l2 else None
+    policy = dtype_policy or "float32"
+    L = keras.layers
+    conv_kw = dict(padding="same", kernel_regularizer=reg, kernel_initializer="he_normal", dtype=policy)
+
+    inputs = keras.Input(input_shape, name=INPUT_NAME, dtype="float32")
+    x = L.Rescaling(1.0 / 255.0, name="rescale", dtype=policy)(inputs)
+    width = None
+    n = 0
+
+    def name(kind):
+        nonlocal n
+        n += 1
+        return f"{kind}{n}"
+
+    for layer in spec.conv:
+        if layer.kind == "conv":
+            x = L.Conv2D(layer.width, 3, use_bias=not layer.bn, name=name("conv"), **conv_kw)(x)
+            if layer.bn:
+                x = L.BatchNormalization(name=name("bn"), dtype=policy)(x)
+            x = L.ReLU(name=name("relu"), dtype=policy)(x)
+            width = layer.width
+        elif layer.kind == "res":
+            stride = 2 if width is not None and layer.width > width else 1
+            shortcut = x
+            y = L.Conv2D(layer.width, 3, strides=stride, use_bias=False, name=name("conv"), **conv_kw)(x)
+            y = L.BatchNormalization(name=name("bn"), dtype=policy)(y)
+            y = L.ReLU(name=name("relu"), dtype=policy)(y)
+            y = L.Conv2D(layer.width, 3, use_bias=False, name=name("conv"), **conv_kw)(y)
+            y = L.BatchNormalization(name=name("bn"), dtype=policy)(y)
+            if stride != 1 or width != layer.width:
+                shortcut = L.Conv2D(layer.width, 1, strides=stride, name=name("proj"), **conv_kw)(shortcut)
+            x = L.Add(name=name("add"), dtype=policy)([y, shortcut])
+            x = L.ReLU(name=name("relu"), dtype=policy)(x)
+            width = layer.width
+        elif layer.kind == "pool":
+            x = L.MaxPooling2D(2, name=name("pool"), dtype=policy)(x)
+        elif layer.kind == "drop":
+            x = L.Dropout(layer.rate, name=name("drop"), dtype=policy)(x)
+        elif layer.kind == "gap":
+            x = L.GlobalAveragePooling2D(name=name("gap"), dtype=policy)(x)
+    if not spec.global_pool:
+        x = L.Flatten(name=name("flatten"), dtype=policy)(x)
+    for layer in spec.dense:
+        if layer.kind == "dense":
+            x = L.Dense(layer.width, use_bias=not layer.bn, kernel_regularizer=reg, name=name("dense"),
+                        dtype=policy)(x)
+            if layer.bn:
+                x = L.BatchNormalization(name=name("bn"), dtype=policy)(x)
+            x = L.ReLU(name=name("relu"), dtype=policy)(x)
+        elif layer.kind == "drop":
+            x = L.Dropout(layer.rate, name=name("drop"), dtype=policy)(x)
+    # The classifier and softmax stay float32 under mixed precision (numerical stability).
+    x = L.Dense(num_classes, kernel_regularizer=reg, name="logits", dtype=policy)(x)
+    outputs = L.Activation("softmax", name=OUTPUT_NAME, dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="core")
+
+
+def build_train_model(core, augment_names: tuple[str, ...], seed: int = 0):
+    """``Sequential([augment, core])``: augmentation runs on the device, inside the graph."""
+    from edgecnn._tf import keras
+
+    if not augment_names:
+        return core
+    aug = build_augment(augment_names, core.input_shape[1:], seed)
+    inputs = keras.Input(core.input_shape[1:], name=INPUT_NAME)
+    return keras.Model(inputs, core(aug(inputs)), name="train_model")
+
+
+def to_float32(core, spec: Spec | str, num_classes: int):
+    """Rebuild ``core`` in float32 and copy its weights (after mixed-precision training)."""
+    if all(w.dtype == "float32" for w in core.weights) and core.dtype_policy.name == "float32":
+        return core
+    clean = build_core(spec, tuple(core.input_shape[1:]), num_classes, "float32")
+    clean.set_weights([w.astype("float32") for w in core.get_weights()])
+    return clean
+
+
+def count_macs(core) -> int:
+    """Multiply-accumulates per image for Conv2D and Dense layers (what dominates the cost)."""
+    from edgecnn._tf import keras
+
+    total = 0
+    for layer in core.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            out = layer.output.shape  # (None, H, W, C)
+            k = layer.kernel.shape  # (kh, kw, cin, cout)
+            total += int(out[1]) * int(out[2]) * int(k[0]) * int(k[1]) * int(k[2]) * int(k[3])
+        elif isinstance(layer, keras.layers.Dense):
+            k = layer.kernel.shape
+            total += int(k[0]) * int(k[1])
+    return total
+
+
+def summary_text(core) -> str:
+    """The layer table with parameter counts, plus MACs per image."""
+    lines: list[str] = []
+    core.summary(print_fn=lambda s, **_: lines.append(s), line_length=90)
+    lines.append(f" MACs per image: {count_macs(core):,}")
+    return "\n".join(lines)
+
+
+def load_keras(path) -> object:
+    """Load a ``.keras`` file with ``safe_mode=True``; one clear line for anything else."""
+    import zipfile
+    from pathlib import Path
+
+    from edgecnn._tf import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeCNNError(f"model file not found: {path}")
+    if path.suffix != ".keras":
+        raise EdgeCNNError(f"{path}: expected a .keras model file")
+    if not zipfile.is_zipfile(path):
+        raise EdgeCNNError(f"{path}: not a Keras model file (corrupt or not a .keras zip)")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            cfg = zf.read("config.json").decode("utf-8", "replace")
+    except (KeyError, zipfile.BadZipFile, OSError) as exc:
+        raise EdgeCNNError(f"{path}: not a Keras model file ({exc})") from None
+    if '"class_name": "Lambda"' in cfg:
+        raise EdgeCNNError(
+            f"{path}: contains a Lambda layer (arbitrary Python code); refused. edgecnn loads models with "
+            "safe_mode=True: rebuild the model without Lambda layers"
+        )
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # keras raises ValueError, TypeError, OSError... on bad files
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgeCNNError(f"{path}: cannot load Keras model ({msg[:300]})") from None

@@ -1,0 +1,215 @@
+"""Compact architecture specs, e.g. ``"C: 32n 32n d0.2 64n 64n d0.2 | D: 128 d0.3 | L2: 1e-4"``.
+
+Grammar (sections separated by ``|``, tokens by spaces)::
+
+    C: tokens   convolutional part
+        WIDTH     3x3 Conv + ReLU            (``32``)
+        WIDTHn    3x3 Conv + BatchNorm + ReLU (``32n``)
+        rWIDTH    residual block: two 3x3 Conv-BN, stride 2 when the width grows (``r32``)
+        p         2x2 max-pooling
+        dRATE     dropout (``d0.25``)
+        gap       global average pooling instead of flatten at the end
+    D: tokens   dense part (the softmax classifier is always appended)
+        WIDTH[n]  Dense + ReLU (n: with BatchNorm); dRATE dropout
+    L2: FACTOR  L2 weight penalty on every conv and dense kernel
+    A bare ``L2`` token in any section means ``L2: 1e-4``.
+
+Pooling: when the C part has no ``p`` and no residual block, a 2x2 max-pool closes
+every run of equal-width convolutions (before the dropout that follows it). Write
+``p`` explicitly to place pooling yourself. A spec with no C part is an MLP.
+
+This module imports no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from edgecnn.errors import EdgeCNNError
+
+PRESETS: dict[str, str] = {
+    # Flatten + Dense 100 + Dense 50: the classic MLP baseline.
+    "mlp": "D: 100 50",
+    # The classic TensorFlow tutorial CNN (3 conv, max-pooling, dense 64).
+    "basic": "C: 32 p 64 p 64 | D: 64",
+    # Conv-BN-ReLU pairs 32/64/128, max-pooling, dropout, L2, global average pooling.
+    "regularized": "C: 32n 32n d0.2 64n 64n d0.3 128n 128n d0.4 gap | L2: 1e-4",
+    # MLPerf Tiny image-classification reference (ResNet-8, ~78k parameters).
+    "resnet8": "C: 16n r16 r32 r64 gap | L2: 1e-4",
+}
+
+DEFAULT_L2 = 1e-4
+
+
+class SpecError(EdgeCNNError):
+    """An architecture spec that does not parse."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    kind: str  # conv | res | pool | drop | dense | gap
+    width: int = 0
+    bn: bool = False
+    rate: float = 0.0
+
+
+@dataclass
+class Spec:
+    text: str
+    conv: list[Layer] = field(default_factory=list)
+    dense: list[Layer] = field(default_factory=list)
+    l2: float = 0.0
+
+    @property
+    def global_pool(self) -> bool:
+        return any(layer.kind == "gap" for layer in self.conv)
+
+    @property
+    def pools(self) -> int:
+        """How many times the spatial size is halved."""
+        n = sum(1 for layer in self.conv if layer.kind == "pool")
+        width = None
+        for layer in self.conv:
+            if layer.kind == "res":
+                if width is not None and layer.width > width:
+                    n += 1
+                width = layer.width
+            elif layer.kind == "conv":
+                width = layer.width
+        return n
+
+
+_INT = re.compile(r"^(\d+)(n?)$")
+_RES = re.compile(r"^r(\d+)$")
+_DROP = re.compile(r"^d(\d*\.?\d+)$")
+_L2 = re.compile(r"^l2(?:=(.+))?$", re.IGNORECASE)
+
+
+def resolve(arch: str) -> str:
+    """Return the spec text for a preset name, or ``arch`` itself."""
+    return PRESETS.get(arch.strip().lower(), arch)
+
+
+def parse(arch: str) -> Spec:
+    """Parse a preset name or spec string; raise SpecError pointing at the bad token."""
+    text = resolve(arch).strip()
+    if not text:
+        raise SpecError("empty architecture spec; use a preset (" + ", ".join(PRESETS) + ") or e.g. 'C: 32n 64n gap'")
+    spec = Spec(text=text)
+    seen: set[str] = set()
+    for raw_section in text.split("|"):
+        section = raw_section.strip()
+        head, sep, body = section.partition(":")
+        name = head.strip().upper()
+        if not sep or name not in ("C", "D", "L2"):
+            raise SpecError(
+                f"bad section {section!r} in architecture spec {text!r}: expected 'C: ...', 'D: ...' or 'L2: FACTOR'"
+            )
+        if name in seen:
+            raise SpecError(f"section {name}: appears twice in architecture spec {text!r}")
+        seen.add(name)
+        if name == "L2":
+            spec.l2 = _parse_float(body.strip(), f"L2 factor {body.strip()!r}", text, lo=0.0, hi=1.0)
+            continue
+        tokens = body.split()
+        if not tokens:
+            raise SpecError(f"section {name}: is empty in architecture spec {text!r}")
+        for token in tokens:
+            layer = _parse_token(name, token, text, spec)
+            if layer is not None:
+                (spec.conv if name == "C" else spec.dense).append(layer)
+    _check_conv(spec)
+    if spec.conv and not any(layer.kind in ("conv", "res") for layer in spec.conv):
+        raise SpecError(f"section C: has no convolution in architecture spec {text!r}")
+    if not spec.conv:
+        spec.conv = []
+    else:
+        spec.conv = _insert_pooling(spec.conv)
+    return spec
+
+
+def _parse_float(s: str, what: str, text: str, lo: float, hi: float) -> float:
+    try:
+        value = float(s)
+    except ValueError:
+        raise SpecError(f"bad {what} in architecture spec {text!r}: not a number") from None
+    if not lo <= value < hi:
+        raise SpecError(f"bad {what} in architecture spec {text!r}: must be in [{lo}, {hi})")
+    return value
+
+
+def _parse_token(section: str, token: str, text: str, spec: Spec) -> Layer | None:
+    t = token.strip()
+    m = _L2.match(t)
+    if m:
+        spec.l2 = _parse_float(m.group(1), f"token {t!r}", text, 0.0, 1.0) if m.group(1) else DEFAULT_L2
+        return None
+    m = _INT.match(t)
+    if m:
+        width = int(m.group(1))
+        if not 1 <= width <= 4096:
+            raise SpecError(f"bad token {t!r} in section {section}: of {text!r}: width must be 1..4096")
+        return Layer("conv" if section == "C" else "dense", width=width, bn=bool(m.group(2)))
+    m = _DROP.match(t)
+    if m:
+        rate = _parse_float(m.group(1), f"token {t!r}", text, 0.0, 1.0)
+        return Layer("drop", rate=rate)
+    if section == "C":
+        m = _RES.match(t)
+        if m:
+            width = int(m.group(1))
+            if not 1 <= width <= 4096:
+                raise SpecError(f"bad token {t!r} in section C: of {text!r}: width must be 1..4096")
+            return Layer("res", width=width, bn=True)
+        if t.lower() == "p":
+            return Layer("pool")
+        if t.lower() == "gap":
+            return Layer("gap")
+        expected = "WIDTH[n], rWIDTH, p, dRATE, gap or L2"
+    else:
+        expected = "WIDTH[n], dRATE or L2"
+    raise SpecError(f"bad token {t!r} in section {section}: of architecture spec {text!r}: expected {expected}")
+
+
+def _check_conv(spec: Spec) -> None:
+    gaps = [i for i, layer in enumerate(spec.conv) if layer.kind == "gap"]
+    if len(gaps) > 1 or (gaps and gaps[0] != len(spec.conv) - 1):
+        raise SpecError(f"token 'gap' must be the last token of section C: in architecture spec {spec.text!r}")
+
+
+def _insert_pooling(layers: list[Layer]) -> list[Layer]:
+    if any(layer.kind in ("pool", "res") for layer in layers):
+        return layers
+    out: list[Layer] = []
+    last_conv = -1  # index in out of the last conv of the current run
+    width = None
+    for layer in layers:
+        if layer.kind == "conv":
+            if width is not None and layer.width != width:
+                out.insert(last_conv + 1, Layer("pool"))
+            width = layer.width
+            out.append(layer)
+            last_conv = len(out) - 1
+        else:
+            out.append(layer)
+    if last_conv >= 0:
+        out.insert(last_conv + 1, Layer("pool"))
+    return out
+
+
+def describe(spec: Spec) -> str:
+    """The spec as written out in full (pooling made explicit)."""
+    def tok(layer: Layer) -> str:
+        if layer.kind in ("conv", "dense"):
+            return f"{layer.width}{'n' if layer.bn else ''}"
+        return {"res": f"r{layer.width}", "pool": "p", "drop": f"d{layer.rate:g}", "gap": "gap"}[layer.kind]
+
+    parts = []
+    if spec.conv:
+        parts.append("C: " + " ".join(tok(layer) for layer in spec.conv))
+    if spec.dense:
+        parts.append("D: " + " ".join(tok(layer) for layer in spec.dense))
+    if spec.l2:
+        parts.append(f"L2: {spec.l2:g}")
+    return " | ".join(parts) if parts else "D:"

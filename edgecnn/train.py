@@ -1,0 +1,345 @@
+"""Training: data -> regularized CNN with augmentation -> a complete run directory."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn import runs
+from edgecnn.errors import EdgeCNNError
+from edgecnn.fsutil import atomic_path, write_json, write_text
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "onecycle")
+
+
+@dataclass
+class TrainConfig:
+    data: str = "shapes"
+    arch: str = "regularized"
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 5e-3
+    schedule: str = "cosine"
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    weight_decay: float = 1e-4
+    augment: str = "light"
+    early_stopping: int = 0  # patience in epochs; 0 = off
+    seed: int = 0
+    image_size: int | None = None
+    channels: int = 3
+    val_split: float = 0.1
+    test_split: float = 0.1
+    skip_bad_images: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    cpu_replicas: int = 1
+    jit_compile: bool = False
+    deterministic: bool = False
+    name: str | None = None
+    runs_dir: str = "runs"
+    versions: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        def bad(opt, msg):
+            raise EdgeCNNError(f"{opt} {msg}")
+
+        if self.epochs < 1:
+            bad("--epochs", f"must be at least 1, got {self.epochs}")
+        if not 1 <= self.batch_size <= 65536:
+            bad("--batch-size", f"must be 1..65536, got {self.batch_size}")
+        if self.optimizer not in OPTIMIZERS:
+            bad("--optimizer", f"must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            bad("--schedule", f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 < self.lr < 10:
+            bad("--lr", f"must be in (0, 10), got {self.lr}")
+        if not 0 <= self.label_smoothing < 1:
+            bad("--label-smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.weight_decay < 1:
+            bad("--weight-decay", f"must be in [0, 1), got {self.weight_decay}")
+        if self.warmup_epochs < 0:
+            bad("--warmup-epochs", f"must be >= 0, got {self.warmup_epochs}")
+        if self.early_stopping < 0:
+            bad("--early-stopping", f"must be >= 0, got {self.early_stopping}")
+        if self.cpu_replicas < 1:
+            bad("--cpu-replicas", f"must be >= 1, got {self.cpu_replicas}")
+
+
+def versions() -> dict:
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "edgecnn": __import__("edgecnn").__version__}
+    for pkg in ("tensorflow", "keras", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def make_schedule(cfg: TrainConfig, steps_per_epoch: int):
+    from edgecnn._tf import keras
+
+    total = max(1, cfg.epochs * steps_per_epoch)
+    # Warm-up never takes more than a tenth of a short run.
+    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total // 10)
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "cosine":
+        if warmup > 0:
+            return keras.optimizers.schedules.CosineDecay(
+                initial_learning_rate=cfg.lr / 25, decay_steps=total - warmup, warmup_target=cfg.lr,
+                warmup_steps=warmup, alpha=1e-3,
+            )
+        return keras.optimizers.schedules.CosineDecay(cfg.lr, decay_steps=total, alpha=1e-3)
+    return OneCycle(cfg.lr, total)
+
+
+def _one_cycle_class():
+    from edgecnn._tf import keras, tf
+
+    @keras.saving.register_keras_serializable("edgecnn")
+    class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+        """One-cycle: cosine rise from lr/25 to lr over 30% of the steps, cosine fall to lr/1e4."""
+
+        def __init__(self, max_lr, total_steps, pct_start=0.3):
+            self.max_lr, self.total_steps, self.pct_start = float(max_lr), int(total_steps), float(pct_start)
+
+        def __call__(self, step):
+            step = tf.cast(step, tf.float32)
+            up = max(1.0, self.pct_start * self.total_steps)
+            down = max(1.0, self.total_steps - up)
+            lo, hi, end = self.max_lr / 25, self.max_lr, self.max_lr / 1e4
+            t_up = tf.minimum(step / up, 1.0)
+            t_down = tf.clip_by_value((step - up) / down, 0.0, 1.0)
+            rise = lo + (hi - lo) * (1 - tf.cos(math.pi * t_up)) / 2
+            fall = end + (hi - end) * (1 + tf.cos(math.pi * t_down)) / 2
+            return tf.where(step < up, rise, fall)
+
+        def get_config(self):
+            return {"max_lr": self.max_lr, "total_steps": self.total_steps, "pct_start": self.pct_start}
+
+    return OneCycle
+
+
+def OneCycle(max_lr, total_steps):  # noqa: N802 (class factory: keeps keras out of import time)
+    return _one_cycle_class()(max_lr, total_steps)
+
+
+def make_optimizer(cfg: TrainConfig, schedule, precision: str):
+    from edgecnn._tf import keras
+
+    if cfg.optimizer == "adam":
+        opt = keras.optimizers.Adam(schedule, weight_decay=cfg.weight_decay or None)
+    elif cfg.optimizer == "adamw":
+        opt = keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
+    else:
+        opt = keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay or None)
+    if precision == "mixed_float16":
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    return opt
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, batch: int, shuffle: bool, seed: int):
+    """tf.data: in-memory arrays, shuffled each epoch, batched, prefetched."""
+    from edgecnn._tf import tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch, drop_remainder=False)
+    ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), tf.one_hot(b, num_classes)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    opts = tf.data.Options()
+    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(opts).prefetch(tf.data.AUTOTUNE)
+
+
+def _callbacks(run_dir: Path, history_rows: list[dict], cfg: TrainConfig):
+    from edgecnn._tf import keras
+
+    class Tracker(keras.callbacks.Callback):
+        """Keeps the best weights by val_accuracy, writes history and a checkpoint every epoch."""
+
+        def __init__(self, core):
+            super().__init__()
+            self.core = core
+            self.best = -1.0
+            self.best_epoch = 0
+            self.best_weights = None
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = dict(logs or {})
+            row = {"epoch": epoch + 1}
+            row.update({k: float(v) for k, v in logs.items()})
+            lr = self.model.optimizer.learning_rate
+            row["lr"] = float(lr.numpy() if hasattr(lr, "numpy") else lr)
+            history_rows.append(row)
+            write_history(run_dir / "history.csv", history_rows)
+            val = logs.get("val_accuracy", logs.get("accuracy", 0.0))
+            if val > self.best:
+                self.best, self.best_epoch = float(val), epoch + 1
+                self.best_weights = self.core.get_weights()
+            with atomic_path(run_dir / "checkpoint.keras") as tmp:
+                self.model.save(tmp)
+
+    return Tracker
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def read_history(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+
+
+def labels_info(ds, channels: int) -> dict:
+    from edgecnn.data.images import RESIZE
+
+    h, w, c = ds.input_shape
+    return {
+        "class_names": ds.class_names,
+        "input_shape": [h, w, c],
+        "image_size": h,
+        "channels": c,
+        "input": {"dtype": "uint8", "range": [0, 255], "layout": "NHWC", "color": "RGB" if c == 3 else "L",
+                  "resize": RESIZE, "scaling": "the model divides by 255 itself (Rescaling layer)"},
+    }
+
+
+class _SigTerm:
+    """Turn SIGTERM into KeyboardInterrupt during training so the best model is still saved."""
+
+    def __enter__(self):
+        self.old = None
+        try:
+            self.old = signal.signal(signal.SIGTERM, self._raise)
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+        return False
+
+
+def train(cfg: TrainConfig, log=print, dataset=None) -> Path:
+    """Train per ``cfg``; return the run directory (complete, with model.keras last)."""
+    cfg.check()
+    from edgecnn import data as data_mod
+    from edgecnn import device as device_mod
+    from edgecnn import metrics, model as model_mod, plots
+    from edgecnn.spec import describe, parse
+
+    spec = parse(cfg.arch)
+    augment = model_mod.parse_augment(cfg.augment)
+    setup = device_mod.setup(cfg.device, cfg.precision, cfg.cpu_replicas)
+    from edgecnn._tf import keras, tf
+
+    ds = dataset or data_mod.load(cfg.data, cfg.image_size, cfg.channels, cfg.val_split, cfg.test_split,
+                                  cfg.seed, cfg.skip_bad_images)
+    log(f"data: {ds.summary()}")
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+    run_dir = runs.allocate(cfg.runs_dir, cfg.name)
+    cfg.versions = versions()
+    cfg_dict = asdict(cfg) | {"arch_spec": describe(spec), "augment_layers": list(augment),
+                              "device_used": setup.description}
+    write_json(run_dir / "config.json", cfg_dict)
+    write_json(run_dir / "labels.json", labels_info(ds, cfg.channels))
+    log(f"run: {run_dir}  device: {setup.description}")
+
+    global_batch = cfg.batch_size * setup.replicas
+    steps = math.ceil(len(ds.x_train) / global_batch)
+    with setup.strategy.scope():
+        core = model_mod.build_core(spec, ds.input_shape, ds.num_classes,
+                                    setup.precision if setup.precision != "float32" else None)
+        train_model = model_mod.build_train_model(core, augment, cfg.seed)
+        optimizer = make_optimizer(cfg, make_schedule(cfg, steps), setup.precision)
+        train_model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+            jit_compile=cfg.jit_compile,
+        )
+    train_ds = make_dataset(ds.x_train, ds.y_train, ds.num_classes, global_batch, True, cfg.seed)
+    val_ds = make_dataset(ds.x_val, ds.y_val, ds.num_classes, global_batch, False, cfg.seed) if len(ds.x_val) else None
+    history_rows: list[dict] = []
+    tracker = _callbacks(run_dir, history_rows, cfg)(core)
+    callbacks = [tracker]
+    if cfg.early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_accuracy" if val_ds is not None else "accuracy", patience=cfg.early_stopping))
+    interrupted = False
+    t0 = time.perf_counter()
+    try:
+        with _SigTerm():
+            train_model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
+                            verbose=1 if sys.stdout.isatty() else 2)
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted: keeping the best model so far")
+    train_seconds = time.perf_counter() - t0
+    if tracker.best_weights is None:
+        raise EdgeCNNError(f"training stopped before the first epoch finished; nothing saved in {run_dir}")
+    core.set_weights(tracker.best_weights)
+    deploy = model_mod.to_float32(core, spec, ds.num_classes)
+
+    probs = deploy.predict(ds.x_test.astype("float32"), batch_size=256, verbose=0)
+    m = metrics.evaluate(probs, ds.y_test, ds.class_names)
+    m.update({
+        "parameters": int(deploy.count_params()),
+        "macs": model_mod.count_macs(deploy),
+        "train_seconds": round(train_seconds, 2),
+        "seconds_per_epoch": round(train_seconds / max(1, len(history_rows)), 2),
+        "epochs_run": len(history_rows),
+        "best_epoch": tracker.best_epoch,
+        "best_val_accuracy": tracker.best,
+        "interrupted": interrupted,
+        "precision": setup.precision,
+        "device": setup.description,
+        "data": ds.source,
+        "skipped_images": ds.info.get("skipped_images", 0),
+    })
+    write_json(run_dir / "metrics.json", m)
+    write_text(run_dir / "classification_report.txt",
+               metrics.classification_report(ds.y_test, probs.argmax(1), ds.class_names))
+    hist = {k: [r.get(k) for r in history_rows] for k in ("accuracy", "loss", "val_accuracy", "val_loss")}
+    plots.curves(hist, run_dir / "curves.png")
+    plots.confusion_matrix(m["confusion_matrix"], ds.class_names, run_dir / "confusion_matrix.png")
+    write_text(run_dir / "summary.txt", model_mod.summary_text(deploy) + "\n")
+    with atomic_path(run_dir / runs.MODEL_FILE) as tmp:
+        deploy.save(tmp)
+    (run_dir / "checkpoint.keras").unlink(missing_ok=True) if not interrupted else None
+    log(f"test accuracy {m['test_accuracy']:.4f}  loss {m['test_loss']:.4f}  "
+        f"({m['epochs_run']} epochs, {train_seconds:.1f} s, best epoch {tracker.best_epoch})")
+    log(f"saved {run_dir / runs.MODEL_FILE}")
+    return run_dir
