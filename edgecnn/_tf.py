@@ -9,29 +9,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 warnings.filterwarnings("ignore", module="keras")
 warnings.filterwarnings("ignore", module="tensorflow")
 
-import contextlib  # noqa: E402
-import sys  # noqa: E402
+from edgecnn._stderr import capture_fd2  # noqa: E402
 
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence the C++ start-up chatter (oneDNN, CUDA stubs) that TF prints to fd 2 on import."""
-    if os.environ.get("EDGECNN_TF_VERBOSE"):
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-with _quiet_stderr():
+with capture_fd2():
     import tensorflow as tf  # noqa: E402
     import keras  # noqa: E402
 

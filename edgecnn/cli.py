@@ -141,6 +141,65 @@ def evaluate(
              f"images of {result['data']}")
 
 
+# --------------------------------------------------------------------------- export
+
+
+@app.command("export")
+def export_cmd(
+    run: Optional[str] = typer.Argument(None, help="Run name/folder or a .keras file (default: the latest run).",
+                                        show_default=False),
+    format: str = typer.Option("tflite", "--format", "-f", help="tflite, onnx or all."),
+    quantize: Optional[str] = typer.Option(None, help="none, float16, dynamic, int8 or all (default: float32 + "
+                                           "int8; with --format all: every variant)."),
+    calib_samples: int = typer.Option(500, help="Training images used to calibrate int8."),
+    io_dtype: str = typer.Option("uint8", help="int8 TFLite input/output type: uint8, int8 or float32."),
+    opset: int = typer.Option(17, help="ONNX opset."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check each file against Keras."),
+    verify_samples: int = typer.Option(512, help="Held-out (test) images used for verification."),
+    min_agreement_int8: float = typer.Option(0.95, help="Required top-1 agreement for int8."),
+    min_agreement_reduced: float = typer.Option(0.99, help="Required agreement for float16 and dynamic."),
+    max_diff_float32: float = typer.Option(1e-4, help="Max |probability difference| for float32."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Data source (default: the run's own)."),
+    runs_dir: str = RUNS_DIR_OPT,
+    json_out: bool = typer.Option(False, "--json", help="Print the export report as JSON."),
+):
+    """Export the model to TFLite / ONNX (float32, float16, dynamic-range, int8), verified against Keras.
+
+    Example: edgecnn export --format tflite
+    """
+    from edgecnn.export import ExportConfig, export
+    from edgecnn.export.verify import Thresholds
+
+    for opt, v in (("--min-agreement-int8", min_agreement_int8), ("--min-agreement-reduced", min_agreement_reduced)):
+        if not 0.0 <= v <= 1.0:
+            raise EdgeCNNError(f"{opt} must be in [0, 1], got {v}")
+    cfg = ExportConfig(run=run, formats=format, quantize=quantize, calib_samples=calib_samples, io_dtype=io_dtype,
+                       opset=opset, verify=verify, verify_samples=verify_samples, data=data, runs_dir=runs_dir,
+                       thresholds=Thresholds(float32_max_diff=max_diff_float32,
+                                             reduced_agreement=min_agreement_reduced,
+                                             int8_agreement=min_agreement_int8))
+    report = export(cfg, log=(lambda m: None) if json_out else _log)
+    if json_out:
+        print(json.dumps(report, indent=2))
+    else:
+        _log(f"report: {Path(report['exports'][0].get('path', '.')).parent / 'export_report.json'}")
+
+
+@app.command("inspect")
+def inspect_cmd(
+    model: Path = typer.Argument(..., help="A .keras, .tflite or .onnx file."),
+    json_out: bool = typer.Option(False, "--json", help="Print as JSON."),
+):
+    """Show inputs/outputs (dtypes, quantization), op histogram, parameters and size of a model file.
+
+    Example: edgecnn inspect runs/run1/exports/model_int8.tflite
+    """
+    from edgecnn.inspect import format_text, inspect
+
+    info = inspect(model)
+    print(json.dumps(info, indent=2) if json_out else format_text(info))
+
+
 # --------------------------------------------------------------------------- entry point
 
 

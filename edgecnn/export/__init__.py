@@ -1,0 +1,209 @@
+"""Export a run's deployable model to TFLite and ONNX variants, each verified against Keras.
+
+Files go to ``RUN/exports/``: ``model_<variant>.tflite`` / ``model_<variant>.onnx``, a copy of
+``labels.json`` and ``export_report.json``. Each file is written under a temp name, loaded
+in its own runtime and compared with Keras, and renamed only when it passes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn import runs
+from edgecnn.errors import EdgeCNNError
+from edgecnn.export.verify import Thresholds, compare
+from edgecnn.fsutil import atomic_path, ensure_dir, write_bytes, write_json
+
+FORMATS = ("tflite", "onnx", "all")
+QUANTIZE = ("none", "float16", "dynamic", "int8", "all")
+TFLITE_VARIANTS = ("float32", "float16", "dynamic", "int8")
+ONNX_VARIANTS = ("float32", "int8")
+
+
+@dataclass
+class ExportConfig:
+    run: str | None = None
+    formats: str = "tflite"
+    quantize: str | None = None  # None: the format's default set
+    calib_samples: int = 500
+    io_dtype: str = "uint8"
+    opset: int = 17
+    verify: bool = True
+    verify_samples: int = 512
+    data: str | None = None
+    runs_dir: str = "runs"
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+
+def plan(formats: str, quantize: str | None) -> list[tuple[str, str]]:
+    """(format, variant) pairs to write. Defaults: tflite float32+int8, onnx float32+int8, all: everything."""
+    if formats not in FORMATS:
+        raise EdgeCNNError(f"--format must be one of {', '.join(FORMATS)}, got {formats!r}")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise EdgeCNNError(f"--quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+    fmts = ("tflite", "onnx") if formats == "all" else (formats,)
+    out = []
+    for fmt in fmts:
+        available = TFLITE_VARIANTS if fmt == "tflite" else ONNX_VARIANTS
+        if quantize is None:
+            wanted = available if formats == "all" else ("float32", "int8")
+        elif quantize == "all":
+            wanted = available
+        elif quantize == "none":
+            wanted = ("float32",)
+        else:
+            wanted = (quantize,)
+            if quantize not in available:
+                if formats != "all":
+                    raise EdgeCNNError(f"--quantize {quantize} is not available for {fmt} "
+                                       f"(use {', '.join(available)})")
+                continue
+        out += [(fmt, v) for v in wanted]
+    return out
+
+
+def filename(fmt: str, variant: str) -> str:
+    return f"model_{variant}.{fmt}"
+
+
+def _source(cfg: ExportConfig) -> tuple[Path, Path, dict]:
+    """(run_dir or model folder, model.keras path, labels)."""
+    from edgecnn.fsutil import read_json
+
+    if cfg.run and cfg.run.endswith(".keras"):
+        model_path = Path(cfg.run)
+        if not model_path.is_file():
+            raise EdgeCNNError(f"model file not found: {model_path}")
+        base = model_path.parent
+    else:
+        base = runs.resolve(cfg.run, cfg.runs_dir)
+        model_path = base / runs.MODEL_FILE
+    labels_path = base / "labels.json"
+    if not labels_path.is_file():
+        raise EdgeCNNError(f"{labels_path} is missing (needed for class names and input size)")
+    return base, model_path, read_json(labels_path, "labels file")
+
+
+def _data(base: Path, labels: dict, cfg: ExportConfig):
+    from edgecnn.evaluate import load_run_data
+
+    if not cfg.data and not (base / "config.json").is_file():
+        raise EdgeCNNError(f"{base} has no config.json recording the training data; pass --data")
+    return load_run_data(base, cfg.data)
+
+
+def export(cfg: ExportConfig, log=print) -> dict:
+    """Run the export plan; return the report. Raises EdgeCNNError if any export failed."""
+    pairs = plan(cfg.formats, cfg.quantize)
+    if any(v == "int8" for _, v in pairs) and cfg.calib_samples < 1:
+        raise EdgeCNNError(f"--calib-samples must be at least 1, got {cfg.calib_samples}")
+    if cfg.verify_samples < 1:
+        raise EdgeCNNError(f"--verify-samples must be at least 1, got {cfg.verify_samples}")
+    from edgecnn.export.tflite import IO_DTYPES
+
+    if cfg.io_dtype not in IO_DTYPES:
+        raise EdgeCNNError(f"--io-dtype must be one of {', '.join(IO_DTYPES)}, got {cfg.io_dtype!r}")
+    base, model_path, labels = _source(cfg)
+    out_dir = ensure_dir(base / "exports")
+    from edgecnn import model as model_mod
+
+    core = model_mod.load_keras(model_path)
+    ds = _data(base, labels, cfg)
+    if tuple(ds.input_shape) != tuple(core.input_shape[1:]):
+        raise EdgeCNNError(f"data images are {ds.input_shape} but the model takes {tuple(core.input_shape[1:])}")
+    seed = runs.config(base).get("seed", 0)
+    from edgecnn.export import tflite as tfl
+
+    calib = tfl.calibration_images(ds.x_train, cfg.calib_samples, seed) if cfg.calib_samples > 0 else None
+    n_verify = min(cfg.verify_samples, len(ds.x_test))
+    x_verify = ds.x_test[:n_verify]
+    ref = core.predict(x_verify.astype(np.float32), batch_size=256, verbose=0) if cfg.verify else None
+
+    entries = []
+    with tempfile.TemporaryDirectory(prefix="edgecnn-export-") as tmp:
+        saved = None
+        float_onnx = None
+        for fmt, variant in pairs:
+            entry = {"file": filename(fmt, variant), "format": fmt, "variant": variant, "status": "ok",
+                     "calib_samples": int(len(calib)) if variant == "int8" else 0}
+            t0 = time.perf_counter()
+            try:
+                if fmt == "tflite":
+                    if saved is None:
+                        saved = tfl.export_saved_model(core, Path(tmp) / "saved_model")
+                    blob = tfl.convert(saved, variant, calib if variant == "int8" else None, cfg.io_dtype)
+                else:
+                    from edgecnn.export import onnx as onx
+
+                    if float_onnx is None:
+                        float_onnx = onx.convert_float(core, cfg.opset)
+                    proto = float_onnx if variant == "float32" else onx.quantize_int8(float_onnx, calib)
+                    onx.set_metadata(proto, labels, variant)
+                    onx.check(proto)
+                    blob = proto.SerializeToString()
+                entry["convert_seconds"] = round(time.perf_counter() - t0, 3)
+                _write_verified(out_dir / entry["file"], blob, entry, x_verify, ref, cfg)
+            except EdgeCNNError as exc:
+                entry["status"] = "failed"
+                entry["error"] = str(exc)
+            entries.append(entry)
+            _log_entry(entry, log)
+    shutil.copyfile(base / "labels.json", out_dir / ".labels.json.tmp")
+    os.replace(out_dir / ".labels.json.tmp", out_dir / "labels.json")
+    report = {
+        "model": str(model_path),
+        "exports": entries,
+        "io_dtype": cfg.io_dtype,
+        "calibration": {"split": "train", "samples": int(len(calib)) if calib is not None else 0, "seed": seed},
+        "verification": {"split": "test", "images": n_verify, "enabled": cfg.verify,
+                         "thresholds": asdict(cfg.thresholds)},
+    }
+    write_json(out_dir / "export_report.json", report)
+    failed = [e for e in entries if e["status"] != "ok"]
+    if failed:
+        raise EdgeCNNError("export failed for " + ", ".join(f"{e['file']} ({e.get('error')})" for e in failed),
+                           exit_code=1)
+    return report
+
+
+def _write_verified(final: Path, blob: bytes, entry: dict, x_verify, ref, cfg: ExportConfig) -> None:
+    """Write ``blob`` to a temp name, describe and verify it, then rename onto ``final``."""
+    from edgecnn.inspect import inspect
+    from edgecnn.runners import open_runner
+
+    with atomic_path(final) as tmp:
+        write_bytes(tmp, blob)
+        info = inspect(tmp)
+        entry.update({"size_bytes": len(blob), "inputs": info["inputs"], "outputs": info["outputs"],
+                      "ops": info["ops"]})
+        if "all_builtin" in info:
+            entry["all_builtin"] = info["all_builtin"]
+            if not info["all_builtin"]:
+                raise EdgeCNNError(f"{final.name}: non-builtin ops {', '.join(info['non_builtin_ops'])}")
+        if cfg.verify:
+            runner = open_runner(tmp, "cpu")
+            probs = runner.predict(x_verify, batch_size=64)
+            entry["verify"] = compare(ref, probs, entry["variant"], cfg.thresholds)
+            if not entry["verify"]["passed"]:
+                raise EdgeCNNError(f"{final.name} failed verification: {entry['verify']['reason']}")
+    entry["path"] = str(final)
+
+
+def _log_entry(e: dict, log) -> None:
+    if e["status"] != "ok":
+        log(f"  FAILED {e['file']}: {e.get('error')}")
+        return
+    v = e.get("verify")
+    q = e["inputs"][0].get("quantization")
+    qs = f" in {e['inputs'][0]['dtype']} (scale {q['scale']:.4g}, zp {q['zero_point']})" if q else \
+        f" in {e['inputs'][0]['dtype']}"
+    vs = f"  agreement {v['agreement']:.4f} (all {v['agreement_all']:.4f}), max|dp| {v['max_abs_diff']:.2e}" if v else \
+        "  (not verified)"
+    log(f"  ok {e['file']:<22} {e['size_bytes']:>10,} B{qs}{vs}")

@@ -1,0 +1,103 @@
+"""ONNX export: float32 through tf2onnx, int8 as static QDQ (per-channel) with ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.errors import EdgeCNNError
+from edgecnn.model import INPUT_NAME, OUTPUT_NAME
+
+DEFAULT_OPSET = 17
+
+
+def convert_float(core, opset: int = DEFAULT_OPSET):
+    """Keras core -> ONNX ModelProto: input ``image`` (N,H,W,C float32 0..255), output ``probabilities``."""
+    if not 9 <= opset <= 21:
+        raise EdgeCNNError(f"--opset must be 9..21, got {opset}")
+    import tf2onnx
+
+    from edgecnn._stderr import capture_fd2
+    from edgecnn._tf import tf
+
+    spec = [tf.TensorSpec([None, *core.input_shape[1:]], tf.float32, name=INPUT_NAME)]
+    try:
+        with capture_fd2():
+            proto, _ = tf2onnx.convert.from_keras(core, input_signature=spec, opset=opset)
+    except Exception as exc:
+        raise EdgeCNNError(f"ONNX conversion failed: {str(exc).splitlines()[0][:300] if str(exc) else exc!r}") from None
+    _rename_output(proto, OUTPUT_NAME)
+    for value in (*proto.graph.input, *proto.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    proto.producer_name = "edgecnn (tf2onnx)"
+    return proto
+
+
+def _rename_output(proto, name: str) -> None:
+    old = proto.graph.output[0].name
+    if old == name:
+        return
+    for node in proto.graph.node:
+        node.output[:] = [name if o == old else o for o in node.output]
+        node.input[:] = [name if i == old else i for i in node.input]
+    proto.graph.output[0].name = name
+
+
+def set_metadata(proto, labels: dict, variant: str) -> None:
+    """Class names, input scaling and the variant in ``metadata_props``."""
+    import edgecnn
+
+    meta = {
+        "class_names": json.dumps(labels["class_names"]),
+        "input_shape": json.dumps(labels["input_shape"]),
+        "input": json.dumps(labels.get("input", {})),
+        "edgecnn_variant": variant,
+        "edgecnn_version": edgecnn.__version__,
+    }
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
+def quantize_int8(float_proto, calibration: np.ndarray):
+    """Static QDQ quantization (int8 weights per channel, int8 activations) calibrated on ``calibration``."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgecnn._stderr import capture_fd2
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calibration[i:i + 1].astype(np.float32) for i in range(len(calibration)))
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {INPUT_NAME: x}
+
+    with tempfile.TemporaryDirectory(prefix="edgecnn-onnx-") as d:
+        src, pre, out = Path(d) / "float.onnx", Path(d) / "pre.onnx", Path(d) / "int8.onnx"
+        onnx.save(float_proto, str(src))
+        try:
+            with capture_fd2():
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+                quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+        except Exception as exc:
+            raise EdgeCNNError(f"ONNX int8 quantization failed: {str(exc).splitlines()[0][:300]}") from None
+        proto = onnx.load(str(out))
+    proto.producer_name = "edgecnn (onnxruntime.quantization)"
+    return proto
+
+
+def check(proto) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise EdgeCNNError(f"exported ONNX model fails onnx.checker: {str(exc).splitlines()[0][:300]}") from None

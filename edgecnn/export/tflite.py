@@ -1,0 +1,72 @@
+"""TFLite export: float32, float16, dynamic-range (weights only) and full-integer int8.
+
+Converted from a SavedModel of the deployable core (``training=False``), the route that
+works with Keras 3; int8 allows only ``TFLITE_BUILTINS_INT8`` so a Flex op fails loudly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.errors import EdgeCNNError
+
+VARIANTS = ("float32", "float16", "dynamic", "int8")
+IO_DTYPES = ("uint8", "int8", "float32")
+
+
+def export_saved_model(core, directory: Path) -> Path:
+    """Write the inference-only SavedModel (serving signature, training=False)."""
+    from edgecnn._stderr import capture_fd2
+
+    with capture_fd2():
+        core.export(str(directory), format="tf_saved_model", verbose=False)
+    return directory
+
+
+def convert(saved_model_dir: Path, variant: str, calibration: np.ndarray | None = None,
+            io_dtype: str = "uint8") -> bytes:
+    """Convert a SavedModel to TFLite bytes for ``variant``.
+
+    ``calibration``: uint8 images from the training split (int8 only), fed as the model
+    sees them at inference. ``io_dtype``: the int8 model's input and output type.
+    """
+    if variant not in VARIANTS:
+        raise EdgeCNNError(f"unknown TFLite variant {variant!r} (use {', '.join(VARIANTS)})")
+    from edgecnn._stderr import capture_fd2
+    from edgecnn._tf import tf
+
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    if variant == "float16":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_types = [tf.float16]
+    elif variant == "dynamic":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif variant == "int8":
+        if calibration is None or not len(calibration):
+            raise EdgeCNNError("int8 export needs calibration images (--calib-samples must be at least 1)")
+        if io_dtype not in IO_DTYPES:
+            raise EdgeCNNError(f"--io-dtype must be one of {', '.join(IO_DTYPES)}, got {io_dtype!r}")
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.representative_dataset = lambda: ([calibration[i:i + 1].astype(np.float32)]
+                                               for i in range(len(calibration)))
+        io = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[io_dtype]
+        conv.inference_input_type = io
+        conv.inference_output_type = io
+    try:
+        with capture_fd2() as log:
+            return conv.convert()
+    except Exception as exc:  # converter raises ConverterError, RuntimeError, ValueError...
+        lines = [ln for ln in (str(exc).splitlines() + log.lines()) if "rror" in ln] or [str(exc)]
+        raise EdgeCNNError(f"TFLite {variant} conversion failed: {lines[0].strip()[:300]}") from None
+
+
+def calibration_images(x_train: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` training images chosen deterministically (never from the test split)."""
+    if n < 1:
+        raise EdgeCNNError(f"--calib-samples must be at least 1, got {n}")
+    n = min(n, len(x_train))
+    idx = np.sort(np.random.default_rng(seed).choice(len(x_train), n, replace=False))
+    return x_train[idx]

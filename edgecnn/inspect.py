@@ -1,0 +1,124 @@
+"""What is inside a model file: inputs/outputs with dtypes and quantization, op histogram, size."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.errors import EdgeCNNError
+from edgecnn.runners import format_of
+
+
+def tflite_ops(it) -> Counter:
+    """Op histogram of a LiteRT interpreter (builtin names; Flex ops keep their 'Flex' prefix)."""
+    try:
+        details = it._get_ops_details()
+    except AttributeError:  # pragma: no cover (very old LiteRT)
+        return Counter()
+    return Counter(d["op_name"] for d in details)
+
+
+def _tensor(d) -> dict:
+    scale, zp = d.get("quantization", (0.0, 0))
+    out = {"name": d["name"], "shape": [int(v) for v in d.get("shape_signature", d["shape"])],
+           "dtype": np.dtype(d["dtype"]).name}
+    if scale:
+        out["quantization"] = {"scale": float(scale), "zero_point": int(zp)}
+    return out
+
+
+def inspect_tflite(path: Path, content: bytes | None = None) -> dict:
+    from edgecnn.runners.tflite import interpreter
+
+    it = interpreter(path, content=content, delegate=False)
+    ops = tflite_ops(it)
+    non_builtin = sorted(op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE"))
+    return {
+        "format": "tflite",
+        "inputs": [_tensor(d) for d in it.get_input_details()],
+        "outputs": [_tensor(d) for d in it.get_output_details()],
+        "ops": dict(sorted(ops.items())),
+        "all_builtin": not non_builtin,
+        "non_builtin_ops": non_builtin,
+    }
+
+
+def inspect_onnx(path: Path) -> dict:
+    import onnx
+    from onnx import helper, numpy_helper  # noqa: F401
+
+    from edgecnn.runners.onnx import check_external_data
+
+    check_external_data(path)
+    m = onnx.load(str(path))
+    ops = Counter(n.op_type for n in m.graph.node)
+    init_names = {t.name for t in m.graph.initializer}
+
+    def io(v):
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or -1) for d in t.shape.dim]
+        return {"name": v.name, "shape": dims, "dtype": helper.tensor_dtype_to_np_dtype(t.elem_type).name}
+
+    params = sum(int(np.prod(t.dims)) for t in m.graph.initializer if len(t.dims) > 1)
+    return {
+        "format": "onnx",
+        "inputs": [io(v) for v in m.graph.input if v.name not in init_names],
+        "outputs": [io(v) for v in m.graph.output],
+        "ops": dict(sorted(ops.items())),
+        "opset": max((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), default=None),
+        "producer": f"{m.producer_name} {m.producer_version}".strip(),
+        "parameters": params,
+        "metadata": {p.key: p.value for p in m.metadata_props},
+    }
+
+
+def inspect_keras(path: Path) -> dict:
+    from edgecnn import model as model_mod
+
+    core = model_mod.load_keras(path)
+    ops = Counter(type(layer).__name__ for layer in core.layers)
+    return {
+        "format": "keras",
+        "inputs": [{"name": t.name, "shape": [d if d is not None else -1 for d in t.shape], "dtype": str(t.dtype)}
+                   for t in core.inputs],
+        "outputs": [{"name": name, "shape": [d if d is not None else -1 for d in t.shape], "dtype": str(t.dtype)}
+                    for name, t in zip(getattr(core, "output_names", None) or [t.name for t in core.outputs],
+                                       core.outputs)],
+        "ops": dict(sorted(ops.items())),
+        "parameters": int(core.count_params()),
+        "macs": model_mod.count_macs(core),
+    }
+
+
+def inspect(path: str | Path) -> dict:
+    path = Path(path)
+    fmt = format_of(path)
+    if not path.is_file():
+        raise EdgeCNNError(f"model file not found: {path}")
+    if path.stat().st_size == 0:
+        raise EdgeCNNError(f"{path}: empty file")
+    info = {"tflite": inspect_tflite, "onnx": inspect_onnx, "keras": inspect_keras}[fmt](path)
+    info["path"] = str(path)
+    info["size_bytes"] = path.stat().st_size
+    return info
+
+
+def format_text(info: dict) -> str:
+    lines = [f"{info['path']}  ({info['format']}, {info['size_bytes']:,} bytes)"]
+    for kind in ("inputs", "outputs"):
+        for t in info[kind]:
+            q = t.get("quantization")
+            qs = f"  scale={q['scale']:.6g} zero_point={q['zero_point']}" if q else ""
+            lines.append(f"  {kind[:-1]:<6} {t['name']}: {t['dtype']} {t['shape']}{qs}")
+    for key in ("parameters", "macs", "opset", "producer"):
+        if info.get(key) is not None:
+            v = info[key]
+            lines.append(f"  {key}: {v:,}" if isinstance(v, int) else f"  {key}: {v}")
+    if "all_builtin" in info:
+        lines.append("  all ops builtin: " + ("yes" if info["all_builtin"] else "NO: " + ", ".join(info["non_builtin_ops"])))
+    lines.append("  ops: " + ", ".join(f"{k} x{v}" for k, v in info["ops"].items()))
+    for k, v in (info.get("metadata") or {}).items():
+        lines.append(f"  metadata {k}: {v[:120]}")
+    return "\n".join(lines)

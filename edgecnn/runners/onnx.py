@@ -1,0 +1,118 @@
+"""ONNX Runtime runner: CPU, CUDA and TensorRT execution providers, decided after session creation."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.errors import EdgeCNNError
+from edgecnn.runners.base import Runner, RunnerUnavailable
+
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def check_external_data(path: Path) -> None:
+    """Refuse models whose external tensor data points outside the model's folder."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise EdgeCNNError(f"{path}: not a valid ONNX model ({type(exc).__name__})") from None
+    base = path.resolve().parent
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            target = (base / loc).resolve()
+            if Path(loc).is_absolute() or base not in target.parents:
+                raise EdgeCNNError(f"{path}: refused external data {loc!r} outside the model's folder")
+
+
+def _all_tensors(graph):
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.t is not None and attr.t.ByteSize():
+                yield attr.t
+            if attr.g is not None and attr.g.ByteSize():
+                yield from _all_tensors(attr.g)
+
+
+def _reason(log_lines: list[str], provider: str) -> str:
+    for line in log_lines:
+        m = re.search(r"(lib[\w.+-]+\.so[\w.]*)[^\n]*?(cannot open|No such file|not found)", line)
+        if m:
+            return f"{provider} unavailable: {m.group(1)} missing"
+    for line in log_lines:
+        if "rror" in line:
+            return f"{provider} unavailable: " + re.sub(r"^.*?\] ", "", line).strip()[:160]
+    return f"{provider} unavailable (ONNX Runtime fell back to CPU)"
+
+
+class OnnxRunner(Runner):
+    format = "onnx"
+    runtime = "onnxruntime"
+    devices = ("cpu", "cuda", "tensorrt")
+
+    def __init__(self, path, device="cpu", threads=None):
+        super().__init__(path, device, threads)
+        import onnxruntime as ort
+
+        from edgecnn._stderr import capture_fd2
+
+        check_external_data(self.path)
+        wanted = PROVIDERS[device]
+        available = ort.get_available_providers()
+        if wanted[0] not in available:
+            raise RunnerUnavailable(f"{wanted[0]} not in this onnxruntime build ({', '.join(available)})")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            with capture_fd2() as log:
+                self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=wanted)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EdgeCNNError(f"{self.path}: ONNX Runtime cannot load the model ({detail[:200]})") from None
+        self.providers = self.session.get_providers()
+        if self.providers[0] != wanted[0]:
+            raise RunnerUnavailable(_reason(log.lines(), wanted[0]))
+        self.inp = self.session.get_inputs()[0]
+        self.out_name = self.session.get_outputs()[0].name
+        shape = self.inp.shape
+        if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
+            raise EdgeCNNError(f"{self.path}: input is not an NHWC image tensor (shape {shape})")
+        self._dtype = np.uint8 if "uint8" in self.inp.type else (np.int8 if "int8" in self.inp.type else np.float32)
+
+    @property
+    def input_shape(self):
+        return tuple(int(d) for d in self.inp.shape[1:])
+
+    def predict_batch(self, images: np.ndarray) -> np.ndarray:
+        x = images.astype(self._dtype, copy=False)
+        return self.session.run([self.out_name], {self.inp.name: x})[0].astype(np.float32)
+
+    def info(self):
+        import onnxruntime as ort
+
+        note = None
+        if self.device != "cpu" and any(n.op_type in ("QLinearConv", "QuantizeLinear") for n in self._nodes()):
+            note = "quantized convolutions fall back to the CPU provider on CUDA"
+        return super().info() | {"providers": self.providers, "version": ort.__version__, "note": note}
+
+    def _nodes(self):
+        import onnx
+
+        try:
+            return onnx.load(str(self.path), load_external_data=False).graph.node
+        except Exception:
+            return []
