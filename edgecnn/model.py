@@ -137,7 +137,7 @@ def build_train_model(core, augment_names: tuple[str, ...], seed: int = 0):
 
 def to_float32(core, spec: Spec | str, num_classes: int):
     """Rebuild ``core`` in float32 and copy its weights (after mixed-precision training)."""
-    if all(w.dtype == "float32" for w in core.weights) and core.dtype_policy.name == "float32":
+    if all(layer.compute_dtype == "float32" for layer in core.layers):
         return core
     clean = build_core(spec, tuple(core.input_shape[1:]), num_classes, "float32")
     clean.set_weights([w.astype("float32") for w in core.get_weights()])

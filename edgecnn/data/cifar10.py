@@ -84,11 +84,13 @@ def download(origin: str = ORIGIN, file_hash: str | None = SHA256, cache_dir: Pa
     from edgecnn.data import archive
 
     cache_dir = Path(cache_dir) if cache_dir else keras_cache_dir()
-    for known in (cache_dir / "cifar-10-batches-py-target" / BATCH_DIR, cache_dir / BATCH_DIR):
+    for known in (cache_dir / "cifar-10-batches-py-target" / BATCH_DIR, cache_dir / BATCH_DIR,
+                  cache_dir / "cifar-10-batches-py-edgecnn" / BATCH_DIR):
         if (known / "test_batch").is_file():
             return known
     tarball = cache_dir / "cifar-10-python.tar.gz"
     if not tarball.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)  # else Keras falls back to /tmp/.keras
         try:
             from edgecnn._tf import keras
 

@@ -1,0 +1,209 @@
+import io
+import pickle
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_folder, write_image
+from edgecnn import data
+from edgecnn.data import archive, cifar10
+from edgecnn.errors import EdgeCNNError
+
+
+def test_shapes_is_deterministic_balanced_and_split():
+    a = data.load("shapes:200", image_size=16, seed=3)
+    b = data.load("shapes:200", image_size=16, seed=3)
+    c = data.load("shapes:200", image_size=16, seed=4)
+    assert a.input_shape == (16, 16, 3) and a.num_classes == 10
+    assert np.array_equal(a.x_train, b.x_train) and not np.array_equal(a.x_train, c.x_train)
+    assert len(a.x_train) == 200 and len(a.x_val) == 100 and len(a.x_test) == 100
+    assert np.bincount(a.y_train).tolist() == [20] * 10
+    assert not np.array_equal(a.x_train[:100], a.x_test)  # disjoint generators
+    gray = data.load("shapes:50", image_size=16, channels=1)
+    assert gray.input_shape == (16, 16, 1)
+
+
+def test_folder_without_split_is_stratified_and_resized(tmp_path):
+    root = make_folder(tmp_path / "imgs", classes=("a", "b", "c"), per_class=10, size=(120, 50), ext=".jpg")
+    ds = data.load(str(root), image_size=24, val_split=0.2, test_split=0.2, seed=1)
+    assert ds.class_names == ["a", "b", "c"]
+    assert ds.x_train.shape[1:] == (24, 24, 3) and ds.x_train.dtype == np.uint8
+    assert len(ds.x_train) + len(ds.x_val) + len(ds.x_test) == 30
+    assert np.bincount(ds.y_test).tolist() == [2, 2, 2] and np.bincount(ds.y_val).tolist() == [2, 2, 2]
+    again = data.load(str(root), image_size=24, val_split=0.2, test_split=0.2, seed=1)  # from the cache
+    assert np.array_equal(ds.x_test, again.x_test) and "cache" in again.info
+
+
+def test_folder_with_train_test_split_and_modes(tmp_path):
+    root = tmp_path / "ds"
+    make_folder(root / "train", per_class=8, ext=".png")
+    make_folder(root / "test", per_class=3, ext=".bmp")
+    write_image(root / "train" / "cat" / "gray.png", mode="L")
+    write_image(root / "train" / "dog" / "rgba.png", mode="RGBA")
+    (root / "train" / "cat" / "notes.txt").write_text("not an image, ignored")
+    ds = data.load(str(root), val_split=0.25)
+    assert len(ds.x_test) == 6 and len(ds.x_train) + len(ds.x_val) == 18
+    gray = data.load(str(root), channels=1, image_size=16)
+    assert gray.input_shape == (16, 16, 1)
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_archives_of_folders(tmp_path, kind):
+    root = make_folder(tmp_path / "src" / "mydata", per_class=5)
+    out = tmp_path / f"data.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(out, "w") as zf:
+            for p in root.rglob("*.png"):
+                zf.write(p, p.relative_to(root.parent))
+    else:
+        with tarfile.open(out, "w:gz") as tf:
+            tf.add(root, arcname="mydata")
+    ds = data.load(str(out), image_size=16)
+    assert ds.class_names == ["cat", "dog"] and len(ds.x_train) + len(ds.x_val) + len(ds.x_test) == 10
+
+
+def test_archive_path_traversal_and_links_are_refused(tmp_path):
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tf:
+        payload = b"x"
+        info = tarfile.TarInfo("../escape.txt")
+        info.size = len(payload)
+        tf.addfile(info, io.BytesIO(payload))
+    with pytest.raises(EdgeCNNError, match="unsafe member"):
+        data.load(str(evil))
+    assert not (tmp_path / "escape.txt").exists()
+    link = tmp_path / "link.tar.gz"
+    with tarfile.open(link, "w:gz") as tf:
+        info = tarfile.TarInfo("a/b.png")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "/etc/passwd"
+        tf.addfile(info)
+    with pytest.raises(EdgeCNNError, match="link"):
+        data.load(str(link))
+    z = tmp_path / "abs.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("/abs/x.png", b"1")
+    with pytest.raises(EdgeCNNError, match="unsafe member"):
+        data.load(str(z))
+
+
+def test_npz_source_and_its_errors(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (30, 12, 12, 3), dtype=np.uint8)
+    y = np.arange(30) % 3
+    good = tmp_path / "good.npz"
+    np.savez(good, x_train=x, y_train=y, x_test=x[:6], y_test=y[:6], class_names=np.array(["r", "g", "b"]))
+    ds = data.load(str(good))
+    assert ds.class_names == ["r", "g", "b"] and ds.input_shape == (12, 12, 3) and len(ds.x_val) == 3
+    floats = tmp_path / "floats.npz"
+    np.savez(floats, x_train=x / 255.0, y_train=y, x_test=x[:6] / 255.0, y_test=y[:6])
+    assert data.load(str(floats)).x_train.max() > 200
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x_train=x, y_train=y[:10], x_test=x[:6], y_test=y[:6])
+    with pytest.raises(EdgeCNNError, match="30 images but y_train has 10 labels"):
+        data.load(str(bad))
+    missing = tmp_path / "missing.npz"
+    np.savez(missing, x_train=x, y_train=y)
+    with pytest.raises(EdgeCNNError, match="lacks x_test, y_test"):
+        data.load(str(missing))
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip at all")
+    with pytest.raises(EdgeCNNError, match="garbage.npz"):
+        data.load(str(garbage))
+
+
+def _cifar_tarball(path: Path, n_per_batch=20) -> Path:
+    """A small archive in the original CIFAR-10 python format (pickled dicts, protocol 2)."""
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tf:
+        def add(name, obj):
+            blob = pickle.dumps(obj, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tf.addfile(info, io.BytesIO(blob))
+
+        for i in range(1, 6):
+            add(f"data_batch_{i}", {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+                                    b"labels": [int(v) for v in np.arange(n_per_batch) % 10]})
+        add("test_batch", {b"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8), b"labels": list(range(10))})
+        add("batches.meta", {b"label_names": [c.encode() for c in cifar10.CLASSES]})
+    return path
+
+
+def test_cifar10_local_archive_and_folder(tmp_path):
+    tarball = _cifar_tarball(tmp_path / "cifar-10-python.tar.gz")
+    ds = data.load(str(tarball), val_split=0.1)
+    assert ds.class_names == cifar10.CLASSES and ds.input_shape == (32, 32, 3)
+    assert len(ds.x_train) == 90 and len(ds.x_val) == 10 and len(ds.x_test) == 10
+    extracted = archive.extract(tarball, tmp_path / "x")
+    ds2 = data.load(str(extracted / "cifar-10-batches-py"), image_size=16)
+    assert ds2.input_shape == (16, 16, 3)
+
+
+def test_cifar10_download_path_uses_a_local_url(tmp_path):
+    tarball = _cifar_tarball(tmp_path / "served.tar.gz")
+    cache = tmp_path / "keras" / "datasets"
+    folder = cifar10.download(origin=tarball.as_uri(), file_hash=None, cache_dir=cache)
+    assert (folder / "test_batch").is_file() and (cache / "cifar-10-python.tar.gz").is_file()
+    assert cifar10.download(origin="http://127.0.0.1:9/never", cache_dir=cache) == folder  # cached: no fetch
+
+
+def test_cifar10_offline_without_cache_is_one_clear_line(tmp_path):
+    with pytest.raises(EdgeCNNError) as exc:
+        cifar10.download(origin=(tmp_path / "absent.tar.gz").as_uri(), file_hash=None, cache_dir=tmp_path / "c")
+    assert "--data path/to/cifar-10-python.tar.gz" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_cifar_unpickler_refuses_code(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(EdgeCNNError, match="refused global builtins.print"):
+        data.load(str(folder))
+
+
+@pytest.mark.parametrize(
+    "setup, needle",
+    [
+        (lambda p: p / "nope", "no such file or folder"),
+        (lambda p: (p / "empty").mkdir() or p / "empty", "no class folders"),
+        (lambda p: make_folder(p / "one", classes=("only",)), "only one class"),
+        (lambda p: (make_folder(p / "hole"), (p / "hole" / "bird").mkdir())[0], "bird: class folder has no images"),
+        (lambda p: (p / "x.csv").write_text("a") and p / "x.csv", "unsupported file type"),
+    ],
+)
+def test_bad_sources_give_one_line(tmp_path, setup, needle):
+    with pytest.raises(EdgeCNNError) as exc:
+        data.load(str(setup(tmp_path)))
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_corrupt_images_are_named_and_can_be_skipped(tmp_path):
+    root = make_folder(tmp_path / "imgs", per_class=6)
+    (root / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    good = write_image(tmp_path / "full.png", size=(64, 64))
+    (root / "dog" / "truncated.png").write_bytes(good.read_bytes()[:80])
+    with pytest.raises(EdgeCNNError) as exc:
+        data.load(str(root))
+    msg = str(exc.value)
+    assert "broken.jpg" in msg and "truncated.png" in msg and "--skip-bad-images" in msg
+    ds = data.load(str(root), skip_bad_images=True)
+    assert ds.info["skipped_images"] == 2 and len(ds.x_train) + len(ds.x_val) + len(ds.x_test) == 12
+
+
+def test_bad_split_options():
+    with pytest.raises(EdgeCNNError, match="--val-split"):
+        data.load("shapes", val_split=1.5)
+    with pytest.raises(EdgeCNNError, match="--image-size"):
+        data.load("shapes", image_size=4)
+    with pytest.raises(EdgeCNNError, match="shapes:N"):
+        data.load("shapes:abc")

@@ -1,0 +1,136 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edgecnn.errors import EdgeCNNError
+from edgecnn.export import ExportConfig, export, plan
+from edgecnn.inspect import inspect
+
+SIX = ["model_float32.tflite", "model_float16.tflite", "model_dynamic.tflite", "model_int8.tflite",
+       "model_float32.onnx", "model_int8.onnx"]
+
+
+def test_all_writes_six_verified_files(tiny_exports):
+    report = json.loads((tiny_exports / "export_report.json").read_text())
+    assert [e["file"] for e in report["exports"]] == SIX
+    for e in report["exports"]:
+        assert e["status"] == "ok" and (tiny_exports / e["file"]).stat().st_size == e["size_bytes"]
+        assert e["verify"]["passed"] and e["verify"]["images"] == 100
+    f32 = [e for e in report["exports"] if e["variant"] == "float32"]
+    assert all(e["verify"]["agreement"] == 1.0 and e["verify"]["max_abs_diff"] < 1e-4 for e in f32)
+    assert report["calibration"] == {"split": "train", "samples": 100, "seed": 0}
+    assert (tiny_exports / "labels.json").is_file()
+    assert not list(tiny_exports.glob(".*tmp*"))
+
+
+def test_int8_tflite_is_full_integer_with_uint8_io_and_builtin_ops(tiny_exports):
+    f32 = inspect(tiny_exports / "model_float32.tflite")
+    i8 = inspect(tiny_exports / "model_int8.tflite")
+    assert i8["inputs"][0]["dtype"] == "uint8" and i8["outputs"][0]["dtype"] == "uint8"
+    q = i8["inputs"][0]["quantization"]
+    assert q["scale"] == pytest.approx(1.0, rel=0.02) and q["zero_point"] == 0  # raw pixels go straight in
+    assert f32["all_builtin"] and i8["all_builtin"]
+    assert not any(op.startswith("Flex") for op in i8["ops"])
+    assert set(i8["ops"]) - set(f32["ops"]) <= {"QUANTIZE", "DEQUANTIZE"}
+    assert set(f32["ops"]) <= set(i8["ops"])
+
+
+def test_onnx_float_takes_any_batch_and_int8_is_qdq(tiny_exports, tiny_run):
+    import onnx
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(tiny_exports / "model_float32.onnx"), providers=["CPUExecutionProvider"])
+    assert s.get_inputs()[0].name == "image" and s.get_outputs()[0].name == "probabilities"
+    x = np.random.default_rng(0).integers(0, 256, (7, 16, 16, 3)).astype(np.float32)
+    p = s.run(None, {"image": x})[0]
+    assert p.shape == (7, 10) and np.allclose(p.sum(1), 1, atol=1e-5)
+    m = onnx.load(str(tiny_exports / "model_int8.onnx"))
+    ops = {n.op_type for n in m.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    onnx.checker.check_model(m)
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert json.loads(meta["class_names"]) == json.loads((tiny_run / "labels.json").read_text())["class_names"]
+
+
+def test_default_tflite_plan_and_bad_choices():
+    assert plan("tflite", None) == [("tflite", "float32"), ("tflite", "int8")]
+    assert plan("onnx", None) == [("onnx", "float32"), ("onnx", "int8")]
+    assert plan("all", "float16") == [("tflite", "float16")]
+    with pytest.raises(EdgeCNNError, match="--format"):
+        plan("coreml", None)
+    with pytest.raises(EdgeCNNError, match="--quantize"):
+        plan("tflite", "int4")
+    with pytest.raises(EdgeCNNError, match="not available for onnx"):
+        plan("onnx", "float16")
+
+
+def test_a_broken_export_fails_verification_and_leaves_no_file(tiny_run, tmp_path):
+    """A model with scrambled weights stands in for a broken converter; verification must catch it."""
+    from edgecnn.export import _write_verified
+    from edgecnn.export import tflite as tfl
+    from edgecnn.export.verify import Thresholds
+    from edgecnn.model import load_keras
+    from edgecnn.data import load
+
+    core = load_keras(tiny_run / "model.keras")
+    ds = load("shapes:2000", image_size=16)
+    x = ds.x_test[:100]
+    ref = core.predict(x.astype(np.float32), verbose=0)
+    rng = np.random.default_rng(1)
+    core.set_weights([rng.permutation(w.ravel()).reshape(w.shape) for w in core.get_weights()])
+    blob = tfl.convert(tfl.export_saved_model(core, tmp_path / "sm"), "float32")
+    final = tmp_path / "model_float32.tflite"
+    entry = {"variant": "float32"}
+    with pytest.raises(EdgeCNNError, match="failed verification"):
+        _write_verified(final, blob, entry, x, ref, ExportConfig(thresholds=Thresholds()))
+    assert not final.exists() and not list(tmp_path.glob(".*tmp*"))
+    assert entry["verify"]["passed"] is False and entry["verify"]["max_abs_diff"] > 1e-4
+
+
+def test_export_of_a_keras_file_path_and_int8_io_dtype(run_copy):
+    report = export(ExportConfig(run=str(run_copy / "model.keras"), formats="tflite", quantize="int8",
+                                 io_dtype="int8", calib_samples=50, verify_samples=64), log=lambda m: None)
+    (entry,) = report["exports"]
+    assert entry["inputs"][0]["dtype"] == "int8" and entry["verify"]["passed"]
+    assert (run_copy / "exports" / "model_int8.tflite").is_file()
+
+
+@pytest.mark.parametrize("mutate, kwargs, needle", [
+    (lambda r: None, {"run": "no-such-run"}, "not found"),
+    (lambda r: (r / "model.keras").unlink(), {}, "has no model.keras"),
+    (lambda r: (r / "model.keras").write_bytes(b"garbage"), {}, "not a Keras model file"),
+    (lambda r: None, {"formats": "tensorrt"}, "--format"),
+    (lambda r: None, {"quantize": "int3"}, "--quantize"),
+    (lambda r: None, {"calib_samples": 0}, "--calib-samples"),
+    (lambda r: None, {"io_dtype": "int16"}, "--io-dtype"),
+    (lambda r: (r / "labels.json").unlink(), {}, "labels.json is missing"),
+])
+def test_bad_export_inputs(run_copy, mutate, kwargs, needle):
+    mutate(run_copy)
+    kwargs.setdefault("run", str(run_copy))
+    with pytest.raises(EdgeCNNError) as exc:
+        export(ExportConfig(**kwargs), log=lambda m: None)
+    assert needle in str(exc.value) and "\n" not in str(exc.value)
+    assert not list((run_copy / "exports").glob("*.tflite")) if (run_copy / "exports").exists() else True
+
+
+def test_unwritable_output_folder(run_copy):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root ignores folder permissions")
+    (run_copy / "exports").mkdir()
+    (run_copy / "exports").chmod(0o500)
+    try:
+        with pytest.raises(EdgeCNNError, match="permission denied"):
+            export(ExportConfig(run=str(run_copy)), log=lambda m: None)
+    finally:
+        (run_copy / "exports").chmod(0o700)
+
+
+def test_output_path_occupied_by_a_file(run_copy):
+    (run_copy / "exports").write_text("a file where the exports folder should be")
+    with pytest.raises(EdgeCNNError, match="cannot write"):
+        export(ExportConfig(run=str(run_copy)), log=lambda m: None)

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+
+from edgecnn import model
+from edgecnn.errors import EdgeCNNError
+
+
+@pytest.mark.parametrize("arch, params, macs", [
+    ("mlp", 312_860, 312_700),
+    ("basic", 319_178, 8_225_408),
+    ("regularized", 289_642, 38_634_752),
+    ("resnet8", 78_426, 12_501_632),
+])
+def test_presets_have_the_published_sizes(arch, params, macs):
+    core = model.build_core(arch, (32, 32, 3), 10)
+    assert core.count_params() == params and model.count_macs(core) == macs
+
+
+def test_core_scales_raw_pixels_and_outputs_probabilities():
+    core = model.build_core("C: 4n gap", (16, 16, 3), 3)
+    assert core.layers[1].name == "rescale"
+    x = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3)).astype("float32")
+    p = core.predict(x, verbose=0)
+    assert p.shape == (5, 3) and np.allclose(p.sum(1), 1, atol=1e-5)
+
+
+def test_augmentation_stays_out_of_the_core():
+    core = model.build_core("C: 4 gap", (16, 16, 3), 3)
+    train_model = model.build_train_model(core, model.parse_augment("full"))
+    kinds = {type(layer).__name__ for layer in train_model.get_layer("augment").layers}
+    assert kinds == {"RandomFlip", "RandomTranslation", "RandomRotation", "RandomZoom", "RandomContrast"}
+    assert not any(type(layer).__name__.startswith("Random") for layer in core.layers)
+    x = np.full((2, 16, 16, 3), 100, "float32")
+    assert np.allclose(train_model(x, training=False), core(x, training=False))  # identity at inference
+
+
+def test_parse_augment():
+    assert model.parse_augment("none") == ()
+    assert model.parse_augment("flip,zoom") == ("flip", "zoom")
+    with pytest.raises(EdgeCNNError, match="--augment"):
+        model.parse_augment("flip,wobble")
+
+
+def test_mixed_precision_core_is_rebuilt_in_float32():
+    core = model.build_core("C: 4n 8n gap | D: 8", (16, 16, 3), 3, "mixed_float16")
+    assert core.get_layer("conv1").compute_dtype == "float16"
+    clean = model.to_float32(core, "C: 4n 8n gap | D: 8", 3)
+    assert all(w.dtype == "float32" for w in clean.weights)
+    assert clean.get_layer("conv1").compute_dtype == "float32"
+    x = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3)).astype("float32")
+    assert np.abs(clean.predict(x, verbose=0) - core.predict(x, verbose=0)).max() < 1e-2
+
+
+def test_too_many_pools_for_the_image():
+    with pytest.raises(EdgeCNNError, match="at most 3"):
+        model.build_core("C: 4 8 16 32", (8, 8, 3), 2)
+
+
+def test_load_keras_refuses_lambda_and_garbage(tmp_path):
+    from edgecnn._tf import keras
+
+    inp = keras.Input((4, 4, 1))
+    m = keras.Model(inp, keras.layers.Lambda(lambda t: t * 2)(inp))
+    path = tmp_path / "lambda.keras"
+    m.save(path)
+    with pytest.raises(EdgeCNNError, match="Lambda"):
+        model.load_keras(path)
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"PK\x03\x04 broken")
+    with pytest.raises(EdgeCNNError, match="bad.keras"):
+        model.load_keras(bad)
+    with pytest.raises(EdgeCNNError, match="not found"):
+        model.load_keras(tmp_path / "absent.keras")

@@ -1,0 +1,51 @@
+import pytest
+
+from edgecnn import spec
+
+
+def test_presets_parse_and_describe():
+    assert spec.describe(spec.parse("mlp")) == "D: 100 50"
+    assert spec.describe(spec.parse("basic")) == "C: 32 p 64 p 64 | D: 64"
+    reg = spec.parse("regularized")
+    assert spec.describe(reg) == "C: 32n 32n p d0.2 64n 64n p d0.3 128n 128n p d0.4 gap | L2: 0.0001"
+    assert reg.global_pool and reg.pools == 3 and reg.l2 == 1e-4
+    assert spec.parse("resnet8").pools == 2
+
+
+def test_auto_pooling_between_width_groups():
+    s = spec.parse("C: 16 16 32 32 | D: 16")
+    assert spec.describe(s) == "C: 16 16 p 32 32 p | D: 16"
+    s = spec.parse("C: 16n 16n d0.25 32n 32n d0.25 | D: 8 L2")
+    assert spec.describe(s) == "C: 16n 16n p d0.25 32n 32n p d0.25 | D: 8 | L2: 0.0001"
+
+
+def test_explicit_pooling_is_kept_as_written():
+    assert spec.describe(spec.parse("C: 8 8 p 8")) == "C: 8 8 p 8"
+
+
+def test_mlp_has_no_conv():
+    s = spec.parse("D: 64n d0.5 32")
+    assert not s.conv and [layer.width for layer in s.dense if layer.kind == "dense"] == [64, 32]
+    assert s.dense[0].bn
+
+
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        ("C: 32x", "'32x'"),
+        ("C: 32 | X: 3", "'X: 3'"),
+        ("C: gap 32", "'gap'"),
+        ("D: d1.5", "'d1.5'"),
+        ("C: 32 | C: 64", "twice"),
+        ("C: d0.2", "no convolution"),
+        ("", "empty"),
+        ("C: 0", "'0'"),
+        ("D: r16", "'r16'"),
+        ("L2: abc", "L2 factor"),
+    ],
+)
+def test_bad_specs_point_at_the_token(bad, needle):
+    with pytest.raises(spec.SpecError) as exc:
+        spec.parse(bad)
+    assert needle in str(exc.value)
+    assert "\n" not in str(exc.value)

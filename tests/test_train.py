@@ -1,0 +1,81 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import TINY_ARCH
+from edgecnn.errors import EdgeCNNError
+from edgecnn.train import TrainConfig, read_history, train
+
+RUN_FILES = {"model.keras", "labels.json", "config.json", "history.csv", "metrics.json", "curves.png",
+             "confusion_matrix.png", "classification_report.txt", "summary.txt"}
+
+
+def test_training_writes_a_complete_run_directory(tiny_run):
+    assert RUN_FILES <= {p.name for p in tiny_run.iterdir()}
+    assert not list(tiny_run.glob(".*tmp*")), "no temp files left behind"
+    m = json.loads((tiny_run / "metrics.json").read_text())
+    for key in ("test_accuracy", "test_loss", "per_class_accuracy", "parameters", "macs", "train_seconds"):
+        assert key in m
+    assert m["test_accuracy"] > 0.3, "8 epochs on 10 shape classes learn well above chance (0.1)"
+    labels = json.loads((tiny_run / "labels.json").read_text())
+    assert labels["input_shape"] == [16, 16, 3] and len(labels["class_names"]) == 10
+    cfg = json.loads((tiny_run / "config.json").read_text())
+    assert cfg["arch"] == TINY_ARCH and cfg["seed"] == 0 and cfg["versions"]["tensorflow"]
+    hist = read_history(tiny_run / "history.csv")
+    assert [r["epoch"] for r in hist] == list(range(1, 9)) and "val_accuracy" in hist[0]
+    assert (tiny_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_mixed_precision_training_saves_a_float32_model(tmp_path):
+    from edgecnn.model import load_keras
+
+    run = train(TrainConfig(data="shapes:60", image_size=16, arch="C: 4n gap", epochs=1, batch_size=16,
+                            precision="mixed_float16", augment="flip", runs_dir=str(tmp_path)), log=lambda m: None)
+    core = load_keras(run / "model.keras")
+    assert all(w.dtype == "float32" for w in core.weights)
+    assert core.get_layer("conv1").compute_dtype == "float32"
+    assert json.loads((run / "metrics.json").read_text())["precision"] == "mixed_float16"
+
+
+def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
+    """The multi-GPU code path, on two logical CPU devices (a fresh process: devices split at start-up)."""
+    code = (
+        "from edgecnn.train import TrainConfig, train; import json;"
+        f"r = train(TrainConfig(data='shapes:64', image_size=16, arch='C: 4n gap', epochs=1, batch_size=8,"
+        f" cpu_replicas=2, runs_dir={str(tmp_path)!r}), log=print);"
+        "print('DEVICE', json.load(open(r / 'metrics.json'))['device'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "DEVICE MirroredStrategy over 2 logical CPU devices" in out.stdout
+
+
+def test_bad_training_options():
+    for kwargs, needle in (({"epochs": 0}, "--epochs"), ({"optimizer": "rmsprop"}, "--optimizer"),
+                           ({"schedule": "step"}, "--schedule"), ({"lr": -1.0}, "--lr")):
+        with pytest.raises(EdgeCNNError, match=needle):
+            TrainConfig(**kwargs).check()
+
+
+def test_schedules_warm_up_and_decay():
+    from edgecnn.train import make_schedule
+
+    cos = make_schedule(TrainConfig(lr=0.01, epochs=10, schedule="cosine"), steps_per_epoch=100)
+    vals = [float(cos(s)) for s in (0, 100, 500, 999)]
+    assert vals[0] < vals[1] and abs(vals[1] - 0.01) < 1e-6 and vals[3] < vals[2] < vals[1]
+    one = make_schedule(TrainConfig(lr=0.01, epochs=10, schedule="onecycle"), steps_per_epoch=100)
+    vals = [float(one(s)) for s in (0, 300, 999)]
+    assert vals[0] == pytest.approx(0.0004, rel=1e-3) and vals[1] == pytest.approx(0.01) and vals[2] < 1e-5
+    assert make_schedule(TrainConfig(lr=0.01, schedule="constant"), 10) == 0.01
+
+
+def test_evaluate_rescores_the_run(tiny_run):
+    from edgecnn.evaluate import evaluate_run
+
+    res = evaluate_run(str(tiny_run), str(tiny_run.parent))
+    saved = json.loads((tiny_run / "metrics.json").read_text())
+    assert res["test_accuracy"] == pytest.approx(saved["test_accuracy"], abs=1e-6)
+    assert "precision" in res["report"]
