@@ -200,6 +200,57 @@ def inspect_cmd(
     print(json.dumps(info, indent=2) if json_out else format_text(info))
 
 
+# --------------------------------------------------------------------------- benchmark
+
+
+def _int_list(text: str, opt: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise EdgeCNNError(f"{opt} expects comma-separated integers, got {text!r}") from None
+
+
+@app.command("benchmark")
+def benchmark_cmd(
+    run: Optional[str] = RUN_ARG,
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Data source (default: the run's own test split)."),
+    formats: str = typer.Option("all", help="all, keras, tflite, onnx or names like tflite-int8,onnx-float32."),
+    device: str = typer.Option("cpu", help="cpu, cuda (CUDA and TensorRT rows), all, or auto (cuda when present)."),
+    threads: int = typer.Option(1, help="Threads per runtime (1 is what a small device has)."),
+    batch_sizes: str = typer.Option("1,32", help="Batch sizes: 1 for latency, the others for throughput."),
+    warmup: str = typer.Option("10", help="Warm-up runs before timing (and at least 1 s); 'N' or 'Ns' for seconds."),
+    runs_: int = typer.Option(100, "--runs", help="Timed batch-1 runs (and at least 1 s)."),
+    max_drop: Optional[float] = typer.Option(None, help="Gate: fail (exit 1) if an export loses more accuracy "
+                                             "than this many percentage points."),
+    min_agreement: Optional[float] = typer.Option(None, help="Gate: fail (exit 1) if an export agrees with Keras "
+                                                  "on fewer than this fraction of images."),
+    limit: Optional[int] = typer.Option(None, help="Use only the first N test images."),
+    json_path: Optional[str] = typer.Option(None, "--json", help="Also write the results JSON here."),
+    csv_path: Optional[str] = typer.Option(None, "--csv", help="Also write the results CSV here."),
+    runs_dir: str = RUNS_DIR_OPT,
+):
+    """Benchmark every export against Keras: accuracy, agreement, McNemar, latency, memory.
+
+    Exit codes: 0 all rows ran or were honestly skipped, 1 the gate failed, 2 a row failed.
+    Example: edgecnn benchmark --max-drop 1.0 --min-agreement 0.98
+    """
+    from edgecnn.benchmark import BenchmarkConfig, benchmark, table_markdown
+
+    w = warmup.strip().lower()
+    try:
+        warm_runs, warm_s = (10, float(w[:-1])) if w.endswith("s") else (int(w), 1.0)
+    except ValueError:
+        raise EdgeCNNError(f"--warmup expects N (runs) or Ns (seconds), got {warmup!r}") from None
+    cfg = BenchmarkConfig(run=run, data=data, formats=formats, device=device, threads=threads,
+                          batch_sizes=_int_list(batch_sizes, "--batch-sizes"), warmup_runs=warm_runs,
+                          warmup_seconds=warm_s, runs=runs_, max_drop=max_drop, min_agreement=min_agreement,
+                          limit=limit, runs_dir=runs_dir, json_path=json_path, csv_path=csv_path)
+    rows, code = benchmark(cfg, log=_log)
+    _log("")
+    _log(table_markdown(rows))
+    raise typer.Exit(code)
+
+
 # --------------------------------------------------------------------------- entry point
 
 

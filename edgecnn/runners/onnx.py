@@ -46,7 +46,8 @@ def _all_tensors(graph):
 
 def _reason(log_lines: list[str], provider: str) -> str:
     for line in log_lines:
-        m = re.search(r"(lib[\w.+-]+\.so[\w.]*)[^\n]*?(cannot open|No such file|not found)", line)
+        m = re.search(r"with error: (lib[\w.+-]+\.so[\w.]*): cannot open", line) or \
+            re.search(r"(lib[\w.+-]+\.so[\w.]*): cannot open", line)
         if m:
             return f"{provider} unavailable: {m.group(1)} missing"
     for line in log_lines:

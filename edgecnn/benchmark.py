@@ -1,0 +1,305 @@
+"""Benchmark every export against the Keras original: accuracy statistics, latency, cost.
+
+Each row (format x runtime x device) runs in its own child process, so one runtime's
+memory or a crash never touches another row; nothing aborts the table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn import runs
+from edgecnn.errors import EdgeCNNError
+from edgecnn.fsutil import write_json, write_text
+
+DEVICES = ("cpu", "cuda", "all", "auto")
+KEYS = ["name", "format", "variant", "runtime", "device", "status", "reason", "accuracy", "top5", "drop_pp",
+        "agreement", "flips_bad", "flips_good", "mcnemar_p", "kl", "worst_class", "worst_class_delta_pp",
+        "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "latency_ms_std", "latency_ms_min",
+        "throughput_ips", "cold_start_ms", "peak_rss_mb", "size_bytes", "threads", "providers", "note"]
+EXPORT_NAMES = ["tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx-float32", "onnx-int8"]
+ALL_NAMES = ["keras", *EXPORT_NAMES]
+
+
+@dataclass
+class BenchmarkConfig:
+    run: str | None = None
+    data: str | None = None
+    formats: str = "all"
+    device: str = "cpu"
+    threads: int = 1
+    batch_sizes: tuple[int, ...] = (1, 32)
+    warmup_runs: int = 10
+    warmup_seconds: float = 1.0
+    runs: int = 100
+    min_seconds: float = 1.0
+    max_drop: float | None = None
+    min_agreement: float | None = None
+    limit: int | None = None  # first N test images (quick looks); default: the whole test split
+    row_timeout: float = 900.0
+    runs_dir: str = "runs"
+    json_path: str | None = None
+    csv_path: str | None = None
+    extra_rows: list = field(default_factory=list)
+
+    def check(self) -> None:
+        if self.device not in DEVICES:
+            raise EdgeCNNError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.threads < 1:
+            raise EdgeCNNError(f"--threads must be at least 1, got {self.threads}")
+        if not self.batch_sizes or any(b < 1 or b > 4096 for b in self.batch_sizes):
+            raise EdgeCNNError(f"--batch-sizes must be integers in 1..4096, got {list(self.batch_sizes)}")
+        if self.runs < 1 or self.warmup_runs < 0 or self.warmup_seconds < 0 or self.min_seconds < 0:
+            raise EdgeCNNError("--runs must be >= 1 and --warmup >= 0")
+        if self.max_drop is not None and not 0 <= self.max_drop <= 100:
+            raise EdgeCNNError(f"--max-drop is in percentage points, 0..100, got {self.max_drop}")
+        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
+            raise EdgeCNNError(f"--min-agreement is a fraction, 0..1, got {self.min_agreement}")
+        if self.limit is not None and self.limit < 1:
+            raise EdgeCNNError(f"--limit must be at least 1, got {self.limit}")
+
+
+def parse_formats(text: str) -> list[str]:
+    """``all``, ``tflite``, ``onnx``, ``keras`` or names like ``tflite-int8``, comma separated."""
+    out: list[str] = []
+    for tok in (t.strip().lower() for t in text.split(",") if t.strip()):
+        if tok == "all":
+            names = ALL_NAMES
+        elif tok in ("tflite", "onnx"):
+            names = [n for n in EXPORT_NAMES if n.startswith(tok)]
+        elif tok in ALL_NAMES:
+            names = [tok]
+        else:
+            raise EdgeCNNError(f"--formats: unknown name {tok!r} (use all, keras, tflite, onnx or "
+                               f"{', '.join(EXPORT_NAMES)})")
+        out += [n for n in names if n not in out]
+    if not out:
+        raise EdgeCNNError("--formats is empty")
+    if "keras" not in out:
+        out.insert(0, "keras")  # the reference every row is compared with
+    return out
+
+
+def model_file(run_dir: Path, name: str) -> Path:
+    if name == "keras":
+        return run_dir / runs.MODEL_FILE
+    fmt, variant = name.split("-")
+    return run_dir / "exports" / f"model_{variant}.{fmt}"
+
+
+def plan_rows(run_dir: Path, names: list[str], device: str, explicit: bool) -> list[dict]:
+    """Rows to measure. With ``all`` formats, exports that were never written are left out."""
+    devices = {"cpu": ["cpu"], "cuda": ["cuda", "tensorrt"], "all": ["cpu", "cuda", "tensorrt"],
+               "auto": ["cpu", *(["cuda"] if _cuda_likely() else [])]}[device]
+    rows = []
+    for name in names:
+        path = model_file(run_dir, name)
+        if not path.is_file():
+            if name == "keras" or explicit:
+                raise EdgeCNNError(f"missing {path}; run `edgecnn export {run_dir} --format all` first")
+            continue
+        fmt = name.split("-")[0]
+        variant = name.split("-")[1] if "-" in name else "float32"
+        runtime = {"keras": "tensorflow", "tflite": "litert", "onnx": "onnxruntime"}[fmt]
+        supported = {"keras": ("cpu", "cuda"), "tflite": ("cpu",), "onnx": ("cpu", "cuda", "tensorrt")}[fmt]
+        for dev in devices:
+            if dev not in supported:
+                continue
+            rows.append({"name": name, "format": fmt, "variant": variant, "runtime": runtime, "device": dev,
+                         "model": str(path), "size_bytes": path.stat().st_size})
+        if name == "keras" and "cpu" not in devices:
+            rows.insert(0, {"name": name, "format": fmt, "variant": variant, "runtime": runtime, "device": "cpu",
+                            "model": str(path), "size_bytes": path.stat().st_size})
+    return rows
+
+
+def _cuda_likely() -> bool:
+    try:
+        import onnxruntime as ort
+
+        return "CUDAExecutionProvider" in ort.get_available_providers() and Path("/proc/driver/nvidia").exists()
+    except ImportError:
+        return False
+
+
+def machine() -> dict:
+    from importlib import metadata
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    vers = {"python": platform.python_version()}
+    for pkg in ("tensorflow", "keras", "ai-edge-litert", "onnxruntime-gpu", "onnxruntime", "onnx", "numpy"):
+        try:
+            vers[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "versions": vers}
+
+
+def _run_row(row: dict, cfg: BenchmarkConfig, images_path: Path, tmp: Path, i: int) -> tuple[dict, np.ndarray | None]:
+    job = {"model": row["model"], "device": row["device"], "threads": cfg.threads, "images": str(images_path),
+           "batch_sizes": sorted(cfg.batch_sizes), "warmup_runs": cfg.warmup_runs,
+           "warmup_seconds": cfg.warmup_seconds, "runs": cfg.runs, "min_seconds": cfg.min_seconds,
+           "probs_out": str(tmp / f"probs{i}.npy"), "result_out": str(tmp / f"result{i}.json")}
+    job_path = tmp / f"job{i}.json"
+    job_path.write_text(json.dumps(job))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS=str(cfg.threads))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edgecnn.benchmark_worker", str(job_path)],
+                              capture_output=True, text=True, timeout=cfg.row_timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "reason": f"timed out after {cfg.row_timeout:.0f} s"}, None
+    result_path = Path(job["result_out"])
+    if not result_path.is_file():
+        how = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+        tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:] or [""]
+        return {"status": "failed", "reason": f"worker crashed ({how}) {tail[0][:200]}".strip()}, None
+    result = json.loads(result_path.read_text())
+    probs = np.load(job["probs_out"]) if result.get("status") == "ok" else None
+    return result, probs
+
+
+def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
+    """Measure every row; write RUN/benchmark.{json,csv,md,png}. Returns (rows, exit code)."""
+    cfg.check()
+    explicit = cfg.formats.strip().lower() != "all"
+    names = parse_formats(cfg.formats)
+    run_dir = runs.resolve(cfg.run, cfg.runs_dir)
+    labels = runs.labels(run_dir)
+    rows = plan_rows(run_dir, names, cfg.device, explicit)
+    from edgecnn.evaluate import load_run_data
+
+    ds = load_run_data(run_dir, cfg.data)
+    if list(ds.input_shape) != list(labels["input_shape"]):
+        raise EdgeCNNError(f"data images are {ds.input_shape} but the model takes {tuple(labels['input_shape'])}")
+    x, y = ds.x_test, ds.y_test
+    if cfg.limit:
+        x, y = x[:cfg.limit], y[:cfg.limit]
+    log(f"benchmark: {run_dir} on {len(x)} test images of {ds.source}, {cfg.threads} thread(s), "
+        f"batch sizes {sorted(cfg.batch_sizes)}")
+    ref_probs = None
+    with tempfile.TemporaryDirectory(prefix="edgecnn-bench-") as tmp:
+        tmp = Path(tmp)
+        images_path = tmp / "images.npy"
+        np.save(images_path, np.ascontiguousarray(x))
+        for i, row in enumerate(rows):
+            t0 = time.perf_counter()
+            result, probs = _run_row(row, cfg, images_path, tmp, i)
+            info = result.pop("info", {}) or {}
+            result.pop("traceback", None)
+            row.update(result)
+            row["threads"] = cfg.threads
+            row["providers"] = info.get("providers")
+            row["note"] = info.get("note")
+            row["seconds"] = round(time.perf_counter() - t0, 2)
+            if probs is not None:
+                if row["name"] == "keras" and ref_probs is None:
+                    ref_probs = probs
+                if ref_probs is not None:
+                    from edgecnn.stats import compare_to_reference
+
+                    row.update(compare_to_reference(y, ref_probs, probs, ds.class_names))
+            log(_row_line(row))
+    if ref_probs is None:
+        rows[0].setdefault("reason", "reference failed")
+    code = gate(rows, cfg, log)
+    if code == 0 and any(r["status"] == "failed" for r in rows):
+        code = 2
+    meta = {"run": str(run_dir), "data": ds.source, "images": int(len(x)), "threads": cfg.threads,
+            "batch_sizes": sorted(cfg.batch_sizes), "machine": machine(),
+            "gate": {"max_drop_pp": cfg.max_drop, "min_agreement": cfg.min_agreement, "exit_code": code},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_outputs(rows, meta, run_dir, cfg)
+    return rows, code
+
+
+def gate(rows: list[dict], cfg: BenchmarkConfig, log) -> int:
+    bad = []
+    for r in rows:
+        if r["name"] == "keras" or r["status"] != "ok" or r.get("accuracy") is None:
+            continue
+        if cfg.max_drop is not None and r["drop_pp"] > cfg.max_drop:
+            bad.append(f"{r['name']} ({r['device']}): accuracy drop {r['drop_pp']:.2f} pp > {cfg.max_drop} pp "
+                       f"(by {r['drop_pp'] - cfg.max_drop:.2f} pp)")
+        if cfg.min_agreement is not None and r["agreement"] < cfg.min_agreement:
+            bad.append(f"{r['name']} ({r['device']}): agreement {r['agreement']:.4f} < {cfg.min_agreement} "
+                       f"(by {cfg.min_agreement - r['agreement']:.4f})")
+    for line in bad:
+        log(f"GATE FAILED: {line}")
+    return 1 if bad else 0
+
+
+def _fmt(v, spec: str, dash: str = "-") -> str:
+    return dash if v is None else format(v, spec)
+
+
+def _row_line(r: dict) -> str:
+    if r["status"] != "ok":
+        return f"  {r['name']:<15} {r['runtime']:<12} {r['device']:<8} {r['status']}: {r.get('reason')}"
+    return (f"  {r['name']:<15} {r['runtime']:<12} {r['device']:<8} ok  acc {_fmt(r.get('accuracy'), '.4f')}  "
+            f"agree {_fmt(r.get('agreement'), '.4f')}  p50 {r['latency_ms_p50']:.3f} ms  "
+            f"{r['throughput_ips']:.0f} img/s")
+
+
+def table_markdown(rows: list[dict]) -> str:
+    head = ["format", "runtime", "device", "status", "acc %", "drop pp", "agree %", "flips -/+", "McNemar p",
+            "worst class (pp)", "p50 ms", "p99 ms", "img/s", "cold ms", "RSS MB", "size KB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        ok = r["status"] == "ok"
+        status = r["status"] if ok else f"{r['status']}: {r.get('reason') or ''}".replace("|", "/")
+        acc = r.get("accuracy")
+        cells = [
+            r["name"], r["runtime"], r["device"], status,
+            _fmt(acc * 100 if acc is not None else None, ".2f"),
+            _fmt(r.get("drop_pp"), "+.2f"),
+            _fmt(r["agreement"] * 100 if r.get("agreement") is not None else None, ".2f"),
+            f"{r['flips_bad']}/{r['flips_good']}" if r.get("flips_bad") is not None else "-",
+            _fmt(r.get("mcnemar_p"), ".3g"),
+            f"{r['worst_class']} ({r['worst_class_delta_pp']:+.1f})" if r.get("worst_class") else "-",
+            _fmt(r.get("latency_ms_p50"), ".3f"), _fmt(r.get("latency_ms_p99"), ".3f"),
+            _fmt(r.get("throughput_ips"), ".0f"), _fmt(r.get("cold_start_ms"), ".0f"),
+            _fmt(r.get("peak_rss_mb"), ".0f"), _fmt(r["size_bytes"] / 1024 if r.get("size_bytes") else None, ".0f"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(rows: list[dict], meta: dict, run_dir: Path, cfg: BenchmarkConfig) -> None:
+    from edgecnn import plots
+
+    clean = [{k: r.get(k) for k in KEYS} | {"throughput_ips_by_batch": r.get("throughput_ips_by_batch"),
+                                            "per_class_delta_pp": r.get("per_class_delta_pp")} for r in rows]
+    doc = {"meta": meta, "rows": clean}
+    write_json(run_dir / "benchmark.json", doc)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=KEYS, extrasaction="ignore")
+    w.writeheader()
+    for r in clean:
+        w.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()})
+    write_text(run_dir / "benchmark.csv", buf.getvalue())
+    m = meta["machine"]
+    md = (f"Benchmark of `{meta['run']}` on {meta['images']} test images of `{meta['data']}`; "
+          f"{meta['threads']} thread(s); {m['cpu']} ({m['cores']} cores).\n\n" + table_markdown(rows))
+    write_text(run_dir / "benchmark.md", md)
+    plots.accuracy_vs_latency(rows, run_dir / "benchmark.png")
+    if cfg.json_path:
+        write_json(cfg.json_path, doc)
+    if cfg.csv_path:
+        write_text(cfg.csv_path, buf.getvalue())

@@ -1,0 +1,115 @@
+import json
+import shutil
+
+import pytest
+
+from conftest import run_main
+from edgecnn.benchmark import BenchmarkConfig, KEYS, benchmark, gate, parse_formats
+from edgecnn.errors import EdgeCNNError
+
+QUICK = dict(limit=200, runs=5, warmup_runs=1, warmup_seconds=0.0, min_seconds=0.0, batch_sizes=(1, 8))
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_exports, tiny_run):
+    rows, code = benchmark(BenchmarkConfig(run=str(tiny_run), device="all", **QUICK), log=lambda m: None)
+    return rows, code
+
+
+def test_every_row_with_cuda_rows_skipped(bench, tiny_run):
+    rows, code = bench
+    assert code == 0
+    names = {(r["name"], r["device"]) for r in rows}
+    for name in ("keras", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx-float32",
+                 "onnx-int8"):
+        assert (name, "cpu") in names
+    assert ("onnx-int8", "cuda") in names and ("onnx-int8", "tensorrt") in names
+    for r in rows:
+        if r["device"] == "cpu":
+            assert r["status"] == "ok", r
+            assert r["latency_ms_p50"] > 0 and r["throughput_ips"] > 0 and r["peak_rss_mb"] > 10
+        else:
+            assert r["status"] == "skipped" and r["reason"], "no CUDA here: never CPU numbers labelled CUDA"
+    ref = next(r for r in rows if r["name"] == "keras" and r["device"] == "cpu")
+    assert ref["agreement"] == 1.0 and ref["drop_pp"] == 0
+    f32 = next(r for r in rows if r["name"] == "tflite-float32")
+    assert f32["agreement"] == 1.0 and f32["flips_bad"] == 0 and f32["mcnemar_p"] == 1.0
+
+
+def test_outputs_have_stable_keys(bench, tiny_run):
+    doc = json.loads((tiny_run / "benchmark.json").read_text())
+    assert all(set(KEYS) <= set(r) for r in doc["rows"])
+    assert doc["meta"]["machine"]["cores"] >= 1 and doc["meta"]["images"] == 200
+    assert (tiny_run / "benchmark.csv").read_text().splitlines()[0].startswith("name,format,variant")
+    assert "| tflite-int8 |" in (tiny_run / "benchmark.md").read_text()
+    assert (tiny_run / "benchmark.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gate_thresholds_around_the_measured_agreement(bench):
+    rows, _ = bench
+    int8 = next(r for r in rows if r["name"] == "tflite-int8" and r["device"] == "cpu")
+    lines = []
+    above = BenchmarkConfig(min_agreement=min(1.0, int8["agreement"] + 1e-6))
+    below = BenchmarkConfig(min_agreement=max(0.0, int8["agreement"] - 1e-6))
+    if int8["agreement"] < 1.0:
+        assert gate(rows, above, lines.append) == 1 and any("tflite-int8" in ln for ln in lines)
+    assert gate(rows, below, lambda m: None) == 0 or min(
+        r["agreement"] for r in rows if r["status"] == "ok") < int8["agreement"]
+    worst_drop = max(r["drop_pp"] for r in rows if r["status"] == "ok")
+    assert gate(rows, BenchmarkConfig(max_drop=worst_drop + 0.01), lambda m: None) == 0
+    if worst_drop > 0:
+        assert gate(rows, BenchmarkConfig(max_drop=worst_drop - 0.01), lambda m: None) == 1
+
+
+def test_cli_gate_exit_codes(tiny_exports, tiny_run, capsys):
+    args = ["benchmark", str(tiny_run), "--formats", "tflite-int8", "--limit", "200", "--runs", "3",
+            "--warmup", "0", "--batch-sizes", "1"]
+    code, out, _ = run_main(capsys, *args, "--min-agreement", "1.0")
+    doc = json.loads((tiny_run / "benchmark.json").read_text())
+    agreement = next(r for r in doc["rows"] if r["name"] == "tflite-int8")["agreement"]
+    if agreement < 1.0:
+        assert code == 1 and "GATE FAILED: tflite-int8" in out
+    code, out, _ = run_main(capsys, *args, "--min-agreement", f"{agreement - 1e-4:.6f}")
+    assert code == 0
+
+
+def test_a_failing_row_does_not_abort_the_table(tiny_exports, tiny_run, tmp_path):
+    run = tmp_path / "r"
+    shutil.copytree(tiny_run, run)
+    (run / "exports" / "model_dynamic.tflite").write_bytes(b"TFL3 but not really a model")
+    rows, code = benchmark(BenchmarkConfig(run=str(run), formats="tflite", **QUICK), log=lambda m: None)
+    status = {r["name"]: r["status"] for r in rows}
+    assert status["tflite-dynamic"] == "failed" and status["tflite-int8"] == "ok" and status["keras"] == "ok"
+    assert code == 2
+    assert "model_dynamic.tflite" in next(r["reason"] for r in rows if r["name"] == "tflite-dynamic")
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"formats": "tflite-int4"}, "unknown name"),
+    ({"max_drop": -1}, "--max-drop"),
+    ({"min_agreement": 1.5}, "--min-agreement"),
+    ({"device": "tpu"}, "--device"),
+    ({"run": "absent"}, "not found"),
+    ({"batch_sizes": (0,)}, "--batch-sizes"),
+])
+def test_bad_benchmark_inputs(tiny_run, kwargs, needle):
+    kwargs.setdefault("run", str(tiny_run))
+    with pytest.raises(EdgeCNNError, match=needle):
+        benchmark(BenchmarkConfig(**kwargs), log=lambda m: None)
+
+
+def test_missing_export_and_wrong_image_size(tiny_run, tmp_path):
+    run = tmp_path / "r"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("exports"))
+    with pytest.raises(EdgeCNNError, match="missing .*model_int8.tflite"):
+        benchmark(BenchmarkConfig(run=str(run), formats="tflite-int8"), log=lambda m: None)
+    from edgecnn.model import build_core
+
+    build_core("C: 4 gap", (8, 8, 3), 10).save(run / "model.keras")  # a model that does not fit the data
+    rows, code = benchmark(BenchmarkConfig(run=str(run), formats="keras", **QUICK), log=lambda m: None)
+    assert code == 2 and rows[0]["status"] == "failed" and "expects images of shape (8, 8, 3)" in rows[0]["reason"]
+
+
+def test_parse_formats():
+    assert parse_formats("tflite-int8") == ["keras", "tflite-int8"]
+    assert parse_formats("onnx")[1:] == ["onnx-float32", "onnx-int8"]

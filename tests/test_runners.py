@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from edgecnn.errors import EdgeCNNError
+from edgecnn.runners import RunnerUnavailable, open_runner
+from edgecnn.runners.base import dequantize, quantize
+
+
+@pytest.fixture(scope="module")
+def images(tiny_run):
+    from edgecnn.data import load
+
+    return load("shapes:2000", image_size=16).x_test[:64]
+
+
+@pytest.fixture(scope="module")
+def keras_probs(tiny_run, images):
+    return open_runner(tiny_run / "model.keras").predict(images)
+
+
+@pytest.mark.parametrize("name, tol, min_agree", [
+    ("model_float32.tflite", 1e-5, 1.0), ("model_float16.tflite", 1e-2, 0.95),
+    ("model_dynamic.tflite", 0.1, 0.9), ("model_int8.tflite", 0.3, 0.9),
+    ("model_float32.onnx", 1e-5, 1.0), ("model_int8.onnx", 0.3, 0.9),
+])
+def test_runner_probabilities_match_keras(tiny_exports, images, keras_probs, name, tol, min_agree):
+    runner = open_runner(tiny_exports / name, "cpu", threads=1)
+    probs = runner.predict(images, batch_size=16)  # batch resizing and I/O quantization inside
+    assert probs.shape == keras_probs.shape and probs.dtype == np.float32
+    assert np.abs(probs - keras_probs).max() < tol
+    assert np.mean(probs.argmax(1) == keras_probs.argmax(1)) >= min_agree
+    odd = runner.predict(images[:7], batch_size=7)
+    assert np.allclose(odd, probs[:7], atol=1e-6)
+
+
+def test_cuda_request_without_cuda_is_unavailable_with_a_reason(tiny_exports, tiny_run):
+    with pytest.raises(RunnerUnavailable) as exc:
+        open_runner(tiny_exports / "model_float32.onnx", "cuda")
+    assert "CUDAExecutionProvider" in str(exc.value)
+    with pytest.raises(RunnerUnavailable, match="GPU"):
+        open_runner(tiny_run / "model.keras", "cuda")
+    with pytest.raises(RunnerUnavailable):
+        open_runner(tiny_exports / "model_int8.tflite", "cuda")
+
+
+def test_wrong_image_shape_is_one_line(tiny_exports):
+    runner = open_runner(tiny_exports / "model_int8.tflite")
+    with pytest.raises(EdgeCNNError, match=r"expects images of shape \(16, 16, 3\)"):
+        runner.predict(np.zeros((2, 32, 32, 3), np.uint8))
+
+
+def test_corrupt_and_unsupported_model_files(tmp_path):
+    bad = tmp_path / "m.tflite"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(EdgeCNNError, match="m.tflite"):
+        open_runner(bad)
+    bad_onnx = tmp_path / "m.onnx"
+    bad_onnx.write_bytes(b"garbage\x00\x01")
+    with pytest.raises(EdgeCNNError, match="m.onnx"):
+        open_runner(bad_onnx)
+    with pytest.raises(EdgeCNNError, match="unsupported model file"):
+        open_runner(tmp_path / "m.pt")
+
+
+def test_quantize_round_trip():
+    x = np.array([0, 1, 127, 128, 255], np.uint8)
+    q = quantize(x, np.int8, 1.0, -128)
+    assert q.tolist() == [-128, -127, -1, 0, 127]
+    assert dequantize(q, 1.0, -128).tolist() == [0, 1, 127, 128, 255]
+    assert quantize(np.array([300.0]), np.uint8, 1.0, 0).tolist() == [255]  # saturates
