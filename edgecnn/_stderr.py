@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 import tempfile
@@ -27,13 +28,15 @@ def capture_fd2():
         return
     sys.stderr.flush()
     saved = os.dup(2)
+    printed = io.StringIO()  # some libraries print() their warnings (onnxruntime's "EP Error" banner)
     with tempfile.TemporaryFile(mode="w+b") as tmp:
         os.dup2(tmp.fileno(), 2)
         try:
-            yield out
+            with contextlib.redirect_stdout(printed):
+                yield out
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             tmp.seek(0)
-            out.text = tmp.read().decode("utf-8", "replace")
+            out.text = tmp.read().decode("utf-8", "replace") + printed.getvalue()

@@ -30,6 +30,18 @@ def _timed(fn, min_runs: int, min_seconds: float, max_seconds: float | None = No
     return times
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process. VmHWM resets at exec; ru_maxrss keeps the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def measure(job: dict) -> dict:
     from edgecnn.runners import RunnerUnavailable, open_runner
     from edgecnn.stats import latency_summary
@@ -67,7 +79,7 @@ def measure(job: dict) -> dict:
         throughput[str(bs)] = bs / float(np.median(times))
     out["throughput_ips_by_batch"] = throughput
     out["throughput_ips"] = throughput[str(batch)]
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    out["peak_rss_mb"] = peak_rss_mb()
     out["status"] = "ok"
     return out
 

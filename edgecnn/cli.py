@@ -251,6 +251,125 @@ def benchmark_cmd(
     raise typer.Exit(code)
 
 
+# --------------------------------------------------------------------------- run, predict, doctor
+
+_RUN_EXTRA = {
+    "formats": typer.Option("all", "--formats", help="Exports to write: tflite, onnx or all."),
+    "calib_samples": typer.Option(500, help="Training images used to calibrate int8."),
+    "io_dtype": typer.Option("uint8", help="int8 TFLite input/output type: uint8, int8 or float32."),
+    "opset": typer.Option(17, help="ONNX opset."),
+    "bench_device": typer.Option("cpu", help="Benchmark device: cpu, cuda, all or auto."),
+    "threads": typer.Option(1, help="Benchmark threads per runtime."),
+    "max_drop": typer.Option(None, help="Gate: max accuracy drop of an export, percentage points."),
+    "min_agreement": typer.Option(None, help="Gate: min top-1 agreement of an export with Keras."),
+}
+
+
+def run(**kw):
+    """Train, export every variant, benchmark them and write RUN/report.md (+ .html).
+
+    Example: edgecnn run --data shapes --epochs 5
+    """
+    from edgecnn.benchmark import BenchmarkConfig
+    from edgecnn.export import ExportConfig
+    from edgecnn.pipeline import run_pipeline
+    from edgecnn.train import TrainConfig
+
+    extra = {k: kw.pop(k) for k in list(_RUN_EXTRA)}
+    kw.pop("summary", None)
+    train_cfg = TrainConfig(**kw)
+    export_cfg = ExportConfig(formats=extra["formats"], calib_samples=extra["calib_samples"],
+                              io_dtype=extra["io_dtype"], opset=extra["opset"], runs_dir=kw["runs_dir"])
+    bench_cfg = BenchmarkConfig(device=extra["bench_device"], threads=extra["threads"], max_drop=extra["max_drop"],
+                                min_agreement=extra["min_agreement"], runs_dir=kw["runs_dir"])
+    bench_cfg.check()
+    _, code = run_pipeline(train_cfg, export_cfg, bench_cfg, log=_log)
+    raise typer.Exit(code)
+
+
+def _run_signature():
+    """``run`` takes every ``train`` option (epochs default 5) plus the export/benchmark ones."""
+    import inspect
+
+    params = [p for p in inspect.signature(train, eval_str=True).parameters.values() if p.name != "summary"]
+    params = [p.replace(default=typer.Option(5, help="Training epochs.")) if p.name == "epochs" else p
+              for p in params]
+    hints = {"formats": str, "calib_samples": int, "io_dtype": str, "opset": int, "bench_device": str,
+             "threads": int, "max_drop": Optional[float], "min_agreement": Optional[float]}
+    params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v, annotation=hints[k])
+               for k, v in _RUN_EXTRA.items()]
+    return inspect.Signature(params)
+
+
+run.__signature__ = _run_signature()
+app.command("run")(run)
+
+
+@app.command("predict")
+def predict_cmd(
+    model: Path = typer.Argument(..., help="A .keras, .tflite or .onnx model."),
+    images: List[str] = typer.Argument(..., help="Image files or folders."),
+    top_k: int = typer.Option(3, "--top-k", "-k", help="Classes to show per image."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+):
+    """Classify images with any exported model (labels from labels.json or ONNX metadata).
+
+    Example: edgecnn predict runs/run1/exports/model_int8.tflite photo.jpg
+    """
+    from edgecnn.predict import predict
+
+    results, failed = [], 0
+    for path, top, error in predict(model, images, top_k):
+        if error:
+            failed += 1
+            _err(f"error: {error}")
+            results.append({"image": str(path), "error": error})
+            continue
+        results.append({"image": str(path), "top": [{"class": c, "probability": p} for c, p in top]})
+        if not json_out:
+            _log(f"{path}: " + ", ".join(f"{c} {p:.3f}" for c, p in top))
+    if json_out:
+        print(json.dumps({"model": str(model), "results": results}, indent=2))
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command("doctor")
+def doctor_cmd(json_out: bool = typer.Option(False, "--json", help="Print as JSON.")):
+    """Versions, CPU, GPUs, ONNX Runtime providers that really work, CUDA libraries found.
+
+    Example: edgecnn doctor
+    """
+    from edgecnn.doctor import collect, format_text
+
+    info = collect()
+    print(json.dumps(info, indent=2) if json_out else format_text(info))
+
+
+@app.command("report")
+def report_cmd(run: Optional[str] = RUN_ARG, runs_dir: str = RUNS_DIR_OPT):
+    """(Re)write RUN/report.md and report.html from what the run holds.
+
+    Example: edgecnn report run3
+    """
+    from edgecnn import report, runs
+
+    md, html = report.write(runs.resolve(run, runs_dir))
+    _log(f"report: {md} and {html}")
+
+
+def cli_reference(width: int = 100) -> str:
+    """Markdown of every command's --help (the README's CLI reference; a test keeps them in sync)."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    parts = []
+    for name in group.list_commands(None):
+        cmd = group.get_command(None, name)
+        ctx = group.context_class(cmd, info_name=f"edgecnn {name}", terminal_width=width, max_content_width=width)
+        parts.append(f"### `edgecnn {name}`\n\n```text\n{cmd.get_help(ctx).rstrip()}\n```\n")
+    return "\n".join(parts)
+
+
 # --------------------------------------------------------------------------- entry point
 
 

@@ -65,6 +65,8 @@ def compare_to_reference(y_true, ref_probs, probs, class_names: list[str]) -> di
     bad, good = flips(y_true, ref_pred, pred)
     delta = per_class_delta(y_true, ref_pred, pred, len(class_names))
     worst = int(np.nanargmin(delta)) if np.isfinite(delta).any() else None
+    if worst is not None and delta[worst] >= 0:
+        worst = None  # no class got worse
     return {
         "accuracy": acc,
         "top5": topk_accuracy(probs, y_true, 5),

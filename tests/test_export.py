@@ -134,3 +134,19 @@ def test_output_path_occupied_by_a_file(run_copy):
     (run_copy / "exports").write_text("a file where the exports folder should be")
     with pytest.raises(EdgeCNNError, match="cannot write"):
         export(ExportConfig(run=str(run_copy)), log=lambda m: None)
+
+
+def test_verification_of_a_weak_model_judges_probabilities_not_near_ties():
+    from edgecnn.export.verify import Thresholds, compare
+
+    rng = np.random.default_rng(0)
+    flat = np.full((200, 10), 0.1) + rng.normal(0, 0.004, (200, 10))  # a weak model: all near-ties
+    jitter = flat + rng.normal(0, 0.004, flat.shape)  # int8 rounding flips many top-1s
+    r = compare(flat, jitter, "int8", Thresholds())
+    assert r["passed"] and r["judged_on"] == "mean_abs_diff" and r["agreement_all"] < 0.9
+    broken = np.eye(10)[rng.integers(0, 10, 200)]  # confident garbage
+    r = compare(flat, broken, "int8", Thresholds())
+    assert not r["passed"] and "mean |dp|" in r["reason"]
+    sharp = np.eye(10)[rng.integers(0, 10, 200)] * 0.9 + 0.01
+    r = compare(sharp, sharp[::-1], "int8", Thresholds())
+    assert not r["passed"] and r["judged_on"] == "agreement"

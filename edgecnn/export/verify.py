@@ -16,6 +16,8 @@ class Thresholds:
     reduced_agreement: float = 0.99  # float16 and dynamic-range
     int8_agreement: float = 0.95
     min_margin: float = 0.05  # images whose Keras top-1 leads the runner-up by less are near-ties
+    min_confident: int = 32  # fewer confident images than this: judge on mean |dp| instead
+    max_mean_diff: float = 0.05
 
     def agreement_for(self, variant: str) -> float:
         return {"float32": self.float32_agreement, "int8": self.int8_agreement}.get(variant, self.reduced_agreement)
@@ -34,11 +36,22 @@ def compare(ref: np.ndarray, got: np.ndarray, variant: str, thresholds: Threshol
     confident = top1_margin(ref) >= thresholds.min_margin
     agreement = float(same[confident].mean()) if confident.any() else float(same.mean())
     max_diff = float(np.abs(ref - got).max()) if ref.size else 0.0
+    mean_diff = float(np.abs(ref - got).mean()) if ref.size else 0.0
     need = thresholds.agreement_for(variant)
-    passed = agreement >= need
     reasons = []
-    if not passed:
-        reasons.append(f"agreement {agreement:.4f} < {need}")
+    if confident.sum() >= thresholds.min_confident:
+        judged_on = "agreement"
+        passed = agreement >= need
+        if not passed:
+            reasons.append(f"agreement {agreement:.4f} < {need}")
+    else:
+        # A weak model has few confident images; agreement on a handful says nothing. Broken
+        # exports (wrong scaling, layout, quantization) move probabilities far, which this catches.
+        judged_on = "mean_abs_diff"
+        passed = mean_diff <= thresholds.max_mean_diff
+        if not passed:
+            reasons.append(f"only {int(confident.sum())} confident images and mean |dp| {mean_diff:.3f} > "
+                           f"{thresholds.max_mean_diff}")
     if variant == "float32" and max_diff > thresholds.float32_max_diff:
         passed = False
         reasons.append(f"max |dp| {max_diff:.2e} > {thresholds.float32_max_diff:g}")
@@ -49,6 +62,8 @@ def compare(ref: np.ndarray, got: np.ndarray, variant: str, thresholds: Threshol
         "agreement": round(agreement, 6),
         "agreement_all": round(float(same.mean()), 6),
         "max_abs_diff": max_diff,
+        "mean_abs_diff": mean_diff,
+        "judged_on": judged_on,
         "required_agreement": need,
         "reason": "; ".join(reasons) or None,
     }

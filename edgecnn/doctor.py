@@ -1,0 +1,114 @@
+"""``edgecnn doctor``: what is installed and which accelerators really work here."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+from importlib import metadata
+
+PACKAGES = ["tensorflow", "keras", "tf-keras", "tensorflow-model-optimization", "tf2onnx", "onnx",
+            "onnxruntime-gpu", "onnxruntime", "ai-edge-litert", "numpy", "typer"]
+CUDA_LIBS = ["libcuda.so.1", "libcudart.so.13", "libcublasLt.so.13", "libcudnn.so.9", "libcudart.so.12",
+             "libcudnn.so.8", "libnvinfer.so.10"]
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), platform.machine())
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _lib_found(name: str) -> bool:
+    try:
+        ctypes.CDLL(name)
+        return True
+    except OSError:
+        return False
+
+
+def _probe_onnx_providers() -> dict[str, str]:
+    """Create a one-node session per provider; report which ones really run."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edgecnn._stderr import capture_fd2
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    blob = model.SerializeToString()
+    onnx.checker.check_model(model)
+    out = {}
+    for prov in ort.get_available_providers():
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        try:
+            with capture_fd2() as log:
+                s = ort.InferenceSession(blob, sess_options=opts, providers=[prov, "CPUExecutionProvider"])
+            if s.get_providers()[0] == prov:
+                out[prov] = "works"
+            else:
+                from edgecnn.runners.onnx import _reason
+
+                out[prov] = _reason(log.lines(), prov)
+        except Exception as exc:
+            out[prov] = f"fails: {str(exc).splitlines()[0][:120]}"
+    return out
+
+
+def collect() -> dict:
+    info: dict = {"python": platform.python_version(), "platform": platform.platform(), "cpu": _cpu(),
+                  "cores": os.cpu_count(), "packages": {p: _version(p) for p in PACKAGES}}
+    warnings = []
+    if info["packages"]["onnxruntime"] and info["packages"]["onnxruntime-gpu"]:
+        warnings.append("both onnxruntime and onnxruntime-gpu are installed: uninstall one (they share files)")
+    for p in ("tensorflow", "onnx", "ai-edge-litert", "tf2onnx"):
+        if not info["packages"][p]:
+            warnings.append(f"{p} is not installed")
+    try:
+        from edgecnn._tf import tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        info["tensorflow_gpus"] = [g.name for g in gpus]
+        info["tensorflow_cuda_build"] = tf.test.is_built_with_cuda()
+    except Exception as exc:
+        info["tensorflow_gpus"] = []
+        warnings.append(f"TensorFlow does not import: {exc}")
+    try:
+        info["onnxruntime_providers"] = _probe_onnx_providers()
+    except Exception as exc:
+        info["onnxruntime_providers"] = {}
+        warnings.append(f"ONNX Runtime does not import: {exc}")
+    info["cuda_libraries"] = {lib: _lib_found(lib) for lib in CUDA_LIBS}
+    if not info["tensorflow_gpus"]:
+        warnings.append("no GPU visible to TensorFlow: training runs on the CPU")
+    info["warnings"] = warnings
+    return info
+
+
+def format_text(info: dict) -> str:
+    lines = [f"{'python':<31}{info['python']} on {info['platform']}",
+             f"{'cpu':<31}{info['cpu']} ({info['cores']} cores)"]
+    for p, v in info["packages"].items():
+        lines.append(f"{p:<31}{v or 'not installed'}")
+    lines.append(f"TensorFlow GPUs                {', '.join(info['tensorflow_gpus']) or 'none'}")
+    for prov, status in info["onnxruntime_providers"].items():
+        lines.append(f"onnxruntime {prov:<28} {status}")
+    found = [lib for lib, ok in info["cuda_libraries"].items() if ok]
+    lines.append(f"CUDA libraries found           {', '.join(found) or 'none'}")
+    for w in info["warnings"]:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)

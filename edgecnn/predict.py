@@ -1,0 +1,69 @@
+"""Predict classes of image files with any model format (.keras, .tflite, .onnx)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.data.images import ImageError, is_image_file, load_image
+from edgecnn.errors import EdgeCNNError
+from edgecnn.fsutil import read_json
+
+
+def labels_for(model_path: Path) -> dict:
+    """``labels.json`` beside the model (or one folder up), else the ONNX metadata."""
+    for candidate in (model_path.parent / "labels.json", model_path.parent.parent / "labels.json"):
+        if candidate.is_file():
+            return read_json(candidate, "labels file")
+    if model_path.suffix == ".onnx":
+        import onnx
+
+        try:
+            meta = {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
+            if "class_names" in meta:
+                return {"class_names": json.loads(meta["class_names"]),
+                        "input_shape": json.loads(meta.get("input_shape", "null"))}
+        except Exception:
+            pass
+    raise EdgeCNNError(f"no labels.json beside {model_path} (and no class names in the model)")
+
+
+def expand(paths: list[str]) -> list[Path]:
+    """Files as given; folders expand to every image file inside them (recursively, sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if is_image_file(f))
+            if not found:
+                raise EdgeCNNError(f"{p}: folder has no images (JPEG, PNG or BMP)")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
+def predict(model_path: str | Path, images: list[str], top_k: int = 3):
+    """Yield (path, [(class, probability), ...] or None, error or None) per image."""
+    from edgecnn.runners import format_of, open_runner
+
+    model_path = Path(model_path)
+    format_of(model_path)
+    if top_k < 1:
+        raise EdgeCNNError(f"--top-k must be at least 1, got {top_k}")
+    if not model_path.is_file():
+        raise EdgeCNNError(f"model file not found: {model_path}")
+    labels = labels_for(model_path)
+    runner = open_runner(model_path)
+    h, w, c = runner.input_shape
+    names = labels["class_names"]
+    for path in expand(images):
+        try:
+            x = load_image(path, (h, w), c)
+        except ImageError as exc:
+            yield path, None, str(exc)
+            continue
+        probs = runner.predict(x[None])[0]
+        order = np.argsort(-probs)[:top_k]
+        yield path, [(names[i] if i < len(names) else str(i), float(probs[i])) for i in order], None

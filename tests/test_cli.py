@@ -1,0 +1,151 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import cli, run_main, write_image
+
+COMMANDS = ["train", "summary", "evaluate", "export", "inspect", "benchmark", "run", "predict", "doctor", "report"]
+
+
+def test_help_imports_no_tensorflow():
+    code = ("import sys; from edgecnn.cli import main\n"
+            "for args in (['--help'],) + tuple([c, '--help'] for c in %r):\n"
+            "    try: main(args)\n"
+            "    except SystemExit as e: assert e.code == 0, (args, e.code)\n"
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
+            "print('clean')" % COMMANDS)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "clean" in out.stdout, out.stderr[-1500:]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_a_description_and_an_example(capsys, command):
+    code, out, _ = run_main(capsys, command, "--help")
+    assert code == 0 and "Example: edgecnn " in out
+
+
+def _one_line_error(code, err):
+    assert code != 0
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "--data", "/no/such/folder"],
+    ["train", "--epochs", "0"],
+    ["train", "--epochs", "many"],
+    ["train", "--optimizer", "lion"],
+    ["train", "--arch", "C: 32q"],
+    ["train", "--augment", "wobble"],
+    ["train", "--device", "tpu"],
+    ["train", "--data", "shapes:5"],
+    ["summary", "C: | D:"],
+    ["evaluate", "nope", "--runs-dir", "/no/runs"],
+    ["export", "--runs-dir", "/no/runs"],
+    ["export", "missing.keras"],
+    ["export", "--format", "coreml", "--runs-dir", "/no/runs"],
+    ["benchmark", "--runs-dir", "/no/runs"],
+    ["benchmark", "--warmup", "lots", "--runs-dir", "/no/runs"],
+    ["benchmark", "--batch-sizes", "1,x"],
+    ["inspect", "/no/model.tflite"],
+    ["inspect", "model.pt"],
+    ["predict", "/no/model.onnx", "x.png"],
+    ["report", "--runs-dir", "/no/runs"],
+    ["frobnicate"],
+    ["train", "--no-such-option"],
+])
+def test_bad_input_is_one_line_and_non_zero(capsys, args):
+    code, _, err = run_main(capsys, *args)
+    _one_line_error(code, err)
+
+
+def test_inspect_int8_tflite_shows_uint8_input_with_scale(capsys, tiny_exports):
+    code, out, _ = run_main(capsys, "inspect", str(tiny_exports / "model_int8.tflite"))
+    assert code == 0 and "uint8" in out and "scale=" in out and "zero_point=" in out
+    code, out, _ = run_main(capsys, "inspect", str(tiny_exports / "model_int8.onnx"), "--json")
+    info = json.loads(out)
+    assert info["opset"] == 17 and info["ops"]["QuantizeLinear"] >= 1
+
+
+def test_inspect_corrupt_and_empty_files(capsys, tmp_path):
+    (tmp_path / "e.onnx").write_bytes(b"")
+    (tmp_path / "c.tflite").write_bytes(b"\x01" * 100)
+    (tmp_path / "c.keras").write_bytes(b"zip? no")
+    for name in ("e.onnx", "c.tflite", "c.keras"):
+        code, _, err = run_main(capsys, "inspect", str(tmp_path / name))
+        _one_line_error(code, err)
+        assert name in err
+
+
+@pytest.fixture(scope="module")
+def sample_images(tiny_run, tmp_path_factory):
+    from edgecnn.data import load
+
+    ds = load("shapes:2000", image_size=16)
+    folder = tmp_path_factory.mktemp("imgs")
+    from PIL import Image
+
+    for i in range(4):
+        Image.fromarray(ds.x_test[i]).save(folder / f"img{i}.png")
+    return folder
+
+
+def test_predict_same_top_class_across_formats(capsys, tiny_exports, tiny_run, sample_images):
+    tops = {}
+    for model in (tiny_run / "model.keras", tiny_exports / "model_int8.tflite", tiny_exports / "model_float32.onnx",
+                  tiny_exports / "model_int8.onnx"):
+        code, out, _ = run_main(capsys, "predict", str(model), str(sample_images), "--json", "-k", "2")
+        assert code == 0
+        res = json.loads(out)["results"]
+        assert len(res) == 4 and len(res[0]["top"]) == 2
+        tops[model.name] = [r["top"][0]["class"] for r in res]
+    assert len({tuple(v) for v in tops.values()}) == 1, tops
+
+
+def test_predict_reports_bad_images_and_continues(capsys, tiny_exports, sample_images, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    code, out, err = run_main(capsys, "predict", str(tiny_exports / "model_int8.tflite"),
+                              str(sample_images / "img0.png"), str(bad), str(tmp_path / "missing.png"))
+    assert code == 1
+    assert "img0.png:" in out
+    assert "bad.jpg" in err and "missing.png" in err and "Traceback" not in err
+
+
+def test_predict_with_onnx_metadata_only(capsys, tiny_exports, sample_images, tmp_path):
+    import shutil
+
+    lone = tmp_path / "lone" / "m.onnx"
+    lone.parent.mkdir()
+    shutil.copy(tiny_exports / "model_float32.onnx", lone)
+    code, out, _ = run_main(capsys, "predict", str(lone), str(sample_images / "img1.png"))
+    assert code == 0 and "img1.png:" in out
+
+
+def test_doctor_reports_versions_and_providers(capsys):
+    code, out, _ = run_main(capsys, "doctor", "--json")
+    info = json.loads(out)
+    assert code == 0 and info["packages"]["tensorflow"] and info["onnxruntime_providers"]["CPUExecutionProvider"] == "works"
+    for prov, status in info["onnxruntime_providers"].items():
+        if prov != "CPUExecutionProvider" and not info["tensorflow_gpus"]:
+            assert status != "works" or prov == "AzureExecutionProvider"
+
+
+@pytest.mark.slow
+def test_run_pipeline_end_to_end(tmp_path):
+    out = cli("run", "--data", "shapes:400", "--image-size", "16", "--arch", "C: 8n 16n gap", "--epochs", "2",
+              "--calib-samples", "50", "--runs-dir", str(tmp_path / "runs"), "--name", "e2e", cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run = tmp_path / "runs" / "e2e"
+    for name in ("model.keras", "report.md", "report.html", "benchmark.json", "benchmark.png",
+                 "exports/model_int8.tflite", "exports/model_int8.onnx", "exports/export_report.json"):
+        assert (run / name).is_file(), name
+    md = (run / "report.md").read_text()
+    for section in ("## Training", "## Learning curves", "## Confusion matrix", "## Exports", "## Benchmark"):
+        assert section in md
+    assert "data:image/png;base64," in (run / "report.html").read_text()
+    assert "report:" in out.stdout and "| tflite-int8 |" in out.stdout
