@@ -71,11 +71,18 @@ def train(
     name: Optional[str] = typer.Option(None, help="Run name (default: run1, run2, ...)."),
     runs_dir: str = RUNS_DIR_OPT,
     summary: bool = typer.Option(False, "--summary", help="Print the layer table and MACs, then exit."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run (its own options) "
+                                         "from its last epoch checkpoint."),
 ):
     """Train a CNN and write a run directory (model.keras, labels, metrics, plots).
 
     Example: edgecnn train --data shapes --epochs 3
     """
+    if resume:
+        from edgecnn.train import resume as resume_run
+
+        _log(f"run directory: {resume_run(resume, runs_dir, log=_log)}")
+        return
     from edgecnn.train import TrainConfig
 
     cfg = TrainConfig(
@@ -276,7 +283,6 @@ def run(**kw):
     from edgecnn.train import TrainConfig
 
     extra = {k: kw.pop(k) for k in list(_RUN_EXTRA)}
-    kw.pop("summary", None)
     train_cfg = TrainConfig(**kw)
     export_cfg = ExportConfig(formats=extra["formats"], calib_samples=extra["calib_samples"],
                               io_dtype=extra["io_dtype"], opset=extra["opset"], runs_dir=kw["runs_dir"])
@@ -291,7 +297,8 @@ def _run_signature():
     """``run`` takes every ``train`` option (epochs default 5) plus the export/benchmark ones."""
     import inspect
 
-    params = [p for p in inspect.signature(train, eval_str=True).parameters.values() if p.name != "summary"]
+    params = [p for p in inspect.signature(train, eval_str=True).parameters.values()
+              if p.name not in ("summary", "resume")]
     params = [p.replace(default=typer.Option(5, help="Training epochs.")) if p.name == "epochs" else p
               for p in params]
     hints = {"formats": str, "calib_samples": int, "io_dtype": str, "opset": int, "bench_device": str,

@@ -99,7 +99,12 @@ def inspect(path: str | Path) -> dict:
         raise EdgeCNNError(f"model file not found: {path}")
     if path.stat().st_size == 0:
         raise EdgeCNNError(f"{path}: empty file")
-    info = {"tflite": inspect_tflite, "onnx": inspect_onnx, "keras": inspect_keras}[fmt](path)
+    try:
+        info = {"tflite": inspect_tflite, "onnx": inspect_onnx, "keras": inspect_keras}[fmt](path)
+    except EdgeCNNError:
+        raise
+    except Exception as exc:  # a damaged file the runtime loaded but could not describe
+        raise EdgeCNNError(f"{path}: damaged {fmt} model ({type(exc).__name__}: {str(exc)[:150]})") from None
     info["path"] = str(path)
     info["size_bytes"] = path.stat().st_size
     return info

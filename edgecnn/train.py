@@ -15,9 +15,12 @@ import numpy as np
 
 from edgecnn import runs
 from edgecnn.errors import EdgeCNNError
-from edgecnn.fsutil import atomic_path, write_json, write_text
+from edgecnn.fsutil import atomic_path, read_json, write_json, write_text
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+CHECKPOINT = "checkpoint.keras"
+CHECKPOINT_STATE = "checkpoint.json"
+BEST_WEIGHTS = "best.weights.h5"
 SCHEDULES = ("constant", "cosine", "onecycle")
 
 
@@ -176,9 +179,13 @@ def _callbacks(run_dir: Path, history_rows: list[dict], cfg: TrainConfig):
         def __init__(self, core):
             super().__init__()
             self.core = core
-            self.best = -1.0
-            self.best_epoch = 0
+            self.best = max((r.get("val_accuracy", r.get("accuracy", -1.0)) for r in history_rows), default=-1.0)
+            self.best_epoch = next((r["epoch"] for r in history_rows
+                                    if r.get("val_accuracy", r.get("accuracy")) == self.best), 0)
             self.best_weights = None
+            if history_rows and (run_dir / BEST_WEIGHTS).is_file():
+                core.load_weights(run_dir / BEST_WEIGHTS)
+                self.best_weights = core.get_weights()
 
         def on_epoch_end(self, epoch, logs=None):
             logs = dict(logs or {})
@@ -192,8 +199,13 @@ def _callbacks(run_dir: Path, history_rows: list[dict], cfg: TrainConfig):
             if val > self.best:
                 self.best, self.best_epoch = float(val), epoch + 1
                 self.best_weights = self.core.get_weights()
-            with atomic_path(run_dir / "checkpoint.keras") as tmp:
+                with atomic_path(run_dir / BEST_WEIGHTS, suffix=".weights.h5") as tmp:
+                    self.core.save_weights(tmp)
+            # The full training state (optimizer slots, step count = schedule position) for --resume.
+            with atomic_path(run_dir / CHECKPOINT) as tmp:
                 self.model.save(tmp)
+            write_json(run_dir / CHECKPOINT_STATE, {"epoch": epoch + 1, "best": self.best,
+                                                    "best_epoch": self.best_epoch})
 
     return Tracker
 
@@ -249,8 +261,33 @@ class _SigTerm:
         return False
 
 
-def train(cfg: TrainConfig, log=print, dataset=None) -> Path:
-    """Train per ``cfg``; return the run directory (complete, with model.keras last)."""
+def config_from_run(run_dir: Path) -> TrainConfig:
+    """The TrainConfig a run was started with (for --resume)."""
+    from dataclasses import fields
+
+    saved = runs.config(run_dir)
+    if not saved:
+        raise EdgeCNNError(f"{run_dir} has no config.json; it cannot be resumed")
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in saved.items() if k in names})
+
+
+def resume(run: str, runs_dir: str = "runs", log=print) -> Path:
+    """Continue an interrupted run from its last per-epoch checkpoint."""
+    run_dir = Path(run) if Path(run).is_dir() else Path(runs_dir) / run
+    if not run_dir.is_dir():
+        raise EdgeCNNError(f"run {run!r} not found (looked for {run} and {Path(runs_dir) / run})")
+    if not (run_dir / CHECKPOINT).is_file() or not (run_dir / CHECKPOINT_STATE).is_file():
+        raise EdgeCNNError(f"{run_dir} has no checkpoint to resume from (it finished, or never completed an epoch)")
+    return train(config_from_run(run_dir), log=log, resume_dir=run_dir)
+
+
+def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = None) -> Path:
+    """Train per ``cfg``; return the run directory (complete, with model.keras last).
+
+    ``resume_dir``: continue that run from its checkpoint (optimizer state, schedule position
+    and history included) instead of starting a new one.
+    """
     cfg.check()
     from edgecnn import data as data_mod
     from edgecnn import device as device_mod
@@ -269,30 +306,47 @@ def train(cfg: TrainConfig, log=print, dataset=None) -> Path:
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
 
-    run_dir = runs.allocate(cfg.runs_dir, cfg.name)
-    cfg.versions = versions()
-    cfg_dict = asdict(cfg) | {"arch_spec": describe(spec), "augment_layers": list(augment),
-                              "device_used": setup.description}
-    write_json(run_dir / "config.json", cfg_dict)
-    write_json(run_dir / "labels.json", labels_info(ds, cfg.channels))
+    history_rows: list[dict] = []
+    initial_epoch = 0
+    if resume_dir is not None:
+        run_dir = Path(resume_dir)
+        state = read_json(run_dir / CHECKPOINT_STATE, "checkpoint state")
+        initial_epoch = int(state["epoch"])
+        if (run_dir / "history.csv").is_file():
+            history_rows = [r for r in read_history(run_dir / "history.csv") if r["epoch"] <= initial_epoch]
+        log(f"resuming {run_dir} after epoch {initial_epoch} of {cfg.epochs}")
+    else:
+        run_dir = runs.allocate(cfg.runs_dir, cfg.name)
+        cfg.versions = versions()
+        cfg_dict = asdict(cfg) | {"arch_spec": describe(spec), "augment_layers": list(augment),
+                                  "device_used": setup.description}
+        write_json(run_dir / "config.json", cfg_dict)
+        write_json(run_dir / "labels.json", labels_info(ds, cfg.channels))
     log(f"run: {run_dir}  device: {setup.description}")
 
     global_batch = cfg.batch_size * setup.replicas
     steps = math.ceil(len(ds.x_train) / global_batch)
     with setup.strategy.scope():
-        core = model_mod.build_core(spec, ds.input_shape, ds.num_classes,
-                                    setup.precision if setup.precision != "float32" else None)
-        train_model = model_mod.build_train_model(core, augment, cfg.seed)
-        optimizer = make_optimizer(cfg, make_schedule(cfg, steps), setup.precision)
-        train_model.compile(
-            optimizer=optimizer,
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-            jit_compile=cfg.jit_compile,
-        )
+        if resume_dir is not None:
+            _one_cycle_class()  # registers the schedule class for deserialization
+            try:
+                train_model = keras.saving.load_model(run_dir / CHECKPOINT, safe_mode=True)
+            except Exception as exc:
+                raise EdgeCNNError(f"{run_dir / CHECKPOINT}: cannot load checkpoint ({str(exc)[:200]})") from None
+            core = train_model if train_model.name == "core" else train_model.get_layer("core")
+        else:
+            core = model_mod.build_core(spec, ds.input_shape, ds.num_classes,
+                                        setup.precision if setup.precision != "float32" else None)
+            train_model = model_mod.build_train_model(core, augment, cfg.seed)
+            optimizer = make_optimizer(cfg, make_schedule(cfg, steps), setup.precision)
+            train_model.compile(
+                optimizer=optimizer,
+                loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+                metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+                jit_compile=cfg.jit_compile,
+            )
     train_ds = make_dataset(ds.x_train, ds.y_train, ds.num_classes, global_batch, True, cfg.seed)
     val_ds = make_dataset(ds.x_val, ds.y_val, ds.num_classes, global_batch, False, cfg.seed) if len(ds.x_val) else None
-    history_rows: list[dict] = []
     tracker = _callbacks(run_dir, history_rows, cfg)(core)
     callbacks = [tracker]
     if cfg.early_stopping:
@@ -302,8 +356,8 @@ def train(cfg: TrainConfig, log=print, dataset=None) -> Path:
     t0 = time.perf_counter()
     try:
         with _SigTerm():
-            train_model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks,
-                            verbose=1 if sys.stdout.isatty() else 2)
+            train_model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
+                            callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: keeping the best model so far")
@@ -338,7 +392,9 @@ def train(cfg: TrainConfig, log=print, dataset=None) -> Path:
     write_text(run_dir / "summary.txt", model_mod.summary_text(deploy) + "\n")
     with atomic_path(run_dir / runs.MODEL_FILE) as tmp:
         deploy.save(tmp)
-    (run_dir / "checkpoint.keras").unlink(missing_ok=True) if not interrupted else None
+    if not interrupted:  # finished: the training state is no longer needed
+        for name in (CHECKPOINT, CHECKPOINT_STATE, BEST_WEIGHTS):
+            (run_dir / name).unlink(missing_ok=True)
     log(f"test accuracy {m['test_accuracy']:.4f}  loss {m['test_loss']:.4f}  "
         f"({m['epochs_run']} epochs, {train_seconds:.1f} s, best epoch {tracker.best_epoch})")
     log(f"saved {run_dir / runs.MODEL_FILE}")

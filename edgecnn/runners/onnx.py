@@ -23,8 +23,10 @@ def check_external_data(path: Path) -> None:
 
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise EdgeCNNError(f"{path}: not a valid ONNX model ({type(exc).__name__})") from None
+        onnx.checker.check_model(model)
+    except Exception as exc:  # protobuf DecodeError, checker ValidationError and friends
+        msg = str(exc).strip().splitlines()[0][:150] if str(exc).strip() else ""
+        raise EdgeCNNError(f"{path}: not a valid ONNX model ({type(exc).__name__} {msg})".rstrip()) from None
     base = path.resolve().parent
     for tensor in _all_tensors(model.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:

@@ -1,0 +1,129 @@
+"""Random bytes and mutated valid files into every loader: a correct load or the project's own error."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import write_image
+from edgecnn.errors import EdgeCNNError
+
+FUZZ = settings(max_examples=40, deadline=5000, suppress_health_check=list(HealthCheck), derandomize=True)
+
+
+def _mutate(blob: bytes, edits) -> bytes:
+    b = bytearray(blob)
+    for pos, val in edits:
+        if b:
+            b[pos % len(b)] = val
+    return bytes(b)
+
+
+def _accepts_or_refuses(fn):
+    try:
+        fn()
+    except EdgeCNNError as exc:
+        assert str(exc) and "\n" not in str(exc).strip()
+
+
+EDITS = st.lists(st.tuples(st.integers(0, 2**31), st.integers(0, 255)), min_size=1, max_size=8)
+
+
+@pytest.fixture(scope="module")
+def valid_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("valid")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
+    np.savez(d / "d.npz", x_train=x, y_train=np.arange(12) % 2, x_test=x[:4], y_test=np.arange(4) % 2)
+    return {"png": write_image(d / "a.png", size=(24, 16)).read_bytes(),
+            "jpg": write_image(d / "a.jpg", size=(24, 16)).read_bytes(),
+            "npz": (d / "d.npz").read_bytes(),
+            "json": json.dumps({"class_names": ["a", "b"], "input_shape": [8, 8, 3]}).encode()}
+
+
+@FUZZ
+@given(data=st.binary(max_size=2048), kind=st.sampled_from(["png", "jpg", "npz", "json"]), edits=EDITS,
+       mutate=st.booleans())
+def test_file_loaders(tmp_path_factory, valid_files, data, kind, edits, mutate):
+    from edgecnn.data import npz
+    from edgecnn.data.images import load_image
+    from edgecnn.fsutil import read_json
+
+    blob = _mutate(valid_files[kind], edits) if mutate else data
+    path = tmp_path_factory.mktemp("f") / f"x.{kind}"
+    path.write_bytes(blob)
+    loader = {"png": lambda: load_image(path, 16), "jpg": lambda: load_image(path, 16),
+              "npz": lambda: npz.load(path), "json": lambda: read_json(path)}[kind]
+    _accepts_or_refuses(loader)
+
+
+@FUZZ
+@given(data=st.binary(max_size=4096))
+def test_cifar_batch_loader(tmp_path_factory, data):
+    from edgecnn.data.cifar10 import _load_batch
+
+    path = tmp_path_factory.mktemp("c") / "data_batch_1"
+    path.write_bytes(data)
+    _accepts_or_refuses(lambda: _load_batch(path))
+
+
+@FUZZ
+@given(text=st.text(max_size=60))
+def test_spec_parser(text):
+    from edgecnn.spec import parse
+
+    _accepts_or_refuses(lambda: parse(text))
+
+
+@settings(max_examples=15, deadline=20000, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(edits=EDITS, truncate=st.integers(10, 100))
+def test_keras_loader(tmp_path_factory, tiny_run, edits, truncate):
+    from edgecnn.model import load_keras
+
+    blob = (tiny_run / "model.keras").read_bytes()
+    d = tmp_path_factory.mktemp("k")
+    (d / "m.keras").write_bytes(_mutate(blob, edits))
+    (d / "t.keras").write_bytes(blob[: len(blob) * truncate // 101])
+    _accepts_or_refuses(lambda: load_keras(d / "m.keras"))
+    _accepts_or_refuses(lambda: load_keras(d / "t.keras"))
+
+
+def test_native_model_loaders_in_a_child(tiny_exports, tmp_path):
+    """Mutated .tflite and .onnx files through inspect and predict, in a child so a native crash
+    fails this test (instead of killing the test run)."""
+    script = textwrap.dedent(f"""
+        import random, sys, numpy as np
+        from pathlib import Path
+        from edgecnn.errors import EdgeCNNError
+        from edgecnn.inspect import inspect
+        from edgecnn.runners import open_runner
+        rnd = random.Random(0)
+        out = Path({str(tmp_path)!r})
+        counts = {{"ok": 0, "refused": 0}}
+        for src in ("model_int8.tflite", "model_float32.tflite", "model_float32.onnx", "model_int8.onnx"):
+            blob = Path({str(tiny_exports)!r}, src).read_bytes()
+            for i in range(25):
+                b = bytearray(blob)
+                if i % 5 == 0:
+                    b = b[: rnd.randrange(len(b))]
+                else:
+                    for _ in range(rnd.randint(1, 6)):
+                        b[rnd.randrange(len(b))] = rnd.randrange(256)
+                p = out / f"m{{i}}{{Path(src).suffix}}"
+                p.write_bytes(bytes(b))
+                try:
+                    inspect(p)
+                    open_runner(p).predict(np.zeros((2, 16, 16, 3), np.uint8))
+                    counts["ok"] += 1
+                except EdgeCNNError:
+                    counts["refused"] += 1
+        print("COUNTS", counts)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, f"exit {out.returncode}: {out.stderr[-3000:]}"
+    assert "COUNTS" in out.stdout
