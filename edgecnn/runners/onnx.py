@@ -21,12 +21,14 @@ def check_external_data(path: Path) -> None:
     """Refuse models whose external tensor data points outside the model's folder."""
     import onnx
 
+    def invalid(exc):
+        msg = str(exc).strip().splitlines()[0][:150] if str(exc).strip() else ""
+        return EdgeCNNError(f"{path}: not a valid ONNX model ({type(exc).__name__} {msg})".rstrip())
+
     try:
         model = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(model)
-    except Exception as exc:  # protobuf DecodeError, checker ValidationError and friends
-        msg = str(exc).strip().splitlines()[0][:150] if str(exc).strip() else ""
-        raise EdgeCNNError(f"{path}: not a valid ONNX model ({type(exc).__name__} {msg})".rstrip()) from None
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise invalid(exc) from None
     base = path.resolve().parent
     for tensor in _all_tensors(model.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
@@ -34,6 +36,10 @@ def check_external_data(path: Path) -> None:
             target = (base / loc).resolve()
             if Path(loc).is_absolute() or base not in target.parents:
                 raise EdgeCNNError(f"{path}: refused external data {loc!r} outside the model's folder")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # ValidationError, and odd types on damaged protobufs
+        raise invalid(exc) from None
 
 
 def _all_tensors(graph):
