@@ -258,6 +258,36 @@ def benchmark_cmd(
     raise typer.Exit(code)
 
 
+# --------------------------------------------------------------------------- finetune
+
+
+@app.command("finetune")
+def finetune_cmd(
+    run: Optional[str] = RUN_ARG,
+    qat: bool = typer.Option(False, "--qat", help="Quantization-aware training (writes int8 TFLite + QDQ ONNX)."),
+    prune: Optional[float] = typer.Option(None, "--prune", help="Prune Conv2D/Dense kernels to this sparsity."),
+    epochs: int = typer.Option(3, help="Fine-tuning epochs."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default 1e-4 for QAT, 5e-4 for pruning)."),
+    schedule: str = typer.Option("constant", help="Pruning schedule: constant or polynomial."),
+    calib_samples: int = typer.Option(500, help="Training images for the int8 input/output ranges."),
+    io_dtype: str = typer.Option("uint8", help="int8 TFLite input/output type."),
+    name: Optional[str] = typer.Option(None, help="New run name (default <run>-qat / <run>-pruned50)."),
+    runs_dir: str = RUNS_DIR_OPT,
+):
+    """Fine-tune a run with QAT or pruning (TensorFlow Model Optimization) into a new run directory.
+
+    Example: edgecnn finetune --qat --epochs 3
+    """
+    from edgecnn.finetune import finetune
+
+    if qat == (prune is not None):
+        raise EdgeCNNError("choose exactly one of --qat or --prune SPARSITY")
+    dst = finetune(run, "qat" if qat else "prune", runs_dir, epochs=epochs, lr=lr,
+                   sparsity=prune if prune is not None else 0.5, schedule=schedule, calib_samples=calib_samples,
+                   io_dtype=io_dtype, name=name, log=_log)
+    _log(f"run directory: {dst}")
+
+
 # --------------------------------------------------------------------------- run, predict, doctor
 
 _RUN_EXTRA = {

@@ -36,9 +36,12 @@ def parse_augment(text: str) -> tuple[str, ...]:
     return names
 
 
-def build_augment(names: tuple[str, ...], input_shape, seed: int = 0):
-    """A Sequential of Keras random layers (identity at inference)."""
-    from edgecnn._tf import keras
+def build_augment(names: tuple[str, ...], input_shape, seed: int = 0, keras_module=None):
+    """A Sequential of Keras random layers (identity at inference).
+
+    ``keras_module``: tf_keras for the tfmot fine-tuning worker; Keras 3 by default.
+    """
+    keras = keras_module or _keras()
 
     layers = []
     for name in names:
@@ -55,9 +58,19 @@ def build_augment(names: tuple[str, ...], input_shape, seed: int = 0):
     return keras.Sequential([keras.Input(input_shape), *layers], name="augment")
 
 
-def build_core(spec: Spec | str, input_shape, num_classes: int, dtype_policy: str | None = None):
-    """Build the deployable model. ``dtype_policy`` e.g. ``mixed_float16`` for GPU training."""
+def _keras():
     from edgecnn._tf import keras
+
+    return keras
+
+
+def build_core(spec: Spec | str, input_shape, num_classes: int, dtype_policy: str | None = None,
+               keras_module=None):
+    """Build the deployable model. ``dtype_policy`` e.g. ``mixed_float16`` for GPU training.
+
+    ``keras_module``: build the same architecture (same layer names) with tf_keras, for tfmot.
+    """
+    keras = keras_module or _keras()
 
     spec = parse(spec) if isinstance(spec, str) else spec
     h, w, c = input_shape

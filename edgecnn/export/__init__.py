@@ -7,6 +7,8 @@ in its own runtime and compared with Keras, and renamed only when it passes.
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import shutil
 import tempfile
@@ -127,10 +129,22 @@ def export(cfg: ExportConfig, log=print) -> dict:
     ref = core.predict(x_verify.astype(np.float32), batch_size=256, verbose=0) if cfg.verify else None
 
     entries = []
+    qat_entries = {}
+    if (runs.config(base).get("finetune") or {}).get("mode") == "qat":
+        # int8 files of a QAT run come from its fake-quant graph (edgecnn finetune --qat), not from PTQ.
+        metrics = json.loads((base / "metrics.json").read_text()) if (base / "metrics.json").is_file() else {}
+        qat_entries = {e["file"]: e for e in metrics.get("qat_exports", []) if e.get("status") == "ok"
+                       and (out_dir / e["file"]).is_file()}
     with tempfile.TemporaryDirectory(prefix="edgecnn-export-") as tmp:
         saved = None
         float_onnx = None
         for fmt, variant in pairs:
+            if filename(fmt, variant) in qat_entries:
+                entry = qat_entries[filename(fmt, variant)]
+                entry["gzip_bytes"] = gzip_size(out_dir / entry["file"])
+                entries.append(entry)
+                log(f"  kept {entry['file']} from quantization-aware training")
+                continue
             entry = {"file": filename(fmt, variant), "format": fmt, "variant": variant, "status": "ok",
                      "calib_samples": int(len(calib)) if variant == "int8" else 0}
             t0 = time.perf_counter()
@@ -181,8 +195,8 @@ def _write_verified(final: Path, blob: bytes, entry: dict, x_verify, ref, cfg: E
     with atomic_path(final) as tmp:
         write_bytes(tmp, blob)
         info = inspect(tmp)
-        entry.update({"size_bytes": len(blob), "inputs": info["inputs"], "outputs": info["outputs"],
-                      "ops": info["ops"]})
+        entry.update({"size_bytes": len(blob), "gzip_bytes": len(gzip.compress(blob, 9, mtime=0)),
+                      "inputs": info["inputs"], "outputs": info["outputs"], "ops": info["ops"]})
         if "all_builtin" in info:
             entry["all_builtin"] = info["all_builtin"]
             if not info["all_builtin"]:
@@ -194,6 +208,11 @@ def _write_verified(final: Path, blob: bytes, entry: dict, x_verify, ref, cfg: E
             if not entry["verify"]["passed"]:
                 raise EdgeCNNError(f"{final.name} failed verification: {entry['verify']['reason']}")
     entry["path"] = str(final)
+
+
+def gzip_size(path: Path) -> int:
+    """Bytes after gzip -9: what pruning saves on the wire and in compressed flash images."""
+    return len(gzip.compress(Path(path).read_bytes(), 9, mtime=0))
 
 
 def _log_entry(e: dict, log) -> None:

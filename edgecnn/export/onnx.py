@@ -15,13 +15,16 @@ DEFAULT_OPSET = 17
 
 
 def convert_float(core, opset: int = DEFAULT_OPSET):
-    """Keras core -> ONNX ModelProto: input ``image`` (N,H,W,C float32 0..255), output ``probabilities``."""
+    """Keras core -> ONNX ModelProto: input ``image`` (N,H,W,C float32 0..255), output ``probabilities``.
+
+    Works for Keras 3 models and for tf_keras ones (a tfmot QAT model becomes QDQ ONNX).
+    """
     if not 9 <= opset <= 21:
         raise EdgeCNNError(f"--opset must be 9..21, got {opset}")
+    import tensorflow as tf
     import tf2onnx
 
     from edgecnn._stderr import capture_fd2
-    from edgecnn._tf import tf
 
     spec = [tf.TensorSpec([None, *core.input_shape[1:]], tf.float32, name=INPUT_NAME)]
     try:

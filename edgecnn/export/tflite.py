@@ -32,12 +32,19 @@ def convert(saved_model_dir: Path, variant: str, calibration: np.ndarray | None 
     ``calibration``: uint8 images from the training split (int8 only), fed as the model
     sees them at inference. ``io_dtype``: the int8 model's input and output type.
     """
+    import tensorflow as tf
+
+    return run_converter(tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir)), variant, calibration,
+                         io_dtype)
+
+
+def run_converter(conv, variant: str, calibration: np.ndarray | None = None, io_dtype: str = "uint8") -> bytes:
+    """Configure ``conv`` (any TFLiteConverter, e.g. from a tfmot QAT model) for ``variant`` and run it."""
     if variant not in VARIANTS:
         raise EdgeCNNError(f"unknown TFLite variant {variant!r} (use {', '.join(VARIANTS)})")
-    from edgecnn._stderr import capture_fd2
-    from edgecnn._tf import tf
+    import tensorflow as tf
 
-    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    from edgecnn._stderr import capture_fd2
     if variant == "float16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]

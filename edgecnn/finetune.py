@@ -1,0 +1,131 @@
+"""``edgecnn finetune``: quantization-aware training or pruning of a run, into a new run directory.
+
+The tfmot work happens in ``edgecnn.tfmot_worker`` (a child process with legacy Keras);
+this side stays Keras 3: it hands over the weights, takes back the fine-tuned float weights,
+and writes a complete run directory that export and benchmark accept like any other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn import runs
+from edgecnn.errors import EdgeCNNError
+from edgecnn.fsutil import atomic_path, write_json, write_text
+
+SCHEDULES = ("constant", "polynomial")
+
+
+def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3, lr: float | None = None,
+             sparsity: float = 0.5, schedule: str = "constant", calib_samples: int = 500, io_dtype: str = "uint8",
+             opset: int = 17, name: str | None = None, verify_samples: int = 512, min_agreement_int8: float = 0.95,
+             log=print) -> Path:
+    if mode not in ("qat", "prune"):
+        raise EdgeCNNError("choose --qat or --prune SPARSITY")
+    if epochs < 1:
+        raise EdgeCNNError(f"--epochs must be at least 1, got {epochs}")
+    if mode == "prune" and not 0.0 < sparsity < 1.0:
+        raise EdgeCNNError(f"--prune takes a sparsity in (0, 1), e.g. 0.5, got {sparsity}")
+    if schedule not in SCHEDULES:
+        raise EdgeCNNError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    if lr is not None and not 0 < lr < 1:
+        raise EdgeCNNError(f"--lr must be in (0, 1), got {lr}")
+    src = runs.resolve(run, runs_dir)
+    cfg = runs.config(src)
+    if not cfg.get("arch"):
+        raise EdgeCNNError(f"{src} has no config.json with its architecture; finetune needs a run made by edgecnn")
+    labels = runs.labels(src)
+    from edgecnn import metrics as metrics_mod
+    from edgecnn import model as model_mod
+    from edgecnn.evaluate import load_run_data
+    from edgecnn.train import write_history
+
+    core = model_mod.load_keras(src / runs.MODEL_FILE)
+    ds = load_run_data(src)
+    suffix = "qat" if mode == "qat" else f"pruned{round(sparsity * 100)}"
+    dst = runs.allocate(Path(src).parent, name or f"{src.name}-{suffix}")
+    log(f"{mode}: {src} -> {dst}")
+    lr = lr if lr is not None else (1e-4 if mode == "qat" else 5e-4)
+    with tempfile.TemporaryDirectory(prefix="edgecnn-tfmot-") as tmp:
+        tmp = Path(tmp)
+        np.savez(tmp / "weights_in.npz", **{f"{layer.name}/{i}": w for layer in core.layers
+                                             for i, w in enumerate(layer.get_weights())})
+        x_ref = ds.x_test[:64]
+        np.save(tmp / "ref_images.npy", x_ref)
+        np.save(tmp / "ref_probs.npy", core.predict(x_ref.astype(np.float32), verbose=0))
+        (dst / "exports").mkdir(exist_ok=True)
+        shutil.copyfile(src / "labels.json", dst / "labels.json")
+        job = {
+            "mode": mode, "arch": cfg["arch"], "input_shape": labels["input_shape"], "num_classes": ds.num_classes,
+            "data": cfg["data"], "val_split": cfg.get("val_split", 0.1), "test_split": cfg.get("test_split", 0.1),
+            "seed": cfg.get("seed", 0), "skip_bad_images": cfg.get("skip_bad_images", False),
+            "augment": cfg.get("augment", "none"), "batch_size": cfg.get("batch_size", 64), "epochs": epochs,
+            "lr": lr, "sparsity": sparsity, "schedule": schedule, "calib_samples": calib_samples,
+            "io_dtype": io_dtype, "opset": opset, "verify_samples": verify_samples,
+            "min_agreement_int8": min_agreement_int8, "weights_in": str(tmp / "weights_in.npz"),
+            "weights_out": str(tmp / "weights_out.npz"), "reference_images": str(tmp / "ref_images.npy"),
+            "reference_probs": str(tmp / "ref_probs.npy"), "exports_dir": str(dst / "exports"),
+            "labels": str(dst / "labels.json"), "result_out": str(tmp / "result.json"),
+        }
+        (tmp / "job.json").write_text(json.dumps(job))
+        env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
+        proc = subprocess.run([sys.executable, "-m", "edgecnn.tfmot_worker", str(tmp / "job.json")], env=env,
+                              stderr=subprocess.PIPE,
+                              text=True)
+        if not (tmp / "result.json").is_file():
+            raise EdgeCNNError(f"{mode} worker crashed (exit code {proc.returncode}): "
+                               f"{(proc.stderr.strip().splitlines() or [''])[-1][:300]}")
+        result = json.loads((tmp / "result.json").read_text())
+        if result["status"] != "ok":
+            raise EdgeCNNError(f"{mode} failed: {result['error']}")
+        tuned = model_mod.build_core(cfg["arch"], tuple(labels["input_shape"]), ds.num_classes)
+        with np.load(tmp / "weights_out.npz") as z:
+            for layer in tuned.layers:
+                n = len(layer.get_weights())
+                if n:
+                    layer.set_weights([z[f"{layer.name}/{i}"] for i in range(n)])
+
+    probs = tuned.predict(ds.x_test.astype(np.float32), batch_size=256, verbose=0)
+    m = metrics_mod.evaluate(probs, ds.y_test, ds.class_names)
+    m.update({"parameters": int(tuned.count_params()), "macs": model_mod.count_macs(tuned),
+              "train_seconds": round(result["train_seconds"], 2), "epochs_run": epochs, "finetune": mode,
+              "source_run": str(src), "transfer_max_abs_diff": result["transfer_max_abs_diff"],
+              "data": ds.source, "device": "CPU (tfmot worker)",
+              "tuned_model_accuracy": result.get("tuned_model_accuracy")})
+    if mode == "prune":
+        m["sparsity_target"] = sparsity
+        m["sparsity_per_layer"] = result["sparsity"]
+    if mode == "qat":
+        m["qat_exports"] = result["exports"]
+    write_json(dst / "metrics.json", m)
+    write_json(dst / "config.json", cfg | {"finetune": {"mode": mode, "epochs": epochs, "lr": lr,
+                                                        "sparsity": sparsity if mode == "prune" else None,
+                                                        "schedule": schedule, "source_run": str(src)}})
+    write_history(dst / "history.csv", result["history"])
+    write_text(dst / "classification_report.txt",
+               metrics_mod.classification_report(ds.y_test, probs.argmax(1), ds.class_names))
+    with atomic_path(dst / runs.MODEL_FILE) as tmp_model:
+        tuned.save(tmp_model)
+    log(f"{mode} model accuracy {result.get('tuned_model_accuracy', float('nan')):.4f}; "
+        f"float accuracy after {mode}: {m['test_accuracy']:.4f} (source run: "
+        f"{json.loads((src / 'metrics.json').read_text()).get('test_accuracy', float('nan')):.4f})")
+    if mode == "prune":
+        log("sparsity per layer: " + ", ".join(f"{k} {v:.3f}" for k, v in result["sparsity"].items()))
+    for e in result.get("exports", []):
+        v = e.get("verify") or {}
+        log(f"  {e['status']} {e['file']} (QAT) " + (f"agreement {v.get('agreement', 0):.4f}" if v else
+                                                   e.get("error", "")))
+    failed = [e for e in result.get("exports", []) if e["status"] != "ok"]
+    if failed:
+        raise EdgeCNNError("QAT export failed: " + "; ".join(f"{e['file']}: {e['error']}" for e in failed),
+                           exit_code=1)
+    return dst
+

@@ -1,0 +1,229 @@
+"""Quantization-aware training and pruning with TensorFlow Model Optimization, in its own process.
+
+tfmot works only on tf_keras (Keras 2) models and importing it switches the whole process to
+legacy Keras, so this module runs as ``python -m edgecnn.tfmot_worker JOB.json`` with
+``TF_USE_LEGACY_KERAS=1`` and never inside the CLI's process. It rebuilds the run's
+architecture in tf_keras, copies the Keras 3 weights (checking the predictions match),
+fine-tunes, and writes float weights back (plus, for QAT, the int8 TFLite and QDQ ONNX files).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+TRANSFER_TOLERANCE = 1e-4
+PRUNABLE = ("Conv2D", "Dense")
+NOT_QUANTIZABLE = ("Rescaling", "InputLayer")
+
+
+def _libs():
+    from edgecnn._stderr import capture_fd2
+
+    with capture_fd2():
+        import tensorflow as tf
+        import tensorflow_model_optimization as tfmot
+        import tf_keras
+
+    tf.get_logger().setLevel("ERROR")
+    return tf, tf_keras, tfmot
+
+
+def rebuild(job: dict, tf_keras):
+    """The run's architecture in tf_keras with the Keras 3 weights copied by layer name."""
+    from edgecnn.model import build_core
+
+    model = build_core(job["arch"], tuple(job["input_shape"]), job["num_classes"], keras_module=tf_keras)
+    with np.load(job["weights_in"]) as z:
+        for layer in model.layers:
+            n = sum(1 for k in z.files if k.rsplit("/", 1)[0] == layer.name)
+            if n:
+                layer.set_weights([z[f"{layer.name}/{i}"] for i in range(n)])
+    return model
+
+
+def float_weights(model, tuned) -> dict[str, np.ndarray]:
+    """Plain float weights by original layer name, taken from tfmot's wrappers.
+
+    A QuantizeWrapper owns its layer's kernel (``conv1/kernel``) beside its own quantizer
+    variables (``quant_conv1/kernel_min``), so variables are matched by owner and name; a
+    missing one is an error, never a silent fall-back to the weights before fine-tuning.
+    """
+    found: dict[tuple[str, str], np.ndarray] = {}
+    for layer in tuned.layers:
+        inner = getattr(layer, "layer", layer)
+        for w in layer.weights:
+            base = w.name.split(":")[0]
+            owner, _, short = base.rpartition("/")
+            if owner.split("/")[-1] == inner.name:
+                found[(inner.name, short)] = w.numpy()
+    out = {}
+    for layer in model.layers:
+        for i, w in enumerate(layer.weights):
+            short = w.name.split(":")[0].rpartition("/")[2]
+            if (layer.name, short) not in found:
+                raise RuntimeError(f"fine-tuned model has no weight {layer.name}/{short}")
+            out[f"{layer.name}/{i}"] = found[(layer.name, short)]
+    return out
+
+
+def _dataset(tf, tf_keras, x, y, num_classes, batch, augment, seed, shuffle):
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch).map(lambda a, b: (tf.cast(a, tf.float32), tf.one_hot(b, num_classes)))
+    if augment is not None:
+        ds = ds.map(lambda a, b: (augment(a, training=True), b))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def run(job: dict) -> dict:
+    tf, tf_keras, tfmot = _libs()
+    from edgecnn import data as data_mod
+    from edgecnn.model import build_augment, parse_augment
+
+    tf_keras.utils.set_random_seed(job["seed"])
+    model = rebuild(job, tf_keras)
+    x_ref = np.load(job["reference_images"])
+    ref = np.load(job["reference_probs"])
+    got = model.predict(x_ref.astype(np.float32), verbose=0)
+    transfer_diff = float(np.abs(got - ref).max())
+    if transfer_diff > TRANSFER_TOLERANCE:
+        raise RuntimeError(f"tf_keras rebuild does not match the Keras 3 model (max |dp| {transfer_diff:.2e})")
+
+    ds = data_mod.load(job["data"], image_size=job["input_shape"][0], channels=job["input_shape"][2],
+                       val_split=job["val_split"], test_split=job["test_split"], seed=job["seed"],
+                       skip_bad_images=job["skip_bad_images"])
+    names = parse_augment(job["augment"])
+    augment = build_augment(names, tuple(job["input_shape"]), job["seed"], keras_module=tf_keras) if names else None
+    train_ds = _dataset(tf, tf_keras, ds.x_train, ds.y_train, ds.num_classes, job["batch_size"], augment,
+                        job["seed"], True)
+    val_ds = _dataset(tf, tf_keras, ds.x_val, ds.y_val, ds.num_classes, job["batch_size"], None, job["seed"], False)
+
+    result: dict = {"transfer_max_abs_diff": transfer_diff}
+    callbacks = []
+    if job["mode"] == "qat":
+        q = tfmot.quantization.keras
+
+        def annotate(layer):
+            if type(layer).__name__ in NOT_QUANTIZABLE:
+                return layer
+            return q.quantize_annotate_layer(layer)
+
+        annotated = tf_keras.models.clone_model(model, clone_function=annotate)
+        annotated.set_weights(model.get_weights())
+        with q.quantize_scope():
+            tuned = q.quantize_apply(annotated)
+    else:
+        sp = tfmot.sparsity.keras
+        steps = int(np.ceil(len(ds.x_train) / job["batch_size"])) * job["epochs"]
+        if job["schedule"] == "polynomial":
+            schedule = sp.PolynomialDecay(0.0, job["sparsity"], begin_step=0, end_step=max(1, int(steps * 0.7)),
+                                          frequency=max(1, steps // 20))
+        else:
+            schedule = sp.ConstantSparsity(job["sparsity"], begin_step=0, frequency=max(1, steps // 20))
+
+        def prune(layer):
+            if type(layer).__name__ in PRUNABLE:
+                return sp.prune_low_magnitude(layer, pruning_schedule=schedule)
+            return layer
+
+        tuned = tf_keras.models.clone_model(model, clone_function=prune)
+        for layer in tuned.layers:  # clone_model gives unwrapped layers fresh weights: copy them by name
+            inner = getattr(layer, "layer", layer)
+            if inner.weights:
+                inner.set_weights(model.get_layer(inner.name).get_weights())
+        callbacks.append(sp.UpdatePruningStep())
+
+    tuned.compile(optimizer=tf_keras.optimizers.Adam(job["lr"]),
+                  loss=tf_keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
+    t0 = time.perf_counter()
+    hist = tuned.fit(train_ds, validation_data=val_ds, epochs=job["epochs"], callbacks=callbacks,
+                     verbose=2)
+    result["train_seconds"] = time.perf_counter() - t0
+    result["history"] = [{"epoch": i + 1, **{k: float(v[i]) for k, v in hist.history.items()}}
+                         for i in range(len(hist.history["loss"]))]
+
+    if job["mode"] == "prune":
+        tuned = tfmot.sparsity.keras.strip_pruning(tuned)
+        result["sparsity"] = {}
+        for layer in tuned.layers:
+            if type(layer).__name__ in PRUNABLE:
+                k = layer.kernel.numpy()
+                result["sparsity"][layer.name] = float(np.mean(k == 0))
+    weights = float_weights(model, tuned)
+    np.savez(job["weights_out"], **weights)
+    probs = tuned.predict(ds.x_test.astype(np.float32), batch_size=256, verbose=0)
+    result["tuned_model_accuracy"] = float(np.mean(probs.argmax(1) == ds.y_test))
+    for layer in model.layers:  # the float architecture with the fine-tuned weights, as the parent will see it
+        n = len(layer.get_weights())
+        if n:
+            layer.set_weights([weights[f"{layer.name}/{i}"] for i in range(n)])
+    probs = model.predict(ds.x_test.astype(np.float32), batch_size=256, verbose=0)
+    result["float_weights_accuracy"] = float(np.mean(probs.argmax(1) == ds.y_test))
+    if job["mode"] == "qat":
+        result["exports"] = export_qat(tf, tuned, ds, job)
+    return result
+
+
+def export_qat(tf, qat, ds, job) -> list[dict]:
+    """int8 TFLite and QDQ ONNX from the fake-quant graph, each verified against the QAT model."""
+    from edgecnn.export import ExportConfig, _write_verified, filename
+    from edgecnn.export import onnx as onx
+    from edgecnn.export.tflite import calibration_images, run_converter
+    from edgecnn.export.verify import Thresholds
+
+    calib = calibration_images(ds.x_train, job["calib_samples"], job["seed"])
+    x_verify = ds.x_test[: job["verify_samples"]]
+    ref = qat.predict(x_verify.astype(np.float32), verbose=0)
+    out_dir = Path(job["exports_dir"])
+    labels = json.loads(Path(job["labels"]).read_text())
+    entries = []
+
+    cfg = ExportConfig(thresholds=Thresholds(int8_agreement=job["min_agreement_int8"]))
+
+    for fmt in ("tflite", "onnx"):
+        entry = {"file": filename(fmt, "int8"), "format": fmt, "variant": "int8", "status": "ok", "source": "qat",
+                 "calib_samples": int(len(calib))}
+        t0 = time.perf_counter()
+        try:
+            if fmt == "tflite":
+                conv = tf.lite.TFLiteConverter.from_keras_model(qat)
+                blob = run_converter(conv, "int8", calib, job["io_dtype"])
+            else:
+                proto = onx.convert_float(qat, job["opset"])  # fake-quant ops become QuantizeLinear/DequantizeLinear
+                onx.set_metadata(proto, labels, "int8-qat")
+                onx.check(proto)
+                blob = proto.SerializeToString()
+            entry["convert_seconds"] = round(time.perf_counter() - t0, 3)
+            _write_verified(out_dir / entry["file"], blob, entry, x_verify, ref, cfg)
+        except Exception as exc:
+            entry["status"] = "failed"
+            entry["error"] = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        entries.append(entry)
+    return entries
+
+
+def main(argv: list[str]) -> int:
+    job = json.loads(Path(argv[0]).read_text())
+    try:
+        result = {"status": "ok", **run(job)}
+    except Exception as exc:
+        result = {"status": "failed", "error": str(exc).splitlines()[0][:400] if str(exc) else type(exc).__name__,
+                  "traceback": traceback.format_exc()[-3000:]}
+    Path(job["result_out"]).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

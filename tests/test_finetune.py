@@ -1,0 +1,87 @@
+"""QAT and pruning through tfmot in a child process; the parent stays Keras 3."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgecnn.errors import EdgeCNNError
+
+
+def test_weight_transfer_keras3_to_tf_keras_is_exact(tiny_run, tmp_path):
+    """The worker's rebuild in tf_keras gives the Keras 3 model's predictions."""
+    from edgecnn.model import load_keras
+
+    core = load_keras(tiny_run / "model.keras")
+    np.savez(tmp_path / "w.npz", **{f"{layer.name}/{i}": w for layer in core.layers
+                                    for i, w in enumerate(layer.get_weights())})
+    x = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "p.npy", core.predict(x, verbose=0))
+    script = (
+        "import json, numpy as np, edgecnn.tfmot_worker as w\n"
+        "tf, tfk, tfmot = w._libs()\n"
+        f"m = w.rebuild({{'arch': {json.dumps(json.loads((tiny_run / 'config.json').read_text())['arch'])}, "
+        f"'input_shape': [16, 16, 3], 'num_classes': 10, 'weights_in': {str(tmp_path / 'w.npz')!r}}}, tfk)\n"
+        f"d = np.abs(m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0) - np.load({str(tmp_path / 'p.npy')!r}))\n"
+        "print('KERAS', tfk.__version__, 'DIFF', float(d.max()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    version, diff = out.stdout.split("KERAS ")[1].split(" DIFF ")
+    assert version.startswith("2.") and float(diff) < 1e-5
+
+
+@pytest.mark.slow
+def test_qat_writes_verified_int8_tflite_and_qdq_onnx(tiny_run):
+    from edgecnn.finetune import finetune
+    from edgecnn.inspect import inspect
+
+    dst = finetune(str(tiny_run), "qat", str(tiny_run.parent), epochs=1, calib_samples=50, verify_samples=100,
+                   log=lambda m: None)
+    assert dst.name == "tiny-qat"
+    m = json.loads((dst / "metrics.json").read_text())
+    assert m["transfer_max_abs_diff"] < 1e-4 and m["finetune"] == "qat"
+    assert {e["file"]: e["status"] for e in m["qat_exports"]} == {"model_int8.tflite": "ok", "model_int8.onnx": "ok"}
+    assert all(e["verify"]["passed"] for e in m["qat_exports"])
+    tfl = inspect(dst / "exports" / "model_int8.tflite")
+    assert tfl["inputs"][0]["dtype"] == "uint8" and tfl["all_builtin"]
+    onx = inspect(dst / "exports" / "model_int8.onnx")
+    assert {"QuantizeLinear", "DequantizeLinear"} <= set(onx["ops"])
+    # The parent process is still Keras 3 and the export command accepts the new run like any other.
+    import keras
+
+    assert keras.__version__.startswith("3.") and os.environ.get("TF_USE_LEGACY_KERAS") in (None, "", "0")
+    from edgecnn.export import ExportConfig, export
+
+    report = export(ExportConfig(run=str(dst), formats="tflite", verify_samples=64, calib_samples=50),
+                    log=lambda m: None)
+    int8 = next(e for e in report["exports"] if e["variant"] == "int8")
+    assert int8["source"] == "qat", "a QAT run keeps its QAT int8 file, not a post-training one"
+
+
+@pytest.mark.slow
+def test_pruning_reaches_its_target_sparsity(tiny_run):
+    from edgecnn.finetune import finetune
+    from edgecnn.model import load_keras
+
+    dst = finetune(str(tiny_run), "prune", str(tiny_run.parent), epochs=1, sparsity=0.6, log=lambda m: None)
+    assert dst.name == "tiny-pruned60"
+    m = json.loads((dst / "metrics.json").read_text())
+    assert m["sparsity_per_layer"] and all(abs(s - 0.6) <= 0.01 for s in m["sparsity_per_layer"].values())
+    core = load_keras(dst / "model.keras")
+    kernel = core.get_layer("conv5").get_weights()[0]
+    assert abs(np.mean(kernel == 0) - 0.6) <= 0.01, "the saved Keras 3 model carries the zeros"
+
+
+def test_bad_finetune_options(tiny_run):
+    from edgecnn.finetune import finetune
+
+    for kwargs, needle in (({"mode": "prune", "sparsity": 1.5}, "--prune"), ({"mode": "qat", "epochs": 0}, "--epochs"),
+                           ({"mode": "prune", "schedule": "cubic"}, "--schedule"), ({"mode": "distill"}, "--qat")):
+        with pytest.raises(EdgeCNNError, match=needle):
+            finetune(str(tiny_run), runs_dir=str(tiny_run.parent), log=lambda m: None, **kwargs)
