@@ -178,7 +178,7 @@ def run(job: dict) -> dict:
 
 def export_qat(tf, qat, ds, job) -> list[dict]:
     """int8 TFLite and QDQ ONNX from the fake-quant graph, each verified against the QAT model."""
-    from edgecnn.export import ExportConfig, _write_verified, filename
+    from edgecnn.export import ExportConfig, export_one, filename
     from edgecnn.export import onnx as onx
     from edgecnn.export.tflite import calibration_images, run_converter
     from edgecnn.export.verify import Thresholds
@@ -195,22 +195,14 @@ def export_qat(tf, qat, ds, job) -> list[dict]:
     for fmt in ("tflite", "onnx"):
         entry = {"file": filename(fmt, "int8"), "format": fmt, "variant": "int8", "status": "ok", "source": "qat",
                  "calib_samples": int(len(calib))}
-        t0 = time.perf_counter()
-        try:
+
+        def make_blob(fmt=fmt):
             if fmt == "tflite":
-                conv = tf.lite.TFLiteConverter.from_keras_model(qat)
-                blob = run_converter(conv, "int8", calib, job["io_dtype"])
-            else:
-                proto = onx.convert_float(qat, job["opset"])  # fake-quant ops become QuantizeLinear/DequantizeLinear
-                onx.set_metadata(proto, labels, "int8-qat")
-                onx.check(proto)
-                blob = proto.SerializeToString()
-            entry["convert_seconds"] = round(time.perf_counter() - t0, 3)
-            _write_verified(out_dir / entry["file"], blob, entry, x_verify, ref, cfg)
-        except Exception as exc:
-            entry["status"] = "failed"
-            entry["error"] = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        entries.append(entry)
+                return run_converter(tf.lite.TFLiteConverter.from_keras_model(qat), "int8", calib, job["io_dtype"])
+            # tf2onnx turns the fake-quant ops into QuantizeLinear/DequantizeLinear pairs.
+            return onx.finalize(onx.convert_float(qat, job["opset"]), labels, "int8-qat")
+
+        entries.append(export_one(entry, out_dir, make_blob, x_verify, ref, cfg))
     return entries
 
 

@@ -65,53 +65,42 @@ def extract(archive: str | Path, dest: str | Path | None = None) -> Path:
 
 
 def _extract_tar(archive: Path, out: Path) -> None:
-    total = 0
     with tarfile.open(archive, "r:*") as tf:
-        for count, member in enumerate(tf, 1):
-            if count > MAX_MEMBERS:
-                raise EdgeCNNError(f"{archive}: more than {MAX_MEMBERS} members; refused")
-            name = _check_name(archive, member.name)
-            if member.issym() or member.islnk():
-                raise EdgeCNNError(f"{archive}: refused link member {member.name!r}")
-            if not (member.isfile() or member.isdir()):
-                raise EdgeCNNError(f"{archive}: refused special member {member.name!r}")
-            if not name:
-                continue
-            target = out / name
-            if member.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            total += member.size
-            if total > MAX_TOTAL_BYTES:
-                raise EdgeCNNError(f"{archive}: unpacks to more than {MAX_TOTAL_BYTES} bytes; refused")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            src = tf.extractfile(member)
-            with src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+        _write_members(archive, out, (
+            (m.name, m.isdir(), m.issym() or m.islnk(), not (m.isfile() or m.isdir()), m.size,
+             lambda m=m: tf.extractfile(m)) for m in tf))
 
 
 def _extract_zip(archive: Path, out: Path) -> None:
-    total = 0
     with zipfile.ZipFile(archive) as zf:
-        infos = zf.infolist()
-        if len(infos) > MAX_MEMBERS:
+        _write_members(archive, out, (
+            (i.filename, i.is_dir(), (i.external_attr >> 16) & 0o170000 == 0o120000, False, i.file_size,
+             lambda i=i: zf.open(i)) for i in zf.infolist()))
+
+
+def _write_members(archive: Path, out: Path, members) -> None:
+    """Write (name, is_dir, is_link, is_special, size, open) members below ``out``, refusing the unsafe."""
+    total = 0
+    for count, (raw, is_dir, is_link, special, size, open_member) in enumerate(members, 1):
+        if count > MAX_MEMBERS:
             raise EdgeCNNError(f"{archive}: more than {MAX_MEMBERS} members; refused")
-        for info in infos:
-            name = _check_name(archive, info.filename)
-            if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                raise EdgeCNNError(f"{archive}: refused link member {info.filename!r}")
-            if not name:
-                continue
-            target = out / name
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            total += info.file_size
-            if total > MAX_TOTAL_BYTES:
-                raise EdgeCNNError(f"{archive}: unpacks to more than {MAX_TOTAL_BYTES} bytes; refused")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+        name = _check_name(archive, raw)
+        if is_link:
+            raise EdgeCNNError(f"{archive}: refused link member {raw!r}")
+        if special:
+            raise EdgeCNNError(f"{archive}: refused special member {raw!r}")
+        if not name:
+            continue
+        target = out / name
+        if is_dir:
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        total += size
+        if total > MAX_TOTAL_BYTES:
+            raise EdgeCNNError(f"{archive}: unpacks to more than {MAX_TOTAL_BYTES} bytes; refused")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open_member() as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
 
 
 def single_root(folder: Path) -> Path:

@@ -147,26 +147,21 @@ def export(cfg: ExportConfig, log=print) -> dict:
                 continue
             entry = {"file": filename(fmt, variant), "format": fmt, "variant": variant, "status": "ok",
                      "calib_samples": int(len(calib)) if variant == "int8" else 0}
-            t0 = time.perf_counter()
-            try:
+
+            def make_blob(fmt=fmt, variant=variant):
+                nonlocal saved, float_onnx
                 if fmt == "tflite":
                     if saved is None:
                         saved = tfl.export_saved_model(core, Path(tmp) / "saved_model")
-                    blob = tfl.convert(saved, variant, calib if variant == "int8" else None, cfg.io_dtype)
-                else:
-                    from edgecnn.export import onnx as onx
+                    return tfl.convert(saved, variant, calib if variant == "int8" else None, cfg.io_dtype)
+                from edgecnn.export import onnx as onx
 
-                    if float_onnx is None:
-                        float_onnx = onx.convert_float(core, cfg.opset)
-                    proto = float_onnx if variant == "float32" else onx.quantize_int8(float_onnx, calib)
-                    onx.set_metadata(proto, labels, variant)
-                    onx.check(proto)
-                    blob = proto.SerializeToString()
-                entry["convert_seconds"] = round(time.perf_counter() - t0, 3)
-                _write_verified(out_dir / entry["file"], blob, entry, x_verify, ref, cfg)
-            except EdgeCNNError as exc:
-                entry["status"] = "failed"
-                entry["error"] = str(exc)
+                if float_onnx is None:
+                    float_onnx = onx.convert_float(core, cfg.opset)
+                proto = float_onnx if variant == "float32" else onx.quantize_int8(float_onnx, calib)
+                return onx.finalize(proto, labels, variant)
+
+            export_one(entry, out_dir, make_blob, x_verify, ref, cfg)
             entries.append(entry)
             _log_entry(entry, log)
     shutil.copyfile(base / "labels.json", out_dir / ".labels.json.tmp")
@@ -185,6 +180,20 @@ def export(cfg: ExportConfig, log=print) -> dict:
         raise EdgeCNNError("export failed for " + ", ".join(f"{e['file']} ({e.get('error')})" for e in failed),
                            exit_code=1)
     return report
+
+
+def export_one(entry: dict, out_dir: Path, make_blob, x_verify, ref, cfg: ExportConfig) -> dict:
+    """Convert (``make_blob()``), write, verify; a failure becomes the entry's status and error."""
+    t0 = time.perf_counter()
+    try:
+        blob = make_blob()
+        entry["convert_seconds"] = round(time.perf_counter() - t0, 3)
+        _write_verified(out_dir / entry["file"], blob, entry, x_verify, ref, cfg)
+    except Exception as exc:  # converters raise many types; each becomes one line in the report
+        entry["status"] = "failed"
+        entry["error"] = str(exc) if isinstance(exc, EdgeCNNError) else \
+            f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+    return entry
 
 
 def _write_verified(final: Path, blob: bytes, entry: dict, x_verify, ref, cfg: ExportConfig) -> None:

@@ -97,6 +97,13 @@ def quantize_int8(float_proto, calibration: np.ndarray):
     return proto
 
 
+def finalize(proto, labels: dict, variant: str) -> bytes:
+    """Metadata in, onnx.checker passed, serialized."""
+    set_metadata(proto, labels, variant)
+    check(proto)
+    return proto.SerializeToString()
+
+
 def check(proto) -> None:
     import onnx
 
