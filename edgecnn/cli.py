@@ -288,6 +288,43 @@ def finetune_cmd(
     _log(f"run directory: {dst}")
 
 
+# --------------------------------------------------------------------------- sweep
+
+
+@app.command("sweep")
+def sweep_cmd(
+    data: str = typer.Option("shapes", "--data", "-d", help="Data source (as for train)."),
+    arch: List[str] = typer.Option([], "--arch", "-a", help="A candidate spec (repeat for more)."),
+    preset: List[str] = typer.Option([], "--preset", help="A preset as candidate (repeat for more)."),
+    grid: Optional[str] = typer.Option(None, help="Candidates 'C: w w dP 2w 2w dP | D: dense' from e.g. "
+                                       "'widths=16,32;dense=0,16;dropout=0,0.25;bn=on,off'."),
+    epochs: int = typer.Option(5, help="Epochs per candidate (the same for all)."),
+    target: Optional[float] = typer.Option(None, help="int8 test accuracy to meet, e.g. 0.8."),
+    name: str = typer.Option("sweep", help="Sweep name: sweeps/<name>/ (run again to resume)."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Batch size."),
+    lr: float = typer.Option(5e-3, help="Peak learning rate."),
+    augment: str = typer.Option("light", help="Augmentation (as for train)."),
+    image_size: Optional[int] = typer.Option(None, help="Resize images (as for train)."),
+    seed: int = typer.Option(0, help="Seed (the same for every candidate)."),
+    sweeps_dir: str = typer.Option("sweeps", help="Folder holding sweeps."),
+):
+    """Train candidate architectures; rank them by int8 accuracy, size and latency; name the smallest
+    one that meets --target.
+
+    Example: edgecnn sweep --data shapes --preset basic --arch "C: 8n 16n gap" --epochs 3 --target 0.9
+    """
+    from edgecnn.sweep import sweep, table_markdown
+    from edgecnn.train import TrainConfig
+
+    cfg = TrainConfig(data=data, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, image_size=image_size,
+                      seed=seed)
+    rows, winner = sweep(name, list(arch), list(preset), grid, target, cfg, sweeps_dir, log=_log)
+    _log("")
+    _log(table_markdown(rows, winner))
+    _log(f"winner: {winner['candidate']} {winner['arch']}" if winner else "winner: none met the target")
+    _log(f"results: {Path(sweeps_dir) / name / 'sweep.md'}")
+
+
 # --------------------------------------------------------------------------- run, predict, doctor
 
 _RUN_EXTRA = {

@@ -82,3 +82,25 @@ def accuracy_vs_latency(rows: list[dict], path: Path) -> Path:
     ax.grid(alpha=0.3, which="both")
     ax.set_title("accuracy vs latency")
     return _save(fig, path)
+
+
+def pareto(rows: list[dict], winner: dict | None, path: Path) -> Path:
+    """Sweep: int8 accuracy against int8 file size, the Pareto front joined, the winner ringed."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ok = [r for r in rows if r["status"] == "ok"]
+    ax.scatter([r["int8_kb"] for r in ok], [100 * r["int8_acc"] for r in ok], s=30, color="#999", label="candidate")
+    front = sorted((r for r in ok if r.get("pareto")), key=lambda r: r["int8_kb"])
+    ax.plot([r["int8_kb"] for r in front], [100 * r["int8_acc"] for r in front], "o-", color="C0", label="Pareto front")
+    for r in ok:
+        ax.annotate(r["candidate"], (r["int8_kb"], 100 * r["int8_acc"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    if winner:
+        ax.scatter([winner["int8_kb"]], [100 * winner["int8_acc"]], s=160, facecolors="none", edgecolors="C3",
+                   linewidths=2, label="winner")
+    ax.set_xscale("log")
+    ax.set_xlabel("int8 TFLite size (KB, log scale)")
+    ax.set_ylabel("int8 test accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
