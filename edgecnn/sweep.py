@@ -119,8 +119,8 @@ def pareto(rows: list[dict]) -> None:
 
 def sweep(name: str, archs: list[str], presets: list[str], grid: str | None, target: float | None, train_cfg,
           sweeps_dir: str = "sweeps", log=print) -> tuple[list[dict], dict | None]:
-    if target is not None and not 0 < target <= 1:
-        raise EdgeCNNError(f"--target is an accuracy in (0, 1], got {target}")
+    if target is not None and not 0 <= target <= 1:
+        raise EdgeCNNError(f"--target is an accuracy in [0, 1], got {target}")
     specs = candidates(archs, presets, grid)
     train_cfg.check()
     root = ensure_dir(Path(sweeps_dir) / name)
