@@ -29,7 +29,7 @@ def test_stability_and_pareto_on_hand_made_rows():
 @pytest.mark.slow
 def test_two_candidate_sweep_names_a_winner_and_resumes(tmp_path):
     cfg = TrainConfig(data="shapes:400", image_size=16, epochs=2, batch_size=32, augment="none")
-    archs = ["C: 4n 8n gap", "C: 8n 16n gap", "C: 4 4 4 4 4 4"]  # the last pools 6 times: too many for 16x16
+    archs = ["C: 4n 8n gap", "C: 8n 16n gap", "C: 4 p 4 p 4 p 4 p 4 p"]  # pools 5 times: too many for 16x16
     rows, winner = sweep("t", archs, [], None, 0.0, cfg, str(tmp_path), log=lambda m: None)
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(ok) == 2 and winner is min(ok, key=lambda r: r["int8_kb"])
