@@ -28,9 +28,12 @@ DEVICES = ("cpu", "cuda", "all", "auto")
 KEYS = ["name", "format", "variant", "runtime", "device", "status", "reason", "accuracy", "top5", "drop_pp",
         "agreement", "flips_bad", "flips_good", "mcnemar_p", "kl", "worst_class", "worst_class_delta_pp",
         "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "latency_ms_std", "latency_ms_min",
-        "throughput_ips", "cold_start_ms", "peak_rss_mb", "size_bytes", "threads", "providers", "note"]
-EXPORT_NAMES = ["tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx-float32", "onnx-int8"]
+        "throughput_ips", "cold_start_ms", "peak_rss_mb", "size_bytes", "arena_kb", "flash_kb", "images", "threads",
+        "providers", "note"]
+EXPORT_NAMES = ["tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx-float32", "onnx-int8",
+                "tflite-micro"]
 ALL_NAMES = ["keras", *EXPORT_NAMES]
+MICRO_SAMPLES = 500  # TFLite Micro runs reference kernels one image at a time: a subset of the test split
 
 
 @dataclass
@@ -76,7 +79,7 @@ def parse_formats(text: str) -> list[str]:
     out: list[str] = []
     for tok in (t.strip().lower() for t in text.split(",") if t.strip()):
         if tok == "all":
-            names = ALL_NAMES
+            names = [n for n in ALL_NAMES if n != "tflite-micro" or _has_micro()]
         elif tok in ("tflite", "onnx"):
             names = [n for n in EXPORT_NAMES if n.startswith(tok)]
         elif tok in ALL_NAMES:
@@ -92,9 +95,17 @@ def parse_formats(text: str) -> list[str]:
     return out
 
 
+def _has_micro() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tflite_micro") is not None
+
+
 def model_file(run_dir: Path, name: str) -> Path:
     if name == "keras":
         return run_dir / runs.MODEL_FILE
+    if name == "tflite-micro":
+        return run_dir / "exports" / "model_int8.tflite"
     fmt, variant = name.split("-")
     return run_dir / "exports" / f"model_{variant}.{fmt}"
 
@@ -114,6 +125,8 @@ def plan_rows(run_dir: Path, names: list[str], device: str, explicit: bool) -> l
         variant = name.split("-")[1] if "-" in name else "float32"
         runtime = {"keras": "tensorflow", "tflite": "litert", "onnx": "onnxruntime"}[fmt]
         supported = {"keras": ("cpu", "cuda"), "tflite": ("cpu",), "onnx": ("cpu", "cuda", "tensorrt")}[fmt]
+        if name == "tflite-micro":
+            variant, runtime = "int8", "tflite-micro"
         for dev in devices:
             if dev not in supported:
                 continue
@@ -123,6 +136,16 @@ def plan_rows(run_dir: Path, names: list[str], device: str, explicit: bool) -> l
             rows.insert(0, {"name": name, "format": fmt, "variant": variant, "runtime": runtime, "device": "cpu",
                             "model": str(path), "size_bytes": path.stat().st_size})
     return rows
+
+
+def _micro_sizes(path: Path) -> dict:
+    from edgecnn import micro
+
+    try:
+        return {"arena_kb": micro.smallest_arena(path.read_bytes()) // 1024,
+                "flash_kb": -(-path.stat().st_size // 1024)}
+    except EdgeCNNError as exc:
+        return {"arena_kb": None, "flash_kb": -(-path.stat().st_size // 1024), "micro_note": str(exc)}
 
 
 def _cuda_likely() -> bool:
@@ -156,7 +179,8 @@ def _run_row(row: dict, cfg: BenchmarkConfig, images_path: Path, tmp: Path, i: i
     job = {"model": row["model"], "device": row["device"], "threads": cfg.threads, "images": str(images_path),
            "batch_sizes": sorted(cfg.batch_sizes), "warmup_runs": cfg.warmup_runs,
            "warmup_seconds": cfg.warmup_seconds, "runs": cfg.runs, "min_seconds": cfg.min_seconds,
-           "probs_out": str(tmp / f"probs{i}.npy"), "result_out": str(tmp / f"result{i}.json")}
+           "probs_out": str(tmp / f"probs{i}.npy"), "result_out": str(tmp / f"result{i}.json"),
+           "runtime": row["runtime"], "limit": MICRO_SAMPLES if row["runtime"] == "tflite-micro" else None}
     job_path = tmp / f"job{i}.json"
     job_path.write_text(json.dumps(job))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS=str(cfg.threads))
@@ -214,7 +238,11 @@ def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
                 if ref_probs is not None:
                     from edgecnn.stats import compare_to_reference
 
-                    row.update(compare_to_reference(y, ref_probs, probs, ds.class_names))
+                    n = len(probs)  # the TFLite Micro row scores a prefix of the test split
+                    row.update(compare_to_reference(y[:n], ref_probs[:n], probs, ds.class_names))
+                    row["images"] = n
+            if row["variant"] == "int8" and row["format"] == "tflite" and _has_micro():
+                row.update(_micro_sizes(Path(row["model"])))
             log(_row_line(row))
     if ref_probs is None:
         rows[0].setdefault("reason", "reference failed")
@@ -259,7 +287,7 @@ def _row_line(r: dict) -> str:
 
 def table_markdown(rows: list[dict]) -> str:
     head = ["format", "runtime", "device", "status", "acc %", "drop pp", "agree %", "flips -/+", "McNemar p",
-            "worst class (pp)", "p50 ms", "p99 ms", "img/s", "cold ms", "RSS MB", "size KB"]
+            "worst class (pp)", "p50 ms", "p99 ms", "img/s", "cold ms", "RSS MB", "size KB", "arena KB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ok = r["status"] == "ok"
@@ -276,7 +304,10 @@ def table_markdown(rows: list[dict]) -> str:
             _fmt(r.get("latency_ms_p50"), ".3f"), _fmt(r.get("latency_ms_p99"), ".3f"),
             _fmt(r.get("throughput_ips"), ".0f"), _fmt(r.get("cold_start_ms"), ".0f"),
             _fmt(r.get("peak_rss_mb"), ".0f"), _fmt(r["size_bytes"] / 1024 if r.get("size_bytes") else None, ".0f"),
+            _fmt(r.get("arena_kb"), "d"),
         ]
+        if r["runtime"] == "tflite-micro":
+            cells[0] = f"tflite-micro (first {r.get('images') or MICRO_SAMPLES} images, host reference kernels)"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

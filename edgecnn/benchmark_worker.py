@@ -47,10 +47,17 @@ def measure(job: dict) -> dict:
     from edgecnn.stats import latency_summary
 
     images = np.load(job["images"], mmap_mode="r")
+    if job.get("limit"):
+        images = images[: job["limit"]]
     out: dict = {}
     t0 = time.perf_counter()
     try:
-        runner = open_runner(job["model"], job["device"], job["threads"])
+        if job.get("runtime") == "tflite-micro":
+            from edgecnn.micro import MicroRunner
+
+            runner = MicroRunner(open(job["model"], "rb").read())
+        else:
+            runner = open_runner(job["model"], job["device"], job["threads"])
         runner.check_input(np.asarray(images[:1]))
         first = runner.predict_batch(np.ascontiguousarray(images[:1]))
     except RunnerUnavailable as exc:

@@ -166,6 +166,10 @@ def export_cmd(
     min_agreement_int8: float = typer.Option(0.95, help="Required top-1 agreement for int8."),
     min_agreement_reduced: float = typer.Option(0.99, help="Required agreement for float16 and dynamic."),
     max_diff_float32: float = typer.Option(1e-4, help="Max |probability difference| for float32."),
+    micro: bool = typer.Option(False, "--micro", help="Check the int8 TFLite file with TFLite Micro: ops, smallest "
+                               "tensor arena, flash, accuracy vs LiteRT."),
+    micro_samples: int = typer.Option(1000, help="Test images for the TFLite Micro accuracy check."),
+    c_array: bool = typer.Option(False, "--c-array", help="Write model_data.h/.cc for TFLite Micro projects."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Data source (default: the run's own)."),
     runs_dir: str = RUNS_DIR_OPT,
     json_out: bool = typer.Option(False, "--json", help="Print the export report as JSON."),
@@ -182,6 +186,7 @@ def export_cmd(
             raise EdgeCNNError(f"{opt} must be in [0, 1], got {v}")
     cfg = ExportConfig(run=run, formats=format, quantize=quantize, calib_samples=calib_samples, io_dtype=io_dtype,
                        opset=opset, verify=verify, verify_samples=verify_samples, data=data, runs_dir=runs_dir,
+                       micro=micro, micro_samples=micro_samples, c_array=c_array,
                        thresholds=Thresholds(float32_max_diff=max_diff_float32,
                                              reduced_agreement=min_agreement_reduced,
                                              int8_agreement=min_agreement_int8))

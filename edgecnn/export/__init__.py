@@ -42,6 +42,9 @@ class ExportConfig:
     data: str | None = None
     runs_dir: str = "runs"
     thresholds: Thresholds = field(default_factory=Thresholds)
+    micro: bool = False  # TFLite Micro check of the int8 file: ops, arena, flash, accuracy
+    micro_samples: int = 1000
+    c_array: bool = False  # model_data.h / model_data.cc for TFLite Micro projects
 
 
 def plan(formats: str, quantize: str | None) -> list[tuple[str, str]]:
@@ -166,6 +169,8 @@ def export(cfg: ExportConfig, log=print) -> dict:
             _log_entry(entry, log)
     shutil.copyfile(base / "labels.json", out_dir / ".labels.json.tmp")
     os.replace(out_dir / ".labels.json.tmp", out_dir / "labels.json")
+    write_standalone_scripts(out_dir)
+    micro_info = _micro(cfg, out_dir, ds, labels, log) if (cfg.micro or cfg.c_array) else None
     report = {
         "model": str(model_path),
         "exports": entries,
@@ -174,6 +179,8 @@ def export(cfg: ExportConfig, log=print) -> dict:
         "verification": {"split": "test", "images": n_verify, "enabled": cfg.verify,
                          "thresholds": asdict(cfg.thresholds)},
     }
+    if micro_info:
+        report["micro"] = micro_info
     write_json(out_dir / "export_report.json", report)
     failed = [e for e in entries if e["status"] != "ok"]
     if failed:
@@ -217,6 +224,46 @@ def _write_verified(final: Path, blob: bytes, entry: dict, x_verify, ref, cfg: E
             if not entry["verify"]["passed"]:
                 raise EdgeCNNError(f"{final.name} failed verification: {entry['verify']['reason']}")
     entry["path"] = str(final)
+
+
+def write_standalone_scripts(out_dir: Path) -> None:
+    """infer_tflite.py / infer_onnx.py: minimal inference with only numpy, Pillow and the runtime."""
+    src = Path(__file__).resolve().parents[1] / "standalone"
+    for name in ("infer_tflite.py", "infer_onnx.py"):
+        write_bytes(out_dir / name, (src / name).read_bytes())
+
+
+def _micro(cfg: ExportConfig, out_dir: Path, ds, labels: dict, log) -> dict | None:
+    from edgecnn import micro
+
+    int8 = out_dir / "model_int8.tflite"
+    if not int8.is_file():
+        raise EdgeCNNError("--micro and --c-array need the full-integer int8 TFLite export (model_int8.tflite): "
+                           "add --quantize int8 or --quantize all")
+    if cfg.micro_samples < 1:
+        raise EdgeCNNError(f"--micro-samples must be at least 1, got {cfg.micro_samples}")
+    info = None
+    if cfg.micro:
+        from edgecnn.runners import open_runner
+
+        x, y = ds.x_test[:cfg.micro_samples], ds.y_test[:cfg.micro_samples]
+        info = micro.check(int8, x, y, open_runner(int8).predict(x))
+        log(f"  TFLite Micro: every op supported, tensor arena {info['arena_kb']} KB, flash {info['flash_kb']} KB, "
+            f"accuracy {info['accuracy']:.4f} vs LiteRT {info['litert_accuracy']:.4f} on {info['samples']} images "
+            f"(agreement {info['agreement_with_litert']:.4f}), {info['host_ms_per_image']:.1f} ms/image on the host")
+        if info["agreement_with_litert"] < 0.995:
+            log("  note: TFLite Micro and LiteRT round differently (reference vs optimized kernels); agreement below "
+                "99.5% means near-tie images flip, check the accuracy difference before deploying")
+    if cfg.c_array:
+        arena = info["arena_kb"] if info else None
+        if arena is None:
+            try:
+                arena = micro.smallest_arena(int8.read_bytes()) // 1024
+            except EdgeCNNError:
+                arena = None
+        h, cc = micro.write_c_array(int8, out_dir, labels, arena)
+        log(f"  C source: {h.name}, {cc.name}")
+    return info
 
 
 def gzip_size(path: Path) -> int:

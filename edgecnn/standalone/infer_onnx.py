@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Classify images with model_float32.onnx or model_int8.onnx using only ONNX Runtime, numpy and Pillow.
+
+    pip install onnxruntime numpy pillow
+    python infer_onnx.py model_int8.onnx photo.jpg [more.jpg ...]
+
+Written by edgecnn beside the exports; needs neither TensorFlow nor edgecnn.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+
+def preprocess(path, height, width, channels):
+    """Exactly what training did: RGB (or L), bilinear resize of the whole image, uint8 0..255."""
+    with Image.open(path) as img:
+        img = img.convert("L" if channels == 1 else "RGB")
+        if img.size != (width, height):
+            img = img.resize((width, height), Image.BILINEAR)
+        x = np.asarray(img, dtype=np.uint8)
+    return x.reshape(1, height, width, channels)
+
+
+def main(model_path, images, top_k=3):
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    labels_file = Path(model_path).parent / "labels.json"
+    labels = json.loads(meta["class_names"]) if "class_names" in meta else \
+        json.loads(labels_file.read_text())["class_names"]
+    inp = session.get_inputs()[0]
+    _, h, w, c = inp.shape
+    for path in images:
+        x = preprocess(path, h, w, c).astype(np.float32)  # the model divides by 255 itself
+        y = session.run(None, {inp.name: x})[0][0]
+        best = np.argsort(-y)[:top_k]
+        print(f"{path}: " + ", ".join(f"{labels[i]} {y[i]:.3f}" for i in best))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2:])

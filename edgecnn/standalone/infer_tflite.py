@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Classify images with model_int8.tflite (or any edgecnn .tflite) using only LiteRT, numpy and Pillow.
+
+    pip install ai-edge-litert numpy pillow
+    python infer_tflite.py model_int8.tflite photo.jpg [more.jpg ...]
+
+Written by edgecnn beside the exports; needs neither TensorFlow nor edgecnn.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from ai_edge_litert.interpreter import Interpreter
+
+
+def preprocess(path, height, width, channels):
+    """Exactly what training did: RGB (or L), bilinear resize of the whole image, uint8 0..255."""
+    with Image.open(path) as img:
+        img = img.convert("L" if channels == 1 else "RGB")
+        if img.size != (width, height):
+            img = img.resize((width, height), Image.BILINEAR)
+        x = np.asarray(img, dtype=np.uint8)
+    return x.reshape(1, height, width, channels)
+
+
+def main(model_path, images, top_k=3):
+    labels = json.loads((Path(model_path).parent / "labels.json").read_text())["class_names"]
+    it = Interpreter(model_path=str(model_path))
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    _, h, w, c = inp["shape"]
+    for path in images:
+        x = preprocess(path, h, w, c).astype(np.float32)
+        if inp["dtype"] in (np.uint8, np.int8):  # integer input: quantize the raw pixels
+            scale, zero = inp["quantization"]
+            info = np.iinfo(inp["dtype"])
+            x = np.clip(np.round(x / scale) + zero, info.min, info.max)
+        it.set_tensor(inp["index"], x.astype(inp["dtype"]))
+        it.invoke()
+        y = it.get_tensor(out["index"])[0]
+        if out["dtype"] in (np.uint8, np.int8):
+            scale, zero = out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        best = np.argsort(-y)[:top_k]
+        print(f"{path}: " + ", ".join(f"{labels[i]} {y[i]:.3f}" for i in best))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2:])
