@@ -76,14 +76,21 @@ class BenchmarkConfig:
 
 def parse_formats(text: str) -> list[str]:
     """``all``, ``tflite``, ``onnx``, ``keras`` or names like ``tflite-int8``, comma separated."""
+    return [name for name, _ in parse_format_request(text)]
+
+
+def parse_format_request(text: str) -> list[tuple[str, bool]]:
+    """(name, named explicitly) pairs: a group (all, tflite, onnx) only covers the exports that exist."""
     out: list[str] = []
+    explicit: set[str] = set()
     for tok in (t.strip().lower() for t in text.split(",") if t.strip()):
         if tok == "all":
             names = [n for n in ALL_NAMES if n != "tflite-micro" or _has_micro()]
         elif tok in ("tflite", "onnx"):
-            names = [n for n in EXPORT_NAMES if n.startswith(tok)]
+            names = [n for n in EXPORT_NAMES if n.startswith(tok) and (n != "tflite-micro" or _has_micro())]
         elif tok in ALL_NAMES:
             names = [tok]
+            explicit.add(tok)
         else:
             raise EdgeCNNError(f"--formats: unknown name {tok!r} (use all, keras, tflite, onnx or "
                                f"{', '.join(EXPORT_NAMES)})")
@@ -92,7 +99,7 @@ def parse_formats(text: str) -> list[str]:
         raise EdgeCNNError("--formats is empty")
     if "keras" not in out:
         out.insert(0, "keras")  # the reference every row is compared with
-    return out
+    return [(n, n in explicit) for n in out]
 
 
 def _has_micro() -> bool:
@@ -110,12 +117,13 @@ def model_file(run_dir: Path, name: str) -> Path:
     return run_dir / "exports" / f"model_{variant}.{fmt}"
 
 
-def plan_rows(run_dir: Path, names: list[str], device: str, explicit: bool) -> list[dict]:
-    """Rows to measure. With ``all`` formats, exports that were never written are left out."""
+def plan_rows(run_dir: Path, request: list[tuple[str, bool]], device: str) -> list[dict]:
+    """Rows to measure. Exports asked for by group (all, tflite, onnx) that were never written are left out;
+    one asked for by name must exist."""
     devices = {"cpu": ["cpu"], "cuda": ["cuda", "tensorrt"], "all": ["cpu", "cuda", "tensorrt"],
                "auto": ["cpu", *(["cuda"] if _cuda_likely() else [])]}[device]
     rows = []
-    for name in names:
+    for name, explicit in request:
         path = model_file(run_dir, name)
         if not path.is_file():
             if name == "keras" or explicit:
@@ -202,11 +210,10 @@ def _run_row(row: dict, cfg: BenchmarkConfig, images_path: Path, tmp: Path, i: i
 def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
     """Measure every row; write RUN/benchmark.{json,csv,md,png}. Returns (rows, exit code)."""
     cfg.check()
-    explicit = cfg.formats.strip().lower() != "all"
-    names = parse_formats(cfg.formats)
+    request = parse_format_request(cfg.formats)
     run_dir = runs.resolve(cfg.run, cfg.runs_dir)
     labels = runs.labels(run_dir)
-    rows = plan_rows(run_dir, names, cfg.device, explicit)
+    rows = plan_rows(run_dir, request, cfg.device)
     from edgecnn.evaluate import load_run_data
 
     ds = load_run_data(run_dir, cfg.data)

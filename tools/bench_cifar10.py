@@ -68,7 +68,7 @@ def main() -> int:
     if not (runs / pruned / "model.keras").is_file():
         seconds["prune"] = edgecnn("finetune", a.name, "--prune", "0.5", "--epochs", "3", *common, log=log)
     edgecnn("export", pruned, "--format", "tflite", *common, log=log)
-    edgecnn("benchmark", pruned, "--formats", "tflite", *common, log=log)
+    edgecnn("benchmark", pruned, "--formats", "tflite-float32,tflite-int8", *common, log=log)
     write_doc(Path(a.out), runs, a.name, a.data, seconds)
     print(f"wrote {a.out}")
     return 0
