@@ -5,4 +5,6 @@ The package imports no TensorFlow at import time; heavy modules load lazily.
 
 __version__ = "0.1.0"
 
-from edgecnn.errors import EdgeCNNError  # noqa: E402,F401
+from edgecnn.errors import EdgeCNNError  # noqa: E402
+
+__all__ = ["EdgeCNNError", "__version__"]

@@ -47,7 +47,7 @@ def inspect_tflite(path: Path, content: bytes | None = None) -> dict:
 
 def inspect_onnx(path: Path) -> dict:
     import onnx
-    from onnx import helper, numpy_helper  # noqa: F401
+    from onnx import helper
 
     from edgecnn.runners.onnx import check_external_data
 

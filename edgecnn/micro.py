@@ -168,7 +168,7 @@ def write_c_array(tflite: Path, out_dir: Path, labels: dict, arena_kb: int | Non
 #define EDGECNN_OUTPUT_ZERO_POINT {qo['zero_point']}
 """
     if arena_kb:
-        header += f"// Smallest tensor arena found with the TFLite Micro reference kernels on the host.\n"
+        header += "// Smallest tensor arena found with the TFLite Micro reference kernels on the host.\n"
         header += f"#define EDGECNN_TENSOR_ARENA_SIZE ({arena_kb} * 1024)\n"
     header += """
 extern const unsigned char g_model_data[];

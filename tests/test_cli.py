@@ -2,10 +2,9 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from conftest import cli, run_main, write_image
+from conftest import cli, run_main
 
 COMMANDS = ["train", "summary", "evaluate", "export", "inspect", "benchmark", "run", "predict", "doctor", "report"]
 

@@ -1,5 +1,4 @@
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -150,3 +149,12 @@ def test_verification_of_a_weak_model_judges_probabilities_not_near_ties():
     sharp = np.eye(10)[rng.integers(0, 10, 200)] * 0.9 + 0.01
     r = compare(sharp, sharp[::-1], "int8", Thresholds())
     assert not r["passed"] and r["judged_on"] == "agreement"
+
+
+def test_report_keeps_earlier_exports_of_the_folder(run_copy):
+    export(ExportConfig(run=str(run_copy), quantize="none", verify_samples=32), log=lambda m: None)
+    report = export(ExportConfig(run=str(run_copy), quantize="int8", calib_samples=20, verify_samples=32),
+                    log=lambda m: None)
+    assert [e["file"] for e in report["exports"]] == ["model_float32.tflite", "model_int8.tflite"]
+    saved = json.loads((run_copy / "exports" / "export_report.json").read_text())
+    assert [e["file"] for e in saved["exports"]] == ["model_float32.tflite", "model_int8.tflite"]

@@ -1,7 +1,6 @@
 """Faults survived and unsafe input refused (issue: reliability and safety)."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -9,7 +8,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import write_image

@@ -60,6 +60,8 @@ def main() -> int:
         seconds["train"] = edgecnn("train", "--data", a.data, *TRAIN_ARGS, "--name", a.name, *common, log=log)
     seconds["export"] = edgecnn("export", a.name, "--format", "all", *common, log=log)
     seconds["benchmark"] = edgecnn("benchmark", a.name, *common, log=log)
+    edgecnn("export", a.name, "--format", "tflite", "--quantize", "int8", "--micro", "--micro-samples", "10000",
+            "--c-array", *common, log=log)
     qat, pruned = f"{a.name}-qat", f"{a.name}-pruned50"
     if not (runs / qat / "model.keras").is_file():
         seconds["qat"] = edgecnn("finetune", a.name, "--qat", "--epochs", "3", *common, log=log)
@@ -81,6 +83,7 @@ def write_doc(out: Path, runs: Path, name: str, data: str, seconds: dict) -> Non
     m = load(base / "metrics.json")
     bench = load(base / "benchmark.json")
     exports = load(base / "exports" / "export_report.json")
+    micro = (exports or {}).get("micro")
     lines = ["# CIFAR-10 (JPEG) benchmarks", "",
              f"Machine: {cpu()}, {bench['meta']['machine']['cores'] if bench else '?'} cores, no GPU. "
              f"Reproduce with `python tools/bench_cifar10.py --data {data}`.", "",
@@ -103,6 +106,14 @@ def write_doc(out: Path, runs: Path, name: str, data: str, seconds: dict) -> Non
                   f"{bench['meta']['threads']} thread; the whole command took "
                   f"{seconds.get('benchmark', float('nan')):.0f} s (export --format all: "
                   f"{seconds.get('export', float('nan')):.0f} s).", "", table_markdown(bench["rows"])]
+    if micro:
+        lines += ["## Microcontroller (TFLite Micro)", "",
+                  f"`edgecnn export --format tflite --quantize int8 --micro --micro-samples 10000 --c-array`: every op "
+                  f"is supported by TFLite Micro; smallest tensor arena **{micro['arena_kb']} KB**, flash (model) "
+                  f"**{micro['flash_kb']} KB**. On {micro['samples']:,} test images TFLite Micro scores "
+                  f"{micro['accuracy'] * 100:.2f}% against LiteRT int8's {micro['litert_accuracy'] * 100:.2f}% "
+                  f"(top-1 agreement {micro['agreement_with_litert'] * 100:.2f}%); the host runs the reference "
+                  f"kernels at {micro['host_ms_per_image']:.1f} ms per image (not a device timing).", ""]
     rows = [("float32 (Keras)", m["test_accuracy"], None)]
     if bench:
         for r in bench["rows"]:

@@ -36,7 +36,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True)
     ap.add_argument("--images", type=int, default=5000)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--archs", default="basic,regularized,resnet8")
     a = ap.parse_args()
@@ -44,12 +44,12 @@ def main() -> int:
     x, y = ds.x_train[: a.images], ds.y_train[: a.images]
     train = make_dataset(x, y, ds.num_classes, a.batch_size, True, 0)
     steps = -(-len(x) // a.batch_size)
-    print(f"| architecture | variant | images/s | s per 45k epoch | vs default |")
+    print("| architecture | variant | images/s | s per 45k epoch | vs default |")
     print("|---|---|---:|---:|---:|")
     for arch in a.archs.split(","):
         models = {name: build(arch, ds.input_shape, ds.num_classes, aug, xla, steps) for name, aug, xla in VARIANTS}
-        for m in models.values():  # compile and warm up outside the timing
-            m.fit(train.take(3), epochs=1, verbose=0)
+        for m in models.values():  # compile (every batch shape, for XLA) and warm up outside the timing
+            m.fit(train, epochs=1, verbose=0)
         times = {name: [] for name in models}
         for _ in range(a.rounds):
             for name, m in models.items():

@@ -171,6 +171,18 @@ def export(cfg: ExportConfig, log=print) -> dict:
     os.replace(out_dir / ".labels.json.tmp", out_dir / "labels.json")
     write_standalone_scripts(out_dir)
     micro_info = _micro(cfg, out_dir, ds, labels, log) if (cfg.micro or cfg.c_array) else None
+    # The report describes the folder: entries of earlier exports that were not redone stay.
+    old = out_dir / "export_report.json"
+    if old.is_file():
+        try:
+            redone = {e["file"] for e in entries}
+            entries = [e for e in json.loads(old.read_text()).get("exports", [])
+                       if e.get("file") not in redone and e.get("status") == "ok" and (out_dir / e["file"]).is_file()
+                       ] + entries
+            entries.sort(key=lambda e: [filename(f, v) for f, v in plan("all", None)].index(e["file"])
+                         if e["file"] in [filename(f, v) for f, v in plan("all", None)] else 99)
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            pass  # an unreadable old report is replaced
     report = {
         "model": str(model_path),
         "exports": entries,
@@ -182,7 +194,7 @@ def export(cfg: ExportConfig, log=print) -> dict:
     if micro_info:
         report["micro"] = micro_info
     write_json(out_dir / "export_report.json", report)
-    failed = [e for e in entries if e["status"] != "ok"]
+    failed = [e for e in entries if e["status"] != "ok" and e["file"] in {filename(f, v) for f, v in pairs}]
     if failed:
         raise EdgeCNNError("export failed for " + ", ".join(f"{e['file']} ({e.get('error')})" for e in failed),
                            exit_code=1)
