@@ -14,8 +14,10 @@ from edgecnn.errors import EdgeCNNError
 
 
 def _describe_os_error(path: Path, exc: OSError) -> str:
-    if exc.errno == errno.ENOSPC:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"cannot write {path}: no space left on device"
+    if exc.errno == errno.EFBIG:
+        return f"cannot write {path}: file too large (disk quota or file-size limit)"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"cannot write {path}: permission denied"
     return f"cannot write {path}: {exc.strerror or exc}"

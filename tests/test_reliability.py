@@ -186,3 +186,20 @@ def test_same_seed_same_model_and_same_tflite_bytes(tmp_path):
     assert accs[0] == accs[1] and blobs[0] == blobs[1]
     cfg = json.loads((tmp_path / "a" / "config.json").read_text())
     assert cfg["seed"] == 7 and cfg["versions"]["tensorflow"]
+
+
+def test_a_full_disk_during_export_is_one_line_and_keeps_earlier_files(run_copy):
+    """RLIMIT_FSIZE makes writes fail partway, as a full disk does; the export must say so in one line."""
+    model_bytes = (run_copy / "model.keras").read_bytes()
+    script = ("import resource, signal, sys\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))\n"
+              "from edgecnn.cli import main\n"
+              f"main(['export', {str(run_copy)!r}, '--quantize', 'none', '--verify-samples', '16'])\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "file too large" in lines[0], out.stderr[-2000:]
+    assert (run_copy / "model.keras").read_bytes() == model_bytes
+    exports = run_copy / "exports"
+    assert not exports.exists() or not [p for p in exports.iterdir() if p.name.startswith(".")]

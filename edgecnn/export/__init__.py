@@ -210,8 +210,14 @@ def export_one(entry: dict, out_dir: Path, make_blob, x_verify, ref, cfg: Export
         _write_verified(out_dir / entry["file"], blob, entry, x_verify, ref, cfg)
     except Exception as exc:  # converters raise many types; each becomes one line in the report
         entry["status"] = "failed"
-        entry["error"] = str(exc) if isinstance(exc, EdgeCNNError) else \
-            f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+        text = str(exc)
+        if isinstance(exc, EdgeCNNError):
+            entry["error"] = text
+        elif "No space left" in text or "File too large" in text:  # TensorFlow's own file errors
+            why = "no space left on device" if "No space left" in text else "file too large (disk quota or limit)"
+            entry["error"] = f"cannot write temporary files in {tempfile.gettempdir()}: {why}"
+        else:
+            entry["error"] = f"{type(exc).__name__}: {(text.splitlines() or [''])[0][:300]}"
     return entry
 
 
