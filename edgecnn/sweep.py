@@ -153,12 +153,13 @@ def table_markdown(rows: list[dict], winner: dict | None) -> str:
             "val std", "worst drop", ""]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
+        arch = r["arch"].replace("|", "\\|")  # a pipe inside a table cell must be escaped, code span or not
         if r["status"] != "ok":
-            out.append(f"| {r['rank']} | {r['candidate']} | `{r['arch']}` | failed: {r.get('error', '')} |" +
+            out.append(f"| {r['rank']} | {r['candidate']} | `{arch}` | failed: {r.get('error', '')} |" +
                        " |" * (len(head) - 4))
             continue
         mark = "**winner**" if winner is r else ("pareto" if r.get("pareto") else "")
-        out.append(f"| {r['rank']} | {r['candidate']} | `{r['arch']}` | {r['params']:,} | {r['macs'] / 1e6:.2f} M | "
+        out.append(f"| {r['rank']} | {r['candidate']} | `{arch}` | {r['params']:,} | {r['macs'] / 1e6:.2f} M | "
                    f"{r['int8_kb']:.0f} | {r['float_acc'] * 100:.2f} | {r['int8_acc'] * 100:.2f} | "
                    f"{r['int8_agreement'] * 100:.2f} | {r['int8_latency_ms']:.3f} | {r['val_std_last3'] * 100:.2f} | "
                    f"{r['worst_val_drop'] * 100:.2f} | {mark} |")
