@@ -66,21 +66,28 @@ def confusion_matrix(cm, class_names: list[str], path: Path) -> Path:
 
 
 def accuracy_vs_latency(rows: list[dict], path: Path) -> Path:
-    """Benchmark: accuracy against batch-1 latency (log scale), one point per row."""
+    """Benchmark: accuracy against batch-1 latency (log scale), one point per row, named in the legend.
+
+    Rows scored on a subset of the test split (TFLite Micro) are left out: their accuracy is not
+    comparable with the others'.
+    """
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for row in rows:
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    full = max((r.get("images") or 0 for r in rows), default=0)
+    markers = {"tensorflow": "s", "litert": "o", "onnxruntime": "^"}
+    for i, row in enumerate(rows):
         if row.get("status") != "ok" or row.get("latency_ms_p50") is None or row.get("accuracy") is None:
             continue
-        label = f"{row['format']} / {row['runtime']} ({row['device']})"
-        ax.scatter(row["latency_ms_p50"], 100 * row["accuracy"], s=40)
-        ax.annotate(label, (row["latency_ms_p50"], 100 * row["accuracy"]), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
+        if (row.get("images") or full) < full:
+            continue
+        ax.scatter(row["latency_ms_p50"], 100 * row["accuracy"], s=45, color=f"C{i % 10}",
+                   marker=markers.get(row["runtime"], "D"), label=f"{row['name']} ({row['runtime']}, {row['device']})")
     ax.set_xscale("log")
     ax.set_xlabel("batch-1 latency, median (ms, log scale)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.grid(alpha=0.3, which="both")
     ax.set_title("accuracy vs latency")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     return _save(fig, path)
 
 

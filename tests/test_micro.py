@@ -102,3 +102,19 @@ def test_standalone_scripts_need_no_tensorflow_and_agree_with_predict(capsys, ti
     code, cli_out, _ = run_main(capsys, "predict", str(tiny_exports / model), *images, "--json")
     assert code == 0
     assert standalone == [r["top"][0]["class"] for r in json.loads(cli_out)["results"]]
+
+
+def test_an_op_tflite_micro_lacks_is_listed(tmp_path):
+    from edgecnn import micro
+    from edgecnn._tf import keras
+    from edgecnn.export import tflite as tfl
+
+    inp = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Flatten()(keras.layers.Conv2D(4, 3, padding="same")(keras.layers.Rescaling(1 / 255)(inp)))
+    x = keras.ops.top_k(x, 8)[0]  # TOPK_V2: a LiteRT builtin with int8 kernels, absent from TFLite Micro
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax")(x))
+    calib = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 3)).astype(np.uint8)
+    path = tmp_path / "model_int8.tflite"
+    path.write_bytes(tfl.convert(tfl.export_saved_model(model, tmp_path / "sm"), "int8", calib))
+    with pytest.raises(EdgeCNNError, match="ops missing from TFLite Micro: TOPK_V2"):
+        micro.check(path, calib[:2], np.zeros(2, int))
