@@ -93,7 +93,7 @@ def run_candidate(idx: int, arch: str, root: Path, train_cfg, log) -> dict:
         if run.exists():
             shutil.rmtree(run)  # an interrupted candidate starts again
         log(f"[{name}] {arch}")
-        train(replace(train_cfg, arch=arch, name=name, runs_dir=str(root / "runs")), log=lambda m: None)
+        train(replace(train_cfg, arch=arch, name=name, runs_dir=str(root / "runs")), log=lambda m: None, quiet=True)
         export(ExportConfig(run=str(run), formats="tflite", quantize="int8", verify_samples=256),
                log=lambda m: None)
         _, code = benchmark(BenchmarkConfig(run=str(run), formats="tflite-int8", runs=50, min_seconds=0.5,

@@ -176,9 +176,10 @@ def _callbacks(run_dir: Path, history_rows: list[dict], cfg: TrainConfig):
     class Tracker(keras.callbacks.Callback):
         """Keeps the best weights by val_accuracy, writes history and a checkpoint every epoch."""
 
-        def __init__(self, core):
+        def __init__(self, core, seconds_before: float = 0.0):
             super().__init__()
             self.core = core
+            self.started = time.perf_counter() - seconds_before
             self.best = max((r.get("val_accuracy", r.get("accuracy", -1.0)) for r in history_rows), default=-1.0)
             self.best_epoch = next((r["epoch"] for r in history_rows
                                     if r.get("val_accuracy", r.get("accuracy")) == self.best), 0)
@@ -205,7 +206,8 @@ def _callbacks(run_dir: Path, history_rows: list[dict], cfg: TrainConfig):
             with atomic_path(run_dir / CHECKPOINT) as tmp:
                 self.model.save(tmp)
             write_json(run_dir / CHECKPOINT_STATE, {"epoch": epoch + 1, "best": self.best,
-                                                    "best_epoch": self.best_epoch})
+                                                    "best_epoch": self.best_epoch,
+                                                    "seconds": time.perf_counter() - self.started})
 
     return Tracker
 
@@ -282,11 +284,11 @@ def resume(run: str, runs_dir: str = "runs", log=print) -> Path:
     return train(config_from_run(run_dir), log=log, resume_dir=run_dir)
 
 
-def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = None) -> Path:
+def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = None, quiet: bool = False) -> Path:
     """Train per ``cfg``; return the run directory (complete, with model.keras last).
 
     ``resume_dir``: continue that run from its checkpoint (optimizer state, schedule position
-    and history included) instead of starting a new one.
+    and history included) instead of starting a new one. ``quiet``: no per-epoch lines.
     """
     cfg.check()
     from edgecnn import data as data_mod
@@ -308,10 +310,12 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
 
     history_rows: list[dict] = []
     initial_epoch = 0
+    seconds_before = 0.0  # training time of the interrupted part of a resumed run
     if resume_dir is not None:
         run_dir = Path(resume_dir)
         state = read_json(run_dir / CHECKPOINT_STATE, "checkpoint state")
         initial_epoch = int(state["epoch"])
+        seconds_before = float(state.get("seconds", 0.0))
         if (run_dir / "history.csv").is_file():
             history_rows = [r for r in read_history(run_dir / "history.csv") if r["epoch"] <= initial_epoch]
         log(f"resuming {run_dir} after epoch {initial_epoch} of {cfg.epochs}")
@@ -347,7 +351,7 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
             )
     train_ds = make_dataset(ds.x_train, ds.y_train, ds.num_classes, global_batch, True, cfg.seed)
     val_ds = make_dataset(ds.x_val, ds.y_val, ds.num_classes, global_batch, False, cfg.seed) if len(ds.x_val) else None
-    tracker = _callbacks(run_dir, history_rows, cfg)(core)
+    tracker = _callbacks(run_dir, history_rows, cfg)(core, seconds_before)
     callbacks = [tracker]
     if cfg.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(
@@ -357,11 +361,11 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
     try:
         with _SigTerm():
             train_model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
-                            callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+                            callbacks=callbacks, verbose=0 if quiet else (1 if sys.stdout.isatty() else 2))
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: keeping the best model so far")
-    train_seconds = time.perf_counter() - t0
+    train_seconds = time.perf_counter() - t0 + seconds_before
     if tracker.best_weights is None:
         raise EdgeCNNError(f"training stopped before the first epoch finished; nothing saved in {run_dir}")
     core.set_weights(tracker.best_weights)

@@ -46,7 +46,8 @@ def test_killed_training_resumes_without_gap_or_duplicate(tmp_path):
     _wait_for_epoch(run, 2, proc)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up: only the per-epoch checkpoint survives
     proc.wait()
-    done = json.loads((run / "checkpoint.json").read_text())["epoch"]
+    state = json.loads((run / "checkpoint.json").read_text())
+    done = state["epoch"]
     assert 2 <= done < 12 and not (run / "model.keras").exists()
     out = subprocess.run([sys.executable, "-m", "edgecnn", "train", "--resume", "k", "--runs-dir", "runs"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -57,6 +58,8 @@ def test_killed_training_resumes_without_gap_or_duplicate(tmp_path):
     lr = [float(r[-1]) for r in rows]
     assert all(b <= a + 1e-12 for a, b in zip(lr[1:], lr[2:])), "cosine schedule continued, not restarted"
     assert (run / "model.keras").is_file() and not (run / "checkpoint.keras").exists()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 12 and metrics["train_seconds"] > state["seconds"] > 0
 
 
 @pytest.mark.slow
