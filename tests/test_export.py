@@ -104,6 +104,7 @@ def test_export_of_a_keras_file_path_and_int8_io_dtype(run_copy):
     (lambda r: None, {"quantize": "int3"}, "--quantize"),
     (lambda r: None, {"calib_samples": 0}, "--calib-samples"),
     (lambda r: None, {"io_dtype": "int16"}, "--io-dtype"),
+    (lambda r: None, {"formats": "onnx", "opset": 99}, "--opset"),
     (lambda r: (r / "labels.json").unlink(), {}, "labels.json is missing"),
 ])
 def test_bad_export_inputs(run_copy, mutate, kwargs, needle):

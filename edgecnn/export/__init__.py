@@ -96,7 +96,7 @@ def _source(cfg: ExportConfig) -> tuple[Path, Path, dict]:
     return base, model_path, read_json(labels_path, "labels file")
 
 
-def _data(base: Path, labels: dict, cfg: ExportConfig):
+def _data(base: Path, cfg: ExportConfig):
     from edgecnn.evaluate import load_run_data
 
     if not cfg.data and not (base / "config.json").is_file():
@@ -115,15 +115,18 @@ def export(cfg: ExportConfig, log=print) -> dict:
 
     if cfg.io_dtype not in IO_DTYPES:
         raise EdgeCNNError(f"--io-dtype must be one of {', '.join(IO_DTYPES)}, got {cfg.io_dtype!r}")
+    if any(f == "onnx" for f, _ in pairs) and not 9 <= cfg.opset <= 21:
+        raise EdgeCNNError(f"--opset must be 9..21, got {cfg.opset}")
     base, model_path, labels = _source(cfg)
     out_dir = ensure_dir(base / "exports")
     from edgecnn import model as model_mod
 
     core = model_mod.load_keras(model_path)
-    ds = _data(base, labels, cfg)
+    ds = _data(base, cfg)
     if tuple(ds.input_shape) != tuple(core.input_shape[1:]):
         raise EdgeCNNError(f"data images are {ds.input_shape} but the model takes {tuple(core.input_shape[1:])}")
-    seed = runs.config(base).get("seed", 0)
+    run_cfg = runs.config(base)
+    seed = run_cfg.get("seed", 0)
     from edgecnn.export import tflite as tfl
 
     calib = tfl.calibration_images(ds.x_train, cfg.calib_samples, seed) if cfg.calib_samples > 0 else None
@@ -133,7 +136,7 @@ def export(cfg: ExportConfig, log=print) -> dict:
 
     entries = []
     qat_entries = {}
-    if (runs.config(base).get("finetune") or {}).get("mode") == "qat":
+    if (run_cfg.get("finetune") or {}).get("mode") == "qat":
         # int8 files of a QAT run come from its fake-quant graph (edgecnn finetune --qat), not from PTQ.
         metrics = json.loads((base / "metrics.json").read_text()) if (base / "metrics.json").is_file() else {}
         qat_entries = {e["file"]: e for e in metrics.get("qat_exports", []) if e.get("status") == "ok"
