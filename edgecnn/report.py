@@ -39,7 +39,7 @@ def _export_table(report: dict) -> list[list[str]]:
 
 def _md_table(rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    out += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows[1:]]
+    out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows[1:]]
     return "\n".join(out) + "\n"
 
 
