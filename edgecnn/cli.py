@@ -130,6 +130,8 @@ def summary(
 def evaluate(
     run: Optional[str] = RUN_ARG,
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Data source (default: the run's own)."),
+    tta: bool = typer.Option(False, "--tta", help="Average with horizontally flipped images (test-time "
+                             "augmentation; exports do not include it, so report it separately)."),
     runs_dir: str = RUNS_DIR_OPT,
     json_out: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
 ):
@@ -139,13 +141,13 @@ def evaluate(
     """
     from edgecnn import evaluate as ev
 
-    result = ev.evaluate_run(run, runs_dir, data)
+    result = ev.evaluate_run(run, runs_dir, data, tta=tta)
     if json_out:
         print(json.dumps({k: v for k, v in result.items() if k != "report"}, indent=2))
     else:
         _log(result["report"])
         _log(f"accuracy {result['test_accuracy']:.4f}  loss {result['test_loss']:.4f}  on {result['test_images']} "
-             f"images of {result['data']}")
+             f"images of {result['data']}" + ("  (with flip test-time augmentation)" if tta else ""))
 
 
 # --------------------------------------------------------------------------- export

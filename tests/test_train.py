@@ -78,3 +78,12 @@ def test_evaluate_rescores_the_run(tiny_run):
     saved = json.loads((tiny_run / "metrics.json").read_text())
     assert res["test_accuracy"] == pytest.approx(saved["test_accuracy"], abs=1e-6)
     assert "precision" in res["report"]
+
+
+def test_evaluate_with_flip_tta_averages_both_views(tiny_run):
+    from edgecnn.evaluate import evaluate_run
+
+    plain = evaluate_run(str(tiny_run), str(tiny_run.parent))
+    tta = evaluate_run(str(tiny_run), str(tiny_run.parent), tta=True)
+    assert tta["tta"] and not plain["tta"] and tta["test_images"] == plain["test_images"]
+    assert tta["test_loss"] != plain["test_loss"]  # a different prediction, not the same one relabelled
