@@ -23,6 +23,12 @@ def _describe_os_error(path: Path, exc: OSError) -> str:
     return f"cannot write {path}: {exc.strerror or exc}"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def ensure_dir(path: str | os.PathLike) -> Path:
     """Create ``path`` (and parents); raise EdgeCNNError if it cannot be created."""
     p = Path(path)
@@ -55,6 +61,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         yield tmp_path
         if not tmp_path.exists() or tmp_path.stat().st_size == 0:
             raise EdgeCNNError(f"writing {final} produced no data")
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600 files; artifacts get normal permissions
         os.replace(tmp_path, final)
     except OSError as exc:
         raise EdgeCNNError(_describe_os_error(final, exc)) from None

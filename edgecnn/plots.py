@@ -19,7 +19,7 @@ def _plt():
 def _save(fig, path: Path) -> Path:
     plt = _plt()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
     return Path(path)
 

@@ -1,6 +1,7 @@
 """Faults survived and unsafe input refused (issue: reliability and safety)."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -88,6 +89,15 @@ def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
             tmp.write_bytes(b"new but broken")
             raise RuntimeError("boom")
     assert target.read_bytes() == b"old", "earlier artifacts stay intact"
+
+
+def test_artifacts_get_normal_file_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_bytes(tmp_path / "model.tflite", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "model.tflite").stat().st_mode & 0o777 == 0o644
 
 
 def test_writing_where_a_folder_cannot_be_made(tmp_path):
