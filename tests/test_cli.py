@@ -159,3 +159,15 @@ def test_run_pipeline_end_to_end(tmp_path):
         assert section in md
     assert "data:image/png;base64," in (run / "report.html").read_text()
     assert "report:" in out.stdout and "| tflite-int8 |" in out.stdout
+
+
+def test_train_on_a_folder_of_large_non_square_jpegs(capsys, tmp_path):
+    from conftest import make_folder
+
+    root = make_folder(tmp_path / "photos", classes=("a", "b", "c"), per_class=8, size=(640, 360), ext=".jpg")
+    code, out, err = run_main(capsys, "train", "--data", str(root), "--image-size", "24", "--epochs", "2",
+                              "--arch", "C: 4n 8n gap", "--runs-dir", str(tmp_path / "runs"), "--name", "photos")
+    assert code == 0, err
+    labels = json.loads((tmp_path / "runs" / "photos" / "labels.json").read_text())
+    assert labels["class_names"] == ["a", "b", "c"] and labels["input_shape"] == [24, 24, 3]
+    assert (tmp_path / "runs" / "photos" / "model.keras").is_file()
