@@ -7,6 +7,7 @@ memory or a crash never touches another row; nothing aborts the table.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
@@ -146,7 +147,9 @@ def plan_rows(run_dir: Path, request: list[tuple[str, bool]], device: str) -> li
     return rows
 
 
+@functools.lru_cache(maxsize=8)
 def _micro_sizes(path: Path) -> dict:
+    """Arena and flash of an int8 file (cached: the LiteRT int8 row and the TFLite Micro row share it)."""
     from edgecnn import micro
 
     try:
@@ -249,7 +252,7 @@ def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
                     row.update(compare_to_reference(y[:n], ref_probs[:n], probs, ds.class_names))
                     row["images"] = n
             if row["variant"] == "int8" and row["format"] == "tflite" and _has_micro():
-                row.update(_micro_sizes(Path(row["model"])))
+                row.update(dict(_micro_sizes(Path(row["model"]))))
             log(_row_line(row))
     if ref_probs is None:
         rows[0].setdefault("reason", "reference failed")
