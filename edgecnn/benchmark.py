@@ -148,8 +148,9 @@ def plan_rows(run_dir: Path, request: list[tuple[str, bool]], device: str) -> li
 
 
 @functools.lru_cache(maxsize=8)
-def _micro_sizes(path: Path) -> dict:
-    """Arena and flash of an int8 file (cached: the LiteRT int8 row and the TFLite Micro row share it)."""
+def _micro_sizes(path: Path, stamp: tuple[int, int]) -> dict:
+    """Arena and flash of an int8 file; cached by path and (mtime, size): the LiteRT int8 row and the
+    TFLite Micro row share it."""
     from edgecnn import micro
 
     try:
@@ -252,7 +253,8 @@ def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
                     row.update(compare_to_reference(y[:n], ref_probs[:n], probs, ds.class_names))
                     row["images"] = n
             if row["variant"] == "int8" and row["format"] == "tflite" and _has_micro():
-                row.update(dict(_micro_sizes(Path(row["model"]))))
+                st = Path(row["model"]).stat()
+                row.update(dict(_micro_sizes(Path(row["model"]), (st.st_mtime_ns, st.st_size))))
             log(_row_line(row))
     if ref_probs is None:
         rows[0].setdefault("reason", "reference failed")
