@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -68,9 +67,3 @@ def config(run_dir: Path) -> dict:
     path = Path(run_dir) / "config.json"
     return read_json(path, "run config") if path.is_file() else {}
 
-
-def relpath(p: Path) -> str:
-    try:
-        return os.path.relpath(p)
-    except ValueError:  # pragma: no cover (other drive on Windows)
-        return str(p)
