@@ -35,6 +35,20 @@ def test_folder_without_split_is_stratified_and_resized(tmp_path):
     assert np.bincount(ds.y_test).tolist() == [2, 2, 2] and np.bincount(ds.y_val).tolist() == [2, 2, 2]
     again = data.load(str(root), image_size=24, val_split=0.2, test_split=0.2, seed=1)  # from the cache
     assert np.array_equal(ds.x_test, again.x_test) and "cache" in again.info
+    # The cache holds decoded images, not a split: new fractions or a new seed split anew.
+    other = data.load(str(root), image_size=24, val_split=0.1, test_split=0.3, seed=1)
+    assert (len(other.x_train), len(other.x_val), len(other.x_test)) == (18, 3, 9) and "cache" in other.info
+
+
+def test_split_folder_cache_honours_val_split(tmp_path):
+    root = tmp_path / "ds"
+    make_folder(root / "train", per_class=10, ext=".png")
+    make_folder(root / "test", per_class=2, ext=".png")
+    first = data.load(str(root), val_split=0.1)
+    second = data.load(str(root), val_split=0.3)  # decoded images from the cache, split again
+    assert "cache" in second.info
+    assert (len(first.x_val), len(second.x_val)) == (2, 6)
+    assert len(first.x_train) + len(first.x_val) == len(second.x_train) + len(second.x_val) == 20
 
 
 def test_folder_with_train_test_split_and_modes(tmp_path):

@@ -169,7 +169,7 @@ def _from_arrays(x_train, y_train, x_test, y_test, classes, src, image_size, cha
 def _folder_cache_key(root: Path, image_size: int, channels: int, skip_bad: bool) -> str:
     from edgecnn.data.images import IMAGE_EXTENSIONS, RESIZE
 
-    h = hashlib.sha256(f"{root.resolve()}|{image_size}|{channels}|{skip_bad}|{RESIZE}|v1".encode())
+    h = hashlib.sha256(f"{root.resolve()}|{image_size}|{channels}|{skip_bad}|{RESIZE}|v2".encode())
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
@@ -180,6 +180,35 @@ def _folder_cache_key(root: Path, image_size: int, channels: int, skip_bad: bool
 
 
 def _from_folder(root, src, image_size, channels, val_split, test_split, seed, skip_bad) -> Dataset:
+    raw, classes, skipped, cache = _read_folder_cached(root, image_size, channels, skip_bad)
+    if "all" in raw:  # one folder of class folders: split it here
+        x, y = raw["all"]
+        test_idx, val_idx, train_idx = stratified_split(y, (test_split, val_split), seed)
+        x_train, y_train, x_val, y_val = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+        x_test, y_test = x[test_idx], y[test_idx]
+    else:
+        x_train, y_train = raw["train"]
+        x_test, y_test = raw["test"]
+        if "val" in raw:
+            x_val, y_val = raw["val"]
+        else:
+            val_idx, train_idx = stratified_split(y_train, (val_split,), seed)
+            x_val, y_val = x_train[val_idx], y_train[val_idx]
+            x_train, y_train = x_train[train_idx], y_train[train_idx]
+    if len(x_train) == 0 or len(x_test) == 0:
+        raise EdgeCNNError(f"--data {src}: too few images to split into train and test")
+    info = {"skipped_images": skipped, **({"cache": str(cache)} if cache else {})}
+    return Dataset(x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test,
+                   class_names=classes, source=src, info=info)
+
+
+def _read_folder_cached(root, image_size, channels, skip_bad):
+    """Decoded images per split folder (``train``/``val``/``test``, or ``all``), before any random split.
+
+    The decode is cached under the edgecnn cache keyed on the files' names, sizes and times; the
+    split fractions and seed are applied afterwards, so changing them never reuses a stale split.
+    Returns (arrays, class names, skipped count, cache path or None).
+    """
     from edgecnn.data import folder
     from edgecnn.data.archive import cache_root
 
@@ -188,44 +217,34 @@ def _from_folder(root, src, image_size, channels, val_split, test_split, seed, s
     if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-            names = [str(s) for s in arrays.pop("class_names").tolist()]
-            info = {"skipped_images": int(arrays.pop("skipped")), "cache": str(cache)}
-            return Dataset(**arrays, class_names=names, source=src, info=info)
+                names = [str(s) for s in z["class_names"].tolist()]
+                raw = {k[2:]: (z[k], z["y_" + k[2:]]) for k in z.files if k.startswith("x_")}
+                return raw, names, int(z["skipped"]), cache
         except Exception:  # a damaged cache is rebuilt, never trusted
             cache.unlink(missing_ok=True)
 
     splits = folder.find_splits(root)
     skipped = 0
+    raw = {}
     if splits:
         classes = folder.list_classes(splits["train"])
-        x_train, y_train, s = folder.read_split(splits["train"], classes, image_size, channels, skip_bad)
-        skipped += s
-        x_test, y_test, s = folder.read_split(splits.get("test", splits.get("val")), classes, image_size, channels,
-                                              skip_bad)
-        skipped += s
+        parts = {"train": splits["train"], "test": splits.get("test", splits.get("val"))}
         if "val" in splits and "test" in splits:
-            x_val, y_val, s = folder.read_split(splits["val"], classes, image_size, channels, skip_bad)
-            skipped += s
-        else:
-            val_idx, train_idx = stratified_split(y_train, (val_split,), seed)
-            x_val, y_val = x_train[val_idx], y_train[val_idx]
-            x_train, y_train = x_train[train_idx], y_train[train_idx]
+            parts["val"] = splits["val"]
     else:
         classes = folder.list_classes(root)
-        x, y, skipped = folder.read_split(root, classes, image_size, channels, skip_bad)
-        test_idx, val_idx, train_idx = stratified_split(y, (test_split, val_split), seed)
-        x_train, y_train, x_val, y_val = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
-        x_test, y_test = x[test_idx], y[test_idx]
-    if len(x_train) == 0 or len(x_test) == 0:
-        raise EdgeCNNError(f"--data {src}: too few images to split into train and test")
-    arrays = dict(x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test)
+        parts = {"all": root}
+    for part, path in parts.items():
+        x, y, s = folder.read_split(path, classes, image_size, channels, skip_bad)
+        raw[part] = (x, y)
+        skipped += s
     try:
         from edgecnn.fsutil import atomic_path
 
         with atomic_path(cache, suffix=".npz") as tmp:
             with open(tmp, "wb") as f:
+                arrays = {f"{xy}_{part}": a for part, pair in raw.items() for xy, a in zip("xy", pair)}
                 np.savez(f, **arrays, class_names=np.asarray(classes), skipped=np.asarray(skipped))
     except (EdgeCNNError, OSError):
-        pass  # the cache is an optimisation only
-    return Dataset(**arrays, class_names=classes, source=src, info={"skipped_images": skipped})
+        cache = None  # the cache is an optimisation only
+    return raw, classes, skipped, cache
