@@ -18,7 +18,7 @@ def _load(path: Path):
 
 
 def _export_table(report: dict) -> list[list[str]]:
-    rows = [["file", "status", "size KB", "gzip KB", "input", "quantization (in)", "agreement", "max abs dp",
+    rows = [["file", "status", "size KB", "gzip -9 KB", "smallest .gz KB", "input", "quantization (in)", "agreement", "max abs dp",
              "seconds"]]
     for e in report.get("exports", []):
         inp = (e.get("inputs") or [{}])[0]
@@ -28,6 +28,7 @@ def _export_table(report: dict) -> list[list[str]]:
             e["file"], e["status"] if e["status"] == "ok" else f"failed: {e.get('error', '')}",
             f"{e['size_bytes'] / 1024:.0f}" if e.get("size_bytes") else "-",
             f"{e['gzip_bytes'] / 1024:.0f}" if e.get("gzip_bytes") else "-",
+            f"{e['gz_bytes'] / 1024:.0f} ({e['gz_strategy']})" if e.get("gz_bytes") else "-",
             f"{inp.get('dtype', '-')} {inp.get('shape', '')}",
             f"scale {q['scale']:.4g}, zp {q['zero_point']}" if q else "-",
             f"{v['agreement'] * 100:.2f}%" if v.get("agreement") is not None else "-",

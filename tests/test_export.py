@@ -1,8 +1,11 @@
+import gzip
 import json
+import subprocess
 
 import numpy as np
 import pytest
 
+from conftest import run_main
 from edgecnn.errors import EdgeCNNError
 from edgecnn.export import ExportConfig, export, plan
 from edgecnn.inspect import inspect
@@ -159,3 +162,35 @@ def test_report_keeps_earlier_exports_of_the_folder(run_copy):
     assert [e["file"] for e in report["exports"]] == ["model_float32.tflite", "model_int8.tflite"]
     saved = json.loads((run_copy / "exports" / "export_report.json").read_text())
     assert [e["file"] for e in saved["exports"]] == ["model_float32.tflite", "model_int8.tflite"]
+
+
+def test_gzip_writes_the_smallest_standard_stream_and_drops_stale_ones(run_copy, capsys):
+    code, out, err = run_main(capsys, "export", str(run_copy), "--quantize", "int8", "--calib-samples", "20",
+                              "--verify-samples", "32", "--gzip")
+    assert code == 0, err
+    tfl, gz = run_copy / "exports" / "model_int8.tflite", run_copy / "exports" / "model_int8.tflite.gz"
+    # The real gunzip reads it back to the exact bytes.
+    assert subprocess.run(["gzip", "-dc", str(gz)], capture_output=True, check=True).stdout == tfl.read_bytes()
+    (entry,) = json.loads((run_copy / "exports" / "export_report.json").read_text())["exports"]
+    assert entry["gz_file"] == gz.name and entry["gz_bytes"] == gz.stat().st_size
+    assert entry["gz_bytes"] <= entry["gzip_bytes"] == len(gzip.compress(tfl.read_bytes(), 9))
+    assert "model_int8.tflite.gz" in out
+    code, _, err = run_main(capsys, "export", str(run_copy), "--quantize", "int8", "--calib-samples", "20",
+                            "--verify-samples", "32")
+    assert code == 0, err
+    assert not gz.exists(), "a .gz of an earlier export must not outlive the file it compressed"
+
+
+def test_sparse_int8_weights_compress_better_without_string_matching():
+    from edgecnn.export import compress
+
+    rng = np.random.default_rng(0)
+    w = np.clip(np.round(rng.laplace(0, 30, 200_000)), -127, 127).astype(np.int8)
+    dense = w.tobytes()
+    w[np.abs(w) < np.median(np.abs(w))] = 0  # magnitude pruning to ~50%
+    sparse = w.tobytes()
+    s_dense, s_sparse = compress.sizes(dense), compress.sizes(sparse)
+    assert s_sparse["gz_strategy"] != "default" and s_sparse["gz_bytes"] < 0.95 * s_sparse["gzip_bytes"]
+    assert s_dense["gz_bytes"] <= s_dense["gzip_bytes"]
+    for name in compress.STRATEGIES:
+        assert gzip.decompress(compress.gzip_blob(sparse, name)) == sparse

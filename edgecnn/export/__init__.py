@@ -7,7 +7,6 @@ in its own runtime and compared with Keras, and renamed only when it passes.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ import numpy as np
 
 from edgecnn import runs
 from edgecnn.errors import EdgeCNNError
+from edgecnn.export import compress
 from edgecnn.export.verify import Thresholds, compare
 from edgecnn.fsutil import atomic_path, ensure_dir, write_bytes, write_json
 
@@ -45,6 +45,7 @@ class ExportConfig:
     micro: bool = False  # TFLite Micro check of the int8 file: ops, arena, flash, accuracy
     micro_samples: int = 1000
     c_array: bool = False  # model_data.h / model_data.cc for TFLite Micro projects
+    gzip: bool = False  # also write <file>.gz (the smallest standard gzip stream) next to each export
 
 
 def plan(formats: str, quantize: str | None) -> list[tuple[str, str]]:
@@ -147,7 +148,7 @@ def export(cfg: ExportConfig, log=print) -> dict:
         for fmt, variant in pairs:
             if filename(fmt, variant) in qat_entries:
                 entry = qat_entries[filename(fmt, variant)]
-                entry["gzip_bytes"] = gzip_size(out_dir / entry["file"])
+                entry.update(compress.sizes((out_dir / entry["file"]).read_bytes()))
                 entries.append(entry)
                 log(f"  kept {entry['file']} from quantization-aware training")
                 continue
@@ -170,6 +171,16 @@ def export(cfg: ExportConfig, log=print) -> dict:
             export_one(entry, out_dir, make_blob, x_verify, ref, cfg)
             entries.append(entry)
             _log_entry(entry, log)
+    for entry in entries:  # a .gz beside a rewritten file would be stale: rewrite it or remove it
+        gz = out_dir / (entry["file"] + ".gz")
+        if cfg.gzip and entry["status"] == "ok":
+            compress.write_gz(out_dir / entry["file"])
+            entry["gz_file"] = gz.name
+            log(f"  {gz.name}: {entry['gz_bytes'] / 1024:.0f} KB (zlib {entry['gz_strategy']} strategy; gzip -9 "
+                f"gives {entry['gzip_bytes'] / 1024:.0f} KB)")
+        else:
+            gz.unlink(missing_ok=True)
+            entry.pop("gz_file", None)
     shutil.copyfile(base / "labels.json", out_dir / ".labels.json.tmp")
     os.replace(out_dir / ".labels.json.tmp", out_dir / "labels.json")
     write_standalone_scripts(out_dir)
@@ -232,7 +243,7 @@ def _write_verified(final: Path, blob: bytes, entry: dict, x_verify, ref, cfg: E
     with atomic_path(final) as tmp:
         write_bytes(tmp, blob)
         info = inspect(tmp)
-        entry.update({"size_bytes": len(blob), "gzip_bytes": len(gzip.compress(blob, 9, mtime=0)),
+        entry.update({"size_bytes": len(blob), **compress.sizes(blob),
                       "inputs": info["inputs"], "outputs": info["outputs"], "ops": info["ops"]})
         if "all_builtin" in info:
             entry["all_builtin"] = info["all_builtin"]
@@ -285,11 +296,6 @@ def _micro(cfg: ExportConfig, out_dir: Path, ds, labels: dict, log) -> dict | No
         h, cc = micro.write_c_array(int8, out_dir, labels, arena)
         log(f"  C source: {h.name}, {cc.name}")
     return info
-
-
-def gzip_size(path: Path) -> int:
-    """Bytes after gzip -9: what pruning saves on the wire and in compressed flash images."""
-    return len(gzip.compress(Path(path).read_bytes(), 9, mtime=0))
 
 
 def _log_entry(e: dict, log) -> None:
