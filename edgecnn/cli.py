@@ -41,6 +41,7 @@ def _err(msg: str) -> None:
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data: str = typer.Option("shapes", "--data", "-d", help="shapes[:N], cifar10, an image folder, .tar.gz/.zip, "
                              "cifar-10-python.tar.gz or .npz."),
     arch: str = typer.Option("regularized", "--arch", "-a", help="Preset (mlp, basic, regularized, resnet8) or spec "
@@ -70,6 +71,10 @@ def train(
     deterministic: bool = typer.Option(False, help="Deterministic TensorFlow ops (slower)."),
     name: Optional[str] = typer.Option(None, help="Run name (default: run1, run2, ...)."),
     runs_dir: str = RUNS_DIR_OPT,
+    preset: Optional[str] = typer.Option(None, "--preset", help="Training recipe: cifar10 (about 20 min on 2 CPU "
+                                         "cores) or resnet8 (MLPerf Tiny, about 30 min); sets the architecture, "
+                                         "epochs, batch, schedule and regularization. Options you give override "
+                                         "it.", show_default=False),
     summary: bool = typer.Option(False, "--summary", help="Print the layer table and MACs, then exit."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run (its own options) "
                                          "from its last epoch checkpoint."),
@@ -83,23 +88,31 @@ def train(
 
         _log(f"run directory: {resume_run(resume, runs_dir, log=_log)}")
         return
-    from edgecnn.train import TrainConfig
-
-    cfg = TrainConfig(
+    cfg = _train_config(ctx, dict(
         data=data, arch=arch, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, weight_decay=weight_decay, augment=augment,
         early_stopping=early_stopping, seed=seed, image_size=image_size, channels=channels, val_split=val_split,
         test_split=test_split, skip_bad_images=skip_bad_images, device=device, precision=precision,
         cpu_replicas=cpu_replicas, jit_compile=jit_compile, deterministic=deterministic, name=name,
-        runs_dir=runs_dir,
-    )
+        runs_dir=runs_dir, preset=preset,
+    ))
     if summary:
-        _print_summary(arch, image_size or 32, channels, 10)
+        _print_summary(cfg.arch, image_size or 32, channels, 10)
         return
     from edgecnn.train import train as run_train
 
     run_dir = run_train(cfg, log=_log)
     _log(f"run directory: {run_dir}")
+
+
+def _train_config(ctx: typer.Context, options: dict):
+    """TrainConfig from the train/run options; ``--preset`` fills the options not typed by the user."""
+    from edgecnn.train import TrainConfig, apply_preset
+
+    preset = options.pop("preset", None)
+    given = {k for k in options if (src := ctx.get_parameter_source(k)) is not None
+             and src.name not in ("DEFAULT", "DEFAULT_MAP")}
+    return apply_preset(TrainConfig(**options), preset, given)
 
 
 def _print_summary(arch: str, image_size: int, channels: int, num_classes: int) -> None:
@@ -172,6 +185,8 @@ def export_cmd(
                                "tensor arena, flash, accuracy vs LiteRT."),
     micro_samples: int = typer.Option(1000, help="Test images for the TFLite Micro accuracy check."),
     c_array: bool = typer.Option(False, "--c-array", help="Write model_data.h/.cc for TFLite Micro projects."),
+    gzip: bool = typer.Option(False, "--gzip", help="Also write FILE.gz next to each export: the smallest standard "
+                              "gzip stream (zlib picks Huffman-only for sparse int8 weights); any gunzip reads it."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Data source (default: the run's own)."),
     runs_dir: str = RUNS_DIR_OPT,
     json_out: bool = typer.Option(False, "--json", help="Print the export report as JSON."),
@@ -188,7 +203,7 @@ def export_cmd(
             raise EdgeCNNError(f"{opt} must be in [0, 1], got {v}")
     cfg = ExportConfig(run=run, formats=format, quantize=quantize, calib_samples=calib_samples, io_dtype=io_dtype,
                        opset=opset, verify=verify, verify_samples=verify_samples, data=data, runs_dir=runs_dir,
-                       micro=micro, micro_samples=micro_samples, c_array=c_array,
+                       micro=micro, micro_samples=micro_samples, c_array=c_array, gzip=gzip,
                        thresholds=Thresholds(float32_max_diff=max_diff_float32,
                                              reduced_agreement=min_agreement_reduced,
                                              int8_agreement=min_agreement_int8))
@@ -354,10 +369,9 @@ def run(**kw):
     from edgecnn.benchmark import BenchmarkConfig
     from edgecnn.export import ExportConfig
     from edgecnn.pipeline import run_pipeline
-    from edgecnn.train import TrainConfig
 
     extra = {k: kw.pop(k) for k in list(_RUN_EXTRA)}
-    train_cfg = TrainConfig(**kw)
+    train_cfg = _train_config(kw.pop("ctx"), kw)
     export_cfg = ExportConfig(formats=extra["formats"], calib_samples=extra["calib_samples"],
                               io_dtype=extra["io_dtype"], opset=extra["opset"], runs_dir=kw["runs_dir"])
     bench_cfg = BenchmarkConfig(device=extra["bench_device"], threads=extra["threads"], max_drop=extra["max_drop"],

@@ -23,6 +23,17 @@ CHECKPOINT_STATE = "checkpoint.json"
 BEST_WEIGHTS = "best.weights.h5"
 SCHEDULES = ("constant", "cosine", "onecycle")
 
+# Training recipes (``edgecnn train --preset NAME``): every TrainConfig field they name is set,
+# unless the command line gives that option itself. Measured results: docs/benchmarks.md.
+TRAIN_PRESETS: dict[str, dict] = {
+    # CIFAR-10 in about 20 minutes on 2 CPU cores; its int8 TFLite stays under 400 KB.
+    "cifar10": dict(arch="cifar10", epochs=18, batch_size=128, optimizer="adamw", lr=4e-3, schedule="onecycle",
+                    label_smoothing=0.1, weight_decay=1e-4, augment="light", val_split=0.02),
+    # MLPerf Tiny ResNet-8 in about 30 minutes on 2 CPU cores (the reference trains 500 epochs).
+    "resnet8": dict(arch="resnet8", epochs=50, batch_size=128, optimizer="adamw", lr=4e-3, schedule="onecycle",
+                    label_smoothing=0.1, weight_decay=1e-4, augment="light", val_split=0.02),
+}
+
 
 @dataclass
 class TrainConfig:
@@ -51,6 +62,7 @@ class TrainConfig:
     deterministic: bool = False
     name: str | None = None
     runs_dir: str = "runs"
+    preset: str | None = None
     versions: dict = field(default_factory=dict)
 
     def check(self) -> None:
@@ -261,6 +273,20 @@ class _SigTerm:
         if self.old is not None:
             signal.signal(signal.SIGTERM, self.old)
         return False
+
+
+def apply_preset(cfg: TrainConfig, preset: str | None, given: set[str] = frozenset()) -> TrainConfig:
+    """Set the fields ``preset`` names on ``cfg``, except those in ``given`` (options the user typed)."""
+    if not preset:
+        return cfg
+    key = preset.strip().lower()
+    if key not in TRAIN_PRESETS:
+        raise EdgeCNNError(f"--preset {preset!r}: unknown; use one of {', '.join(TRAIN_PRESETS)}")
+    for name, value in TRAIN_PRESETS[key].items():
+        if name not in given:
+            setattr(cfg, name, value)
+    cfg.preset = key
+    return cfg
 
 
 def config_from_run(run_dir: Path) -> TrainConfig:

@@ -87,3 +87,35 @@ def test_evaluate_with_flip_tta_averages_both_views(tiny_run):
     tta = evaluate_run(str(tiny_run), str(tiny_run.parent), tta=True)
     assert tta["tta"] and not plain["tta"] and tta["test_images"] == plain["test_images"]
     assert tta["test_loss"] != plain["test_loss"]  # a different prediction, not the same one relabelled
+
+
+def test_cifar10_preset_trains_end_to_end_at_test_size(tmp_path, capsys):
+    """The cifar10 recipe, shrunk to 1 epoch of 16x16 shapes: options typed on the command line win."""
+    from conftest import run_main
+    from edgecnn.export import ExportConfig, export
+    from edgecnn.spec import PRESETS, describe, parse
+    from edgecnn.train import TRAIN_PRESETS
+
+    code, out, err = run_main(capsys, "train", "--preset", "cifar10", "--data", "shapes:300", "--image-size", "16",
+                              "--epochs", "1", "--name", "p", "--runs-dir", str(tmp_path))
+    assert code == 0, err
+    cfg = json.loads((tmp_path / "p" / "config.json").read_text())
+    recipe = TRAIN_PRESETS["cifar10"]
+    assert cfg["preset"] == "cifar10" and cfg["epochs"] == 1  # typed: kept
+    for key in ("batch_size", "optimizer", "lr", "schedule", "label_smoothing", "augment", "val_split"):
+        assert cfg[key] == recipe[key], key  # not typed: from the recipe
+    assert cfg["arch_spec"] == describe(parse(PRESETS["cifar10"]))
+    # Its int8 export is what the preset promises: full-integer, verified against Keras.
+    report = export(ExportConfig(run=str(tmp_path / "p"), quantize="int8", calib_samples=32, verify_samples=32),
+                    log=lambda m: None)
+    assert report["exports"][0]["status"] == "ok" and report["exports"][0]["inputs"][0]["dtype"] == "uint8"
+
+
+def test_presets_fill_only_untyped_options():
+    from edgecnn.train import TRAIN_PRESETS, apply_preset
+
+    cfg = apply_preset(TrainConfig(lr=0.5, epochs=2), "ResNet8", given={"lr"})
+    assert cfg.preset == "resnet8" and cfg.arch == "resnet8" and cfg.lr == 0.5
+    assert cfg.epochs == TRAIN_PRESETS["resnet8"]["epochs"]  # given= names what was typed, not what differs
+    with pytest.raises(EdgeCNNError, match="--preset 'fast': unknown"):
+        apply_preset(TrainConfig(), "fast")
