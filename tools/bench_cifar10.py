@@ -27,6 +27,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+SVG = ROOT / "docs" / "benchmark.svg"
+# The sweep in the docs (8 candidates, 3 epochs each, about 9 minutes here); pass its folder with --sweep.
+SWEEP_COMMAND = ('edgecnn sweep --data ../shared/data/cifar10-jpg.tar.gz --grid "widths=8,16,32;dense=0,32;bn=on" '
+                 "--preset basic --preset resnet8 --epochs 3 --batch-size 128 --lr 3e-3 --target 0.65 --name cifar")
+MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
 STAGES = ("cifar10", "resnet8", "regularized")
 REGULARIZED_ARGS = ["--arch", "regularized", "--epochs", "15", "--batch-size", "128", "--lr", "3e-3"]
 # (preset, float target, int8 target, int8 file limit KB or None, training minutes limit)
@@ -115,6 +121,8 @@ def main() -> int:
     ap.add_argument("--sweep", help="a finished `edgecnn sweep` folder to include (its sweep.md)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     ap.add_argument("--doc-only", action="store_true", help="rewrite the document from the runs; run nothing")
+    ap.add_argument("--readme", action="store_true",
+                    help="also rewrite README.md's Results (between its results markers) and docs/benchmark.svg")
     a = ap.parse_args()
     stages = [s.strip() for s in a.stages.split(",") if s.strip()]
     if bad := [s for s in stages if s not in STAGES]:
@@ -128,6 +136,9 @@ def main() -> int:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(write_doc(b, stages, a.sweep))
     print(f"wrote {a.out}")
+    if a.readme:
+        write_readme(b, stages, Path(a.out), a.sweep)
+        print(f"wrote {README} results and {SVG}")
     return 0
 
 
@@ -236,8 +247,14 @@ def write_doc(b: Bench, stages: list[str], sweep: str | None) -> str:
     if "regularized" in stages:
         lines += _regularized(b)
     if sweep and (Path(sweep) / "sweep.md").is_file():
-        lines += ["## Architecture sweep", "", (Path(sweep) / "sweep.md").read_text().strip(), ""]
+        lines += ["## Architecture sweep", "", *_sweep(Path(sweep))]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _sweep(folder: Path) -> list[str]:
+    """The sweep's verdict and table, after the command that made it (SWEEP_COMMAND for ``cifar``)."""
+    body = [ln for ln in (folder / "sweep.md").read_text().splitlines() if not ln.startswith("# ")]
+    return [f"`{SWEEP_COMMAND}`" if folder.name == "cifar" else f"`{folder}`", *body, ""]
 
 
 def _regularized(b: Bench) -> list[str]:
@@ -285,6 +302,85 @@ def _regularized(b: Bench) -> list[str]:
                   "Achieved sparsity per layer: "
                   + ", ".join(f"{k} {v:.3f}" for k, v in pm["sparsity_per_layer"].items()) + "."]
     return lines + [""]
+
+
+# --------------------------------------------------------------------------- the README's Results
+
+
+def write_readme(b: Bench, stages: list[str], doc: Path, sweep: str | None) -> None:
+    """Replace README's Results block with a summary of ``doc``'s runs (same data, fewer tables)."""
+    from edgecnn import plots
+    from edgecnn.benchmark import table_markdown
+
+    rel = doc.resolve().relative_to(ROOT) if doc.resolve().is_relative_to(ROOT) else doc
+    lines = [MARKERS[0],
+             "Measured on this project's machine (AMD EPYC, 2 cores, no GPU, shared: epoch times vary by up to 2x) "
+             "on CIFAR-10 as JPEG files (`../shared/data/cifar10-jpg.tar.gz`), so these are \"CIFAR-10 (JPEG)\" "
+             f"numbers. Full tables: [{rel}]({rel}), written by `python tools/bench_cifar10.py --data "
+             f"{b.data} --readme`, which also wrote this section.", ""]
+    if any(s in TARGETS for s in stages):
+        lines += _targets(b, stages)
+    for preset in (s for s in stages if s in TARGETS):
+        m = load(b.runs / preset / "metrics.json")
+        bench = load(b.runs / preset / "benchmark.json")
+        tta = load(b.runs / preset / "tta.json")
+        q, f32 = _row(bench, "tflite-int8"), _row(bench, "tflite-float32")
+        if not m:
+            continue
+        lines += [f"**`edgecnn train --preset {preset}`**: {_pct(m['test_accuracy'])} float "
+                  f"({_pct(tta and tta['test_accuracy'])} with `evaluate --tta`, which no export includes)"
+                  + (f", {_pct(q['accuracy'])} as full-integer int8 TFLite ({q['size_bytes'] / 1024:.0f} KB, "
+                     f"{q['latency_ms_p50']:.3f} ms per image on one thread" if q else "")
+                  + (f" vs {f32['latency_ms_p50']:.3f} ms float32)" if q and f32 else ")" if q else "")
+                  + f"; {m['epochs_run']} epochs, training took {_minutes(m['train_seconds'])}, "
+                  f"{m['parameters']:,} parameters, {m['macs'] / 1e6:.1f} M MACs.", ""]
+    if "cifar10" in stages and (bench := load(b.runs / "cifar10" / "benchmark.json")):
+        from edgecnn.fsutil import ensure_dir
+
+        ensure_dir(SVG.parent)
+        plots.accuracy_vs_latency([r for r in bench["rows"] if r["runtime"] != "tflite-micro"], SVG)
+        lines += [f"Benchmark of the `cifar10` run: every export against Keras on the "
+                  f"{bench['meta']['images']:,} test images, one thread "
+                  f"(`edgecnn export --format all`, `edgecnn benchmark`):", "", table_markdown(bench["rows"]), "",
+                  f"![accuracy vs batch-1 latency]({SVG.relative_to(ROOT)})", ""]
+        micro = (load(b.runs / "cifar10" / "exports" / "export_report.json") or {}).get("micro")
+        if micro:
+            lines += [f"**Microcontroller**: its int8 model needs a **{micro['arena_kb']} KB** tensor arena and "
+                      f"**{micro['flash_kb']} KB** of flash in TFLite Micro, which scores "
+                      f"{micro['accuracy'] * 100:.2f}% on the {micro['samples']:,} test images against LiteRT's "
+                      f"{micro['litert_accuracy'] * 100:.2f}%.", ""]
+    if "regularized" in stages:
+        reg = _regularized(b)
+        start = next((i for i, ln in enumerate(reg) if ln.startswith("`edgecnn finetune")), None)
+        if start is not None:
+            lines += ["**Quantization-aware training and pruning** of the `regularized` architecture "
+                      f"([details]({rel})):", ""] + reg[start + 2:]
+    if sweep and (Path(sweep) / "sweep.md").is_file():
+        pareto = ROOT / "docs" / "sweep_pareto.svg"
+        if (Path(sweep) / "sweep.json").is_file():
+            from edgecnn.fsutil import ensure_dir
+
+            ensure_dir(pareto.parent)
+            data = json.loads((Path(sweep) / "sweep.json").read_text())
+            winner = next((r for r in data["rows"] if r["candidate"] == data.get("winner")), None)
+            plots.pareto(data["rows"], winner, pareto)
+        lines += ["**Architecture sweep**: int8 accuracy against int8 size; \"val std\" and \"worst drop\" are the "
+                  "spread of the last three epochs' validation accuracy and its largest epoch-to-epoch fall.", "",
+                  *_sweep(Path(sweep)), f"![int8 accuracy vs int8 size, Pareto front]({pareto.relative_to(ROOT)})", ""]
+    speed = ROOT / "docs" / "train_speed.md"
+    if speed.is_file():
+        table = [ln for ln in speed.read_text().splitlines() if ln.startswith("|")]
+        lines += ["**Training throughput** (batch 128, tf.data, variants timed alternately; "
+                  "`python tools/bench_train_speed.py --data ../shared/data/cifar10-jpg.tar.gz`, "
+                  "[docs/train_speed.md](docs/train_speed.md)). Augmentation in the graph without XLA is the default: "
+                  "the fastest or within noise of it.", "", *table, ""]
+    lines.append(MARKERS[1])
+    text = README.read_text()
+    head, sep, rest = text.partition(MARKERS[0])
+    _, sep2, tail = rest.partition(MARKERS[1])
+    if not sep or not sep2:
+        sys.exit(f"{README} has no {MARKERS[0]} ... {MARKERS[1]} block")
+    README.write_text(head + "\n".join(lines) + tail)
 
 
 if __name__ == "__main__":
