@@ -44,8 +44,8 @@ def train(
     ctx: typer.Context,
     data: str = typer.Option("shapes", "--data", "-d", help="shapes[:N], cifar10, an image folder, .tar.gz/.zip, "
                              "cifar-10-python.tar.gz or .npz."),
-    arch: str = typer.Option("regularized", "--arch", "-a", help="Preset (mlp, basic, regularized, resnet8) or spec "
-                             "like 'C: 32n 32n d0.2 64n gap | D: 64 | L2: 1e-4'."),
+    arch: str = typer.Option("regularized", "--arch", "-a", help="Preset (mlp, basic, regularized, resnet8, "
+                             "cifar10) or spec like 'C: 32n 32n d0.2 64n gap | D: 64 | L2: 1e-4'."),
     epochs: int = typer.Option(10, help="Training epochs."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Batch size per replica."),
     optimizer: str = typer.Option("adamw", help="adam, adamw or sgd."),
