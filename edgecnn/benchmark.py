@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn import runs
+from edgecnn import device, runs
 from edgecnn.errors import EdgeCNNError
 from edgecnn.fsutil import write_json, write_text
 
@@ -30,7 +30,7 @@ KEYS = ["name", "format", "variant", "runtime", "device", "status", "reason", "a
         "agreement", "flips_bad", "flips_good", "mcnemar_p", "kl", "worst_class", "worst_class_delta_pp",
         "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "latency_ms_std", "latency_ms_min",
         "throughput_ips", "cold_start_ms", "peak_rss_mb", "size_bytes", "arena_kb", "flash_kb", "images", "threads",
-        "providers", "note"]
+        "providers", "note", "seconds", "cpu_steal_percent"]
 EXPORT_NAMES = ["tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx-float32", "onnx-int8",
                 "tflite-micro"]
 ALL_NAMES = ["keras", *EXPORT_NAMES]
@@ -234,7 +234,7 @@ def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
         images_path = tmp / "images.npy"
         np.save(images_path, np.ascontiguousarray(x))
         for i, row in enumerate(rows):
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), device.cpu_counters()
             result, probs = _run_row(row, cfg, images_path, tmp, i)
             info = result.pop("info", {}) or {}
             result.pop("traceback", None)
@@ -243,6 +243,7 @@ def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
             row["providers"] = info.get("providers")
             row["note"] = info.get("note")
             row["seconds"] = round(time.perf_counter() - t0, 2)
+            row["cpu_steal_percent"] = device.steal_percent(cpu0, device.cpu_counters())
             if probs is not None:
                 if row["name"] == "keras" and ref_probs is None:
                     ref_probs = probs

@@ -88,3 +88,27 @@ def setup(device: str = "auto", precision: str = "auto", cpu_replicas: int = 1) 
         desc = "CPU"
     return DeviceSetup(strategy, precision, "gpu" if gpus else "cpu", strategy.num_replicas_in_sync,
                        f"{desc}, {precision}")
+
+
+def cpu_counters() -> tuple[int, int] | None:
+    """(steal, total) CPU time of the whole machine in clock ticks, from Linux /proc/stat; None elsewhere.
+
+    Steal is time the hypervisor gave this virtual machine's CPUs to someone else: on a shared
+    machine it is why the same epoch takes 40 s once and 80 s the next.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 5 or fields[0] != "cpu":
+        return None
+    ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks)
+
+
+def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Percentage of CPU time stolen between two cpu_counters() readings (None if unknown)."""
+    if not before or not after or after[1] <= before[1]:
+        return None
+    return round(100.0 * (after[0] - before[0]) / (after[1] - before[1]), 1)

@@ -383,7 +383,7 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor="val_accuracy" if val_ds is not None else "accuracy", patience=cfg.early_stopping))
     interrupted = False
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), device_mod.cpu_counters()
     try:
         with _SigTerm():
             train_model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
@@ -392,6 +392,7 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
         interrupted = True
         log("interrupted: keeping the best model so far")
     train_seconds = time.perf_counter() - t0 + seconds_before
+    steal = device_mod.steal_percent(cpu0, device_mod.cpu_counters())
     if tracker.best_weights is None:
         raise EdgeCNNError(f"training stopped before the first epoch finished; nothing saved in {run_dir}")
     core.set_weights(tracker.best_weights)
@@ -403,6 +404,7 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
         "parameters": int(deploy.count_params()),
         "macs": model_mod.count_macs(deploy),
         "train_seconds": round(train_seconds, 2),
+        "cpu_steal_percent": steal,  # CPU time the hypervisor took during fit (shared machines); None: unknown
         "seconds_per_epoch": round(train_seconds / max(1, len(history_rows)), 2),
         "epochs_run": len(history_rows),
         "best_epoch": tracker.best_epoch,

@@ -119,3 +119,16 @@ def test_presets_fill_only_untyped_options():
     assert cfg.epochs == TRAIN_PRESETS["resnet8"]["epochs"]  # given= names what was typed, not what differs
     with pytest.raises(EdgeCNNError, match="--preset 'fast': unknown"):
         apply_preset(TrainConfig(), "fast")
+
+
+def test_cpu_steal_is_measured_around_training(tiny_run):
+    from edgecnn import device
+
+    before = device.cpu_counters()
+    sum(i * i for i in range(300_000))  # burn some CPU so the counters move
+    after = device.cpu_counters()
+    assert before is not None and after[1] > before[1] and after[0] >= before[0]  # Linux: /proc/stat
+    assert 0.0 <= device.steal_percent(before, after) <= 100.0
+    assert device.steal_percent(after, before) is None and device.steal_percent(None, after) is None
+    m = json.loads((tiny_run / "metrics.json").read_text())
+    assert 0.0 <= m["cpu_steal_percent"] <= 100.0

@@ -174,7 +174,14 @@ def _train_line(b: Bench, name: str, command: str) -> list[str]:
             f"epochs, best epoch {m['best_epoch']}; {m['parameters']:,} parameters, {m['macs'] / 1e6:.1f} M MACs per "
             f"image. Training (model.fit) took **{_minutes(m['train_seconds'])}** ({m['seconds_per_epoch']:.0f} s per "
             "epoch)" + (f"; the whole command, data loading and final evaluation included, {_minutes(outer)}"
-                        if outer else "") + ".", ""]
+                        if outer else "") + "." + _steal(m.get("cpu_steal_percent")), ""]
+
+
+def _steal(pct) -> str:
+    if pct is None:
+        return ""
+    return (f" During training the hypervisor gave {pct:.0f}% of this machine's CPU time to other guests "
+            "(steal time, read from /proc/stat).")
 
 
 def _exports_table(exports: dict | None) -> list[str]:
@@ -332,7 +339,9 @@ def write_readme(b: Bench, stages: list[str], doc: Path, sweep: str | None) -> N
                   + (f", {_pct(q['accuracy'])} as full-integer int8 TFLite ({q['size_bytes'] / 1024:.0f} KB, "
                      f"{q['latency_ms_p50']:.3f} ms per image on one thread" if q else "")
                   + (f" vs {f32['latency_ms_p50']:.3f} ms float32)" if q and f32 else ")" if q else "")
-                  + f"; {m['epochs_run']} epochs, training took {_minutes(m['train_seconds'])}, "
+                  + f"; {m['epochs_run']} epochs, training took {_minutes(m['train_seconds'])}"
+                  + (f" ({m['cpu_steal_percent']:.0f}% of the CPU time stolen by the hypervisor meanwhile)"
+                     if m.get("cpu_steal_percent") is not None else "") + ", "
                   f"{m['parameters']:,} parameters, {m['macs'] / 1e6:.1f} M MACs.", ""]
     if "cifar10" in stages and (bench := load(b.runs / "cifar10" / "benchmark.json")):
         from edgecnn.fsutil import ensure_dir
