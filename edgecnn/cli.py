@@ -57,6 +57,9 @@ def train(
     augment: str = typer.Option("light", help="none, light (flip+translate), standard, full, or a comma list of "
                                 "flip,translate,rotate,zoom,contrast."),
     early_stopping: int = typer.Option(0, help="Stop after N epochs without val-accuracy gain (0: off)."),
+    time_budget: float = typer.Option(0.0, "--time-budget", help="Minutes of training (model.fit) at most; the "
+                                      "learning-rate schedule follows the clock, so a run cut short still ends "
+                                      "annealed. --epochs is then the most it may run. 0: off."),
     seed: int = typer.Option(0, help="Random seed (data split, init, shuffling)."),
     image_size: Optional[int] = typer.Option(None, help="Resize images to SIZE x SIZE (default: native, or 32)."),
     channels: int = typer.Option(3, help="3 (RGB) or 1 (grayscale)."),
@@ -91,7 +94,8 @@ def train(
     cfg = _train_config(ctx, dict(
         data=data, arch=arch, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, weight_decay=weight_decay, augment=augment,
-        early_stopping=early_stopping, seed=seed, image_size=image_size, channels=channels, val_split=val_split,
+        early_stopping=early_stopping, time_budget=time_budget, seed=seed, image_size=image_size, channels=channels,
+        val_split=val_split,
         test_split=test_split, skip_bad_images=skip_bad_images, device=device, precision=precision,
         cpu_replicas=cpu_replicas, jit_compile=jit_compile, deterministic=deterministic, name=name,
         runs_dir=runs_dir, preset=preset,

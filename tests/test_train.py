@@ -132,3 +132,27 @@ def test_cpu_steal_is_measured_around_training(tiny_run):
     assert device.steal_percent(after, before) is None and device.steal_percent(None, after) is None
     m = json.loads((tiny_run / "metrics.json").read_text())
     assert 0.0 <= m["cpu_steal_percent"] <= 100.0
+
+
+def test_time_budget_stops_training_with_the_schedule_annealed(tmp_path):
+    cfg = TrainConfig(data="shapes:600", image_size=16, arch="C: 4n gap", epochs=1000, batch_size=32, lr=1e-2,
+                      schedule="onecycle", augment="none", time_budget=0.05, runs_dir=str(tmp_path), name="tb")
+    run = train(cfg, log=lambda m: None, quiet=True)
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["stopped_by_time_budget"] and m["epochs_run"] < 1000
+    rows = read_history(run / "history.csv")
+    assert rows[-1]["lr"] <= 1e-2 / 1e3  # the one-cycle end rate, reached by the clock
+    assert max(r["lr"] for r in rows) > 1e-2 / 2  # and it went through its peak on the way
+
+
+def test_budgeted_schedule_follows_time_and_survives_serialization():
+    from edgecnn._tf import keras
+    from edgecnn.train import Budgeted, OneCycle
+
+    sched = Budgeted(OneCycle(1.0, 100), 100)
+    inner = OneCycle(1.0, 100)
+    assert float(sched(10)) == float(inner(10))  # time behind the steps: the steps rule
+    sched.time_fraction.assign(0.5)
+    assert float(sched(10)) == float(inner(50))  # time ahead: the schedule is where the clock says
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(sched))
+    assert again.total_steps == 100 and float(again(10)) == float(inner(10))
