@@ -74,10 +74,9 @@ def train(
     deterministic: bool = typer.Option(False, help="Deterministic TensorFlow ops (slower)."),
     name: Optional[str] = typer.Option(None, help="Run name (default: run1, run2, ...)."),
     runs_dir: str = RUNS_DIR_OPT,
-    preset: Optional[str] = typer.Option(None, "--preset", help="Training recipe: cifar10 (about 20 min on 2 CPU "
-                                         "cores) or resnet8 (MLPerf Tiny, about 30 min); sets the architecture, "
-                                         "epochs, batch, schedule and regularization. Options you give override "
-                                         "it.", show_default=False),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Training recipe: cifar10 (19.5 min time budget) "
+                                         "or resnet8 (MLPerf Tiny, 50 epochs); sets the architecture, epochs, "
+                                         "batch, schedule and regularization. Options you give override it.", show_default=False),
     summary: bool = typer.Option(False, "--summary", help="Print the layer table and MACs, then exit."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run (its own options) "
                                          "from its last epoch checkpoint."),
