@@ -119,6 +119,8 @@ def main() -> int:
     ap.add_argument("--runs-dir", default="cifar-runs")
     ap.add_argument("--stages", default=",".join(STAGES), help="comma list of " + ", ".join(STAGES))
     ap.add_argument("--sweep", help="a finished `edgecnn sweep` folder to include (its sweep.md)")
+    ap.add_argument("--also", action="append", default=[], metavar="RUN_DIR",
+                    help="another finished training run to list under 'Other recipes tried' (repeatable)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     ap.add_argument("--doc-only", action="store_true", help="rewrite the document from the runs; run nothing")
     ap.add_argument("--readme", action="store_true",
@@ -134,7 +136,7 @@ def main() -> int:
         for stage in stages:
             run_regularized(b) if stage == "regularized" else run_preset(b, stage)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(write_doc(b, stages, a.sweep))
+    Path(a.out).write_text(write_doc(b, stages, a.sweep, [Path(p) for p in a.also]))
     print(f"wrote {a.out}")
     if a.readme:
         write_readme(b, stages, Path(a.out), a.sweep)
@@ -219,7 +221,7 @@ def _targets(b: Bench, stages: list[str]) -> list[str]:
     return lines + [""]
 
 
-def write_doc(b: Bench, stages: list[str], sweep: str | None) -> str:
+def write_doc(b: Bench, stages: list[str], sweep: str | None, also: list[Path] = ()) -> str:
     from edgecnn.benchmark import table_markdown
 
     cores = next((bm["meta"]["machine"]["cores"] for s in stages
@@ -251,11 +253,33 @@ def write_doc(b: Bench, stages: list[str], sweep: str | None) -> str:
                       f"against LiteRT int8's {micro['litert_accuracy'] * 100:.2f}% (top-1 agreement "
                       f"{micro['agreement_with_litert'] * 100:.2f}%), {micro['host_ms_per_image']:.1f} ms per image "
                       "with the reference kernels on this host (not a device timing).", ""]
+    if also:
+        lines += ["## Other recipes tried", "", "Finished runs on the same data and machine, for comparison with the "
+                  "presets; each line is the command that reproduces it.", "",
+                  "| run | command | epochs | training | CPU steal | test accuracy |", "|---|---|---:|---:|---:|---:|"]
+        lines += [_also_row(run) for run in also]
+        lines.append("")
     if "regularized" in stages:
         lines += _regularized(b)
     if sweep and (Path(sweep) / "sweep.md").is_file():
         lines += ["## Architecture sweep", "", *_sweep(Path(sweep))]
     return "\n".join(lines).rstrip() + "\n"
+
+
+TRAIN_FLAGS = ("arch", "epochs", "batch_size", "optimizer", "lr", "schedule", "label_smoothing", "weight_decay",
+               "augment", "val_split", "time_budget")
+
+
+def _also_row(run: Path) -> str:
+    cfg, m = load(run / "config.json") or {}, load(run / "metrics.json") or {}
+    defaults = {"time_budget": 0.0}
+    flags = " ".join(f"--{k.replace('_', '-')} {json.dumps(cfg[k]) if k == 'arch' else cfg[k]}" for k in TRAIN_FLAGS
+                     if k in cfg and cfg[k] != defaults.get(k))
+    steal = m.get("cpu_steal_percent")
+    command = f"edgecnn train --data {cfg.get('data', '?')} {flags}".replace("|", "\\|")  # a table cell
+    return (f"| {run.name} | `{command}` | {m.get('epochs_run', '-')} | "
+            f"{_minutes(m.get('train_seconds'))} | {'-' if steal is None else f'{steal:.0f}%'} | "
+            f"{_pct(m.get('test_accuracy'))} |")
 
 
 def _sweep(folder: Path) -> list[str]:
