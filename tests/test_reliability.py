@@ -64,6 +64,26 @@ def test_killed_training_resumes_without_gap_or_duplicate(tmp_path):
 
 
 @pytest.mark.slow
+def test_killed_time_budgeted_training_resumes_on_the_same_clock(tmp_path):
+    args = [*TRAIN[:-4], "--epochs", "1000", "--batch-size", "32", "--schedule", "onecycle", "--lr", "0.01",
+            "--time-budget", "0.25"]
+    proc = _start([*args, "--runs-dir", "runs", "--name", "b"], tmp_path)
+    run = tmp_path / "runs" / "b"
+    _wait_for_epoch(run, 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = json.loads((run / "checkpoint.json").read_text())
+    out = subprocess.run([sys.executable, "-m", "edgecnn", "train", "--resume", "b", "--runs-dir", "runs"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["stopped_by_time_budget"] and state["epoch"] < metrics["epochs_run"] < 1000
+    assert metrics["train_seconds"] >= 15 > state["seconds"]  # the budget counts both parts
+    lr = [float(ln.split(",")[-1]) for ln in (run / "history.csv").read_text().splitlines()[1:]]
+    assert lr[-1] <= 0.01 / 1e3, "the restored schedule still followed the clock to its end"
+
+
+@pytest.mark.slow
 def test_sigterm_keeps_the_best_model_and_the_checkpoint(tmp_path):
     proc = _start([*TRAIN, "--runs-dir", "runs", "--name", "t"], tmp_path)
     run = tmp_path / "runs" / "t"
