@@ -174,7 +174,7 @@ def export(cfg: ExportConfig, log=print) -> dict:
     for entry in entries:  # a .gz beside a rewritten file would be stale: rewrite it or remove it
         gz = out_dir / (entry["file"] + ".gz")
         if cfg.gzip and entry["status"] == "ok":
-            compress.write_gz(out_dir / entry["file"])
+            compress.write_gz(out_dir / entry["file"], entry["gz_strategy"])  # the strategy sizes() chose
             entry["gz_file"] = gz.name
             log(f"  {gz.name}: {entry['gz_bytes'] / 1024:.0f} KB (zlib {entry['gz_strategy']} strategy; gzip -9 "
                 f"gives {entry['gzip_bytes'] / 1024:.0f} KB)")

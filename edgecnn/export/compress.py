@@ -36,14 +36,14 @@ def sizes(blob: bytes) -> dict:
     return {"gzip_bytes": len(gzip_blob(blob)), "gz_bytes": len(best), "gz_strategy": strategy}
 
 
-def write_gz(path: Path) -> Path:
-    """Write ``path``.gz with the smallest stream, after checking it decompresses to the same bytes."""
+def write_gz(path: Path, strategy: str | None = None) -> Path:
+    """Write ``path``.gz with ``strategy`` (default: the smallest), after checking it round-trips."""
     path = Path(path)
     blob = path.read_bytes()
-    _, best = smallest_gzip(blob)
-    if gzip.decompress(best) != blob:  # never ship a stream that does not round-trip
+    stream = gzip_blob(blob, strategy) if strategy else smallest_gzip(blob)[1]
+    if gzip.decompress(stream) != blob:  # never ship a stream that does not round-trip
         raise EdgeCNNError(f"{path}: gzip round trip failed")
     out = path.with_name(path.name + ".gz")
     with atomic_path(out) as tmp:
-        write_bytes(tmp, best)
+        write_bytes(tmp, stream)
     return out
