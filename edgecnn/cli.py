@@ -57,6 +57,8 @@ def train(
     augment: str = typer.Option("light", help="none, light (flip+translate), standard, full, or a comma list of "
                                 "flip,translate,rotate,zoom,contrast."),
     early_stopping: int = typer.Option(0, help="Stop after N epochs without val-accuracy gain (0: off)."),
+    keep: str = typer.Option("best", help="Which epoch's weights to save: best (highest val accuracy) or last "
+                             "(for schedules that anneal to the end; a small val split picks by noise)."),
     time_budget: float = typer.Option(0.0, "--time-budget", help="Minutes of training (model.fit) at most; the "
                                       "learning-rate schedule follows the clock, so a run cut short still ends "
                                       "annealed. --epochs is then the most it may run. 0: off."),
@@ -75,7 +77,7 @@ def train(
     name: Optional[str] = typer.Option(None, help="Run name (default: run1, run2, ...)."),
     runs_dir: str = RUNS_DIR_OPT,
     preset: Optional[str] = typer.Option(None, "--preset", help="Training recipe: cifar10 (19.5 min time budget) "
-                                         "or resnet8 (MLPerf Tiny, 50 epochs); sets the architecture, epochs, "
+                                         "or resnet8 (MLPerf Tiny, 29 min time budget); sets the architecture, epochs, "
                                          "batch, schedule and regularization. Options you give override it.", show_default=False),
     summary: bool = typer.Option(False, "--summary", help="Print the layer table and MACs, then exit."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run (its own options) "
@@ -93,7 +95,7 @@ def train(
     cfg = _train_config(ctx, dict(
         data=data, arch=arch, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, weight_decay=weight_decay, augment=augment,
-        early_stopping=early_stopping, time_budget=time_budget, seed=seed, image_size=image_size, channels=channels,
+        early_stopping=early_stopping, keep=keep, time_budget=time_budget, seed=seed, image_size=image_size, channels=channels,
         val_split=val_split,
         test_split=test_split, skip_bad_images=skip_bad_images, device=device, precision=precision,
         cpu_replicas=cpu_replicas, jit_compile=jit_compile, deterministic=deterministic, name=name,

@@ -17,6 +17,9 @@ AUGMENT_PRESETS = {
     "standard": ("flip", "translate", "rotate", "zoom"),
     "full": ("flip", "translate", "rotate", "zoom", "contrast"),
 }
+# How RandomTranslation resamples, recorded in each run's config: runs made before it moved whole
+# pixels ("bilinear", absent from their config) trained on blurred images.
+TRANSLATE_INTERPOLATION = "nearest"
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 
@@ -48,7 +51,11 @@ def build_augment(names: tuple[str, ...], input_shape, seed: int = 0, keras_modu
         if name == "flip":
             layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
         elif name == "translate":
-            layers.append(keras.layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1))
+            # Whole-pixel shifts, as a padded random crop: bilinear resampling of a fractional shift
+            # blurs nearly every training image, which no test image is.
+            layers.append(keras.layers.RandomTranslation(0.1, 0.1, fill_mode="nearest",
+                                                         interpolation=TRANSLATE_INTERPOLATION,
+                                                         seed=seed + 1))
         elif name == "rotate":
             layers.append(keras.layers.RandomRotation(0.05, fill_mode="nearest", seed=seed + 2))
         elif name == "zoom":

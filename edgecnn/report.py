@@ -68,7 +68,8 @@ def write(run_dir: Path) -> tuple[Path, Path]:
                ["test loss", f"{metrics.get('test_loss', float('nan')):.4f}"],
                ["parameters", f"{metrics.get('parameters', 0):,}"],
                ["MACs per image", f"{metrics.get('macs', 0):,}"],
-               ["epochs (best)", f"{metrics.get('epochs_run', '-')} ({metrics.get('best_epoch', '-')})"],
+               ["epochs (kept)", f"{metrics.get('epochs_run', '-')} ({metrics.get('kept_epoch', metrics.get('best_epoch', '-'))}"
+                                 f"{', last' if metrics.get('kept') == 'last' else ''})"],
                ["training time", f"{metrics.get('train_seconds', 0):.1f} s on {metrics.get('device', '-')}"]]
     sections.append(("Training", "", summary, None))
     sections.append(("Learning curves", "", None, "curves.png"))

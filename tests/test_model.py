@@ -10,7 +10,7 @@ from edgecnn.errors import EdgeCNNError
     ("basic", 319_178, 8_225_408),
     ("regularized", 289_642, 38_634_752),
     ("resnet8", 78_426, 12_501_632),
-    ("cifar10", 375_434, 51_168_672),
+    ("cifar10", 373_578, 23_170_224),
 ])
 def test_presets_have_the_published_sizes(arch, params, macs):
     core = model.build_core(arch, (32, 32, 3), 10)
@@ -33,6 +33,15 @@ def test_augmentation_stays_out_of_the_core():
     assert not any(type(layer).__name__.startswith("Random") for layer in core.layers)
     x = np.full((2, 16, 16, 3), 100, "float32")
     assert np.allclose(train_model(x, training=False), core(x, training=False))  # identity at inference
+
+
+def test_translate_shifts_whole_pixels_without_blurring():
+    """Every pixel of a translated image is a pixel of the original (a padded crop, not a resample)."""
+    x = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3)).astype("float32")
+    y = np.asarray(model.build_augment(("translate",), (16, 16, 3), seed=3)(x, training=True))
+    assert not np.array_equal(x, y)  # it moved
+    for src, out in zip(x, y):
+        assert np.isin(out, src).all()
 
 
 def test_parse_augment():

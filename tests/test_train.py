@@ -54,9 +54,37 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
 
 def test_bad_training_options():
     for kwargs, needle in (({"epochs": 0}, "--epochs"), ({"optimizer": "rmsprop"}, "--optimizer"),
-                           ({"schedule": "step"}, "--schedule"), ({"lr": -1.0}, "--lr")):
+                           ({"schedule": "step"}, "--schedule"), ({"lr": -1.0}, "--lr"), ({"keep": "first"}, "--keep")):
         with pytest.raises(EdgeCNNError, match=needle):
             TrainConfig(**kwargs).check()
+
+
+@pytest.mark.parametrize("keep, scores, kept", [
+    ("best", [0.6, 0.9, 0.5], 2),
+    ("best", [0.6, 0.9, 0.9], 3),  # a tie goes to the later (further annealed) epoch
+    ("last", [0.6, 0.9, 0.5], 3),
+])
+def test_tracker_keeps_the_epoch_asked_for(tmp_path, keep, scores, kept):
+    """Epoch n leaves every weight at n; the kept weights, and the file a resume reloads, say which epoch won."""
+    import numpy as np
+
+    from edgecnn import model
+    from edgecnn.train import KEPT_WEIGHTS, _callbacks
+
+    core = model.build_core("C: 4n gap", (8, 8, 3), 2)
+    core.compile(optimizer="adam", loss="categorical_crossentropy")
+    rows: list[dict] = []
+    tracker = _callbacks(tmp_path, rows, TrainConfig(keep=keep))(core)
+    tracker.set_model(core)
+    for epoch, score in enumerate(scores):
+        core.set_weights([np.full(w.shape, epoch + 1.0, w.dtype) for w in core.get_weights()])
+        tracker.on_epoch_end(epoch, {"accuracy": 1.0, "val_accuracy": score})
+    assert tracker.kept_epoch == kept and tracker.best_epoch == max(i + 1 for i, s in enumerate(scores)
+                                                                    if s == max(scores))
+    assert all((w == kept).all() for w in tracker.kept_weights)
+    core.load_weights(tmp_path / KEPT_WEIGHTS)
+    assert all((w == kept).all() for w in core.get_weights())
+    assert [r["epoch"] for r in read_history(tmp_path / "history.csv")] == [1, 2, 3]
 
 
 def test_schedules_warm_up_and_decay():
@@ -102,7 +130,7 @@ def test_cifar10_preset_trains_end_to_end_at_test_size(tmp_path, capsys):
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
     recipe = TRAIN_PRESETS["cifar10"]
     assert cfg["preset"] == "cifar10" and cfg["epochs"] == 1  # typed: kept
-    for key in ("batch_size", "optimizer", "lr", "schedule", "label_smoothing", "augment", "val_split"):
+    for key in ("batch_size", "optimizer", "lr", "schedule", "label_smoothing", "augment", "val_split", "keep"):
         assert cfg[key] == recipe[key], key  # not typed: from the recipe
     assert cfg["arch_spec"] == describe(parse(PRESETS["cifar10"]))
     # Its int8 export is what the preset promises: full-integer, verified against Keras.

@@ -173,10 +173,16 @@ def _train_line(b: Bench, name: str, command: str) -> list[str]:
     outer = b.seconds.get(f"{name}/train")
     return [f"`{command}`", "",
             f"Test accuracy **{m['test_accuracy'] * 100:.2f}%** (loss {m['test_loss']:.3f}) after {m['epochs_run']} "
-            f"epochs, best epoch {m['best_epoch']}; {m['parameters']:,} parameters, {m['macs'] / 1e6:.1f} M MACs per "
+            f"epochs, {_kept(m)}; {m['parameters']:,} parameters, {m['macs'] / 1e6:.1f} M MACs per "
             f"image. Training (model.fit) took **{_minutes(m['train_seconds'])}** ({m['seconds_per_epoch']:.0f} s per "
             "epoch)" + (f"; the whole command, data loading and final evaluation included, {_minutes(outer)}"
                         if outer else "") + "." + _steal(m.get("cpu_steal_percent")), ""]
+
+
+def _kept(m: dict) -> str:
+    if m.get("kept") == "last":
+        return f"the last epoch's weights kept (`--keep last`; best validation epoch {m['best_epoch']})"
+    return f"best epoch {m['best_epoch']}"
 
 
 def _steal(pct) -> str:
@@ -231,9 +237,8 @@ def write_doc(b: Bench, stages: list[str], sweep: str | None, also: list[Path] =
              "within a run. Data: CIFAR-10 as JPEG class folders (pixel values differ slightly from the Keras "
              f"download). Reproduce with `python tools/bench_cifar10.py --data {b.data}`.", "",
              "Training minutes are wall time on that shared machine. Runs since CPU steal time was recorded "
-             "say how much the hypervisor took; for older runs (`regularized`, the `resnet8` run, some of the "
-             "other recipes) other jobs may also have shared the two cores, so compare their accuracy, not "
-             "their minutes.", ""]
+             "say how much the hypervisor took; for older runs (`regularized`, some of the other recipes) "
+             "other jobs may also have shared the two cores, so compare their accuracy, not their minutes.", ""]
     if any(s in TARGETS for s in stages):
         lines += ["## Targets", ""] + _targets(b, stages)
     for preset in (s for s in stages if s in TARGETS):
@@ -260,7 +265,10 @@ def write_doc(b: Bench, stages: list[str], sweep: str | None, also: list[Path] =
     if also:
         lines += ["## Other recipes tried", "", "Finished runs on the same data and machine, for comparison with the "
                   "presets; each line is the command that reproduces it.", "",
-                  "| run | command | epochs | training | CPU steal | test accuracy |", "|---|---|---:|---:|---:|---:|"]
+                  "Runs whose translation says *bilinear* were made before translation moved whole pixels: "
+                  "their command now trains on sharp images and is not a reproduction.", "",
+                  "| run | command | translation | epochs | training | CPU steal | test accuracy |",
+                  "|---|---|---|---:|---:|---:|---:|"]
         lines += [_also_row(run) for run in also]
         lines.append("")
     if "regularized" in stages:
@@ -271,17 +279,25 @@ def write_doc(b: Bench, stages: list[str], sweep: str | None, also: list[Path] =
 
 
 TRAIN_FLAGS = ("arch", "epochs", "batch_size", "optimizer", "lr", "schedule", "label_smoothing", "weight_decay",
-               "augment", "val_split", "time_budget")
+               "augment", "val_split", "time_budget", "keep")
 
 
 def _also_row(run: Path) -> str:
+    from edgecnn.spec import describe, parse
+
     cfg, m = load(run / "config.json") or {}, load(run / "metrics.json") or {}
-    defaults = {"time_budget": 0.0}
+    if cfg.get("arch_spec") and describe(parse(cfg.get("arch", ""))) != cfg["arch_spec"]:
+        cfg["arch"] = cfg["arch_spec"]  # a preset name whose network has changed since: spell out the one used
+    defaults = {"time_budget": 0.0, "keep": "best"}
     flags = " ".join(f"--{k.replace('_', '-')} {json.dumps(cfg[k]) if k == 'arch' else cfg[k]}" for k in TRAIN_FLAGS
                      if k in cfg and cfg[k] != defaults.get(k))
     steal = m.get("cpu_steal_percent")
     command = f"edgecnn train --data {cfg.get('data', '?')} {flags}".replace("|", "\\|")  # a table cell
-    return (f"| {run.name} | `{command}` | {m.get('epochs_run', '-')} | "
+    from edgecnn.model import parse_augment
+
+    layers = cfg.get("augment_layers") or parse_augment(cfg.get("augment", "none"))
+    translate = cfg.get("translate_interpolation", "bilinear") if "translate" in layers else "-"
+    return (f"| {run.name} | `{command}` | {translate} | {m.get('epochs_run', '-')} | "
             f"{_minutes(m.get('train_seconds'))} | {'-' if steal is None else f'{steal:.0f}%'} | "
             f"{_pct(m.get('test_accuracy'))} |")
 
