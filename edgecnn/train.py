@@ -493,7 +493,7 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
                             callbacks=callbacks, verbose=0 if quiet else (1 if sys.stdout.isatty() else 2))
     except KeyboardInterrupt:
         interrupted = True
-        log(f"interrupted: keeping the {'best' if cfg.keep == 'best' else 'last'} epoch so far")
+        log(f"interrupted: keeping the {cfg.keep} epoch so far")
     train_seconds = time.perf_counter() - t0 + seconds_before
     steal = device_mod.steal_percent(cpu0, device_mod.cpu_counters())
     if tracker.kept_weights is None:
