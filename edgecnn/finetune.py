@@ -42,6 +42,12 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
     cfg = runs.config(src)
     if not cfg.get("arch"):
         raise EdgeCNNError(f"{src} has no config.json with its architecture; finetune needs a run made by edgecnn")
+    if mode == "qat":
+        from edgecnn.spec import parse
+
+        if any(layer.pool for layer in parse(cfg.get("arch_spec") or cfg["arch"]).conv):
+            raise EdgeCNNError(f"--qat: {src}'s architecture has pool-first blocks (e.g. '32np'), whose BatchNorm "
+                               "follows a max-pool and has no tfmot quantization; use '32n p' there, or --prune")
     labels = runs.labels(src)
     from edgecnn import metrics as metrics_mod
     from edgecnn import model as model_mod

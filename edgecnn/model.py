@@ -104,8 +104,13 @@ def build_core(spec: Spec | str, input_shape, num_classes: int, dtype_policy: st
     for layer in spec.conv:
         if layer.kind == "conv":
             x = L.Conv2D(layer.width, 3, use_bias=not layer.bn, name=name("conv"), **conv_kw)(x)
+            if layer.pool:
+                x = L.MaxPooling2D(2, name=name("pool"), dtype=policy)(x)
             if layer.bn:
-                x = L.BatchNormalization(name=name("bn"), dtype=policy)(x)
+                # Behind a max-pool, gamma >= 0 keeps BN an increasing map per channel, so export can fold
+                # it into the convolution (fold_pooled_batchnorm): the pooling commutes with it.
+                x = L.BatchNormalization(name=name("bn"), dtype=policy,
+                                         gamma_constraint=keras.constraints.NonNeg() if layer.pool else None)(x)
             x = L.ReLU(name=name("relu"), dtype=policy)(x)
             width = layer.width
         elif layer.kind == "res":
@@ -153,6 +158,67 @@ def build_train_model(core, augment_names: tuple[str, ...], seed: int = 0):
     aug = build_augment(augment_names, core.input_shape[1:], seed)
     inputs = keras.Input(core.input_shape[1:], name=INPUT_NAME)
     return keras.Model(inputs, core(aug(inputs)), name="train_model")
+
+
+def _producer(layer):
+    """The layer whose output is ``layer``'s only input, or None."""
+    inputs = layer.input if len(layer._inbound_nodes) == 1 else None
+    history = getattr(inputs, "_keras_history", None)
+    return history.operation if history is not None else None
+
+
+def fold_pooled_batchnorm(core):
+    """Fold each Conv2D -> MaxPooling2D -> BatchNormalization chain into Conv2D -> MaxPooling2D.
+
+    Max-pooling commutes with a per-channel map ``a*x + b`` when ``a >= 0``, so BatchNorm moves into the
+    convolution's kernel and bias, where a converter would fold it had the pooling not stood between
+    them (TFLite would otherwise keep it as MUL and ADD, quantized per tensor in int8). Returns ``core``
+    itself when there is nothing to fold; chains with a negative BN scale are left as they are.
+    """
+    import numpy as np
+
+    from edgecnn._tf import keras
+
+    L = keras.layers
+    chains = {}  # conv name -> (bn layer, per-channel scale a, shift b)
+    for bn in core.layers:
+        if not isinstance(bn, L.BatchNormalization) or bn.axis not in (-1, 3):
+            continue
+        pool = _producer(bn)
+        conv = _producer(pool) if isinstance(pool, L.MaxPooling2D) else None
+        if not isinstance(conv, L.Conv2D) or conv.activation is not keras.activations.linear:
+            continue
+        if len(conv._outbound_nodes) != 1 or len(pool._outbound_nodes) != 1:
+            continue
+        gamma = bn.gamma.numpy() if bn.scale else 1.0
+        beta = bn.beta.numpy() if bn.center else 0.0
+        a = gamma / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+        if np.any(a < 0):
+            continue
+        chains[conv.name] = (bn, a, beta - bn.moving_mean.numpy() * a)
+    if not chains:
+        return core
+    folded_bn = {bn.name for bn, _, _ in chains.values()}
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer.name in chains:
+            config["use_bias"] = True
+        return layer.__class__.from_config(config)
+
+    def call(layer, *args, **kwargs):  # a folded BN passes its input through and leaves the graph
+        return args[0] if layer.name in folded_bn else layer(*args, **kwargs)
+
+    folded = keras.models.clone_model(core, clone_function=clone, call_function=call)
+    for layer in folded.layers:
+        old = core.get_layer(layer.name)
+        if layer.name in chains:
+            _, a, b = chains[layer.name]
+            bias = old.bias.numpy() if old.use_bias else 0.0
+            layer.set_weights([old.kernel.numpy() * a, bias * a + b])
+        else:
+            layer.set_weights(old.get_weights())
+    return folded
 
 
 def to_float32(core, spec: Spec | str, num_classes: int):

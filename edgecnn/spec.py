@@ -5,6 +5,8 @@ Grammar (sections separated by ``|``, tokens by spaces)::
     C: tokens   convolutional part
         WIDTH     3x3 Conv + ReLU            (``32``)
         WIDTHn    3x3 Conv + BatchNorm + ReLU (``32n``)
+        WIDTHnp   3x3 Conv, 2x2 max-pooling, then BatchNorm + ReLU (``32np``): ``32n p`` with
+                  the pooling moved ahead of BatchNorm, so BN and ReLU see a quarter of the pixels
         rWIDTH    residual block: two 3x3 Conv-BN, stride 2 when the width grows (``r32``)
         p         2x2 max-pooling
         dRATE     dropout (``d0.25``)
@@ -39,6 +41,8 @@ PRESETS: dict[str, str] = {
     # of its width, the last stage at 120 rather than 128 channels so its int8 TFLite stays under 400 KB:
     # convolutions at 32x32 are few and narrow (memory-bound on a CPU), the parameters sit at 8x8 and 4x4.
     # Twice the images per second of the VGG-style net it replaced, at the same accuracy per epoch.
+    # (``32np`` for ``32n p``, pooling ahead of BN as Page does, ran 40-42 epochs in 19.5 minutes
+    # rather than 36-38 but scored lower twice: docs/benchmarks.md, "Other recipes tried".)
     "cifar10": "C: 16n 32n p r32 64n p 120n p r120 gap | L2: 1e-4",
     # MLPerf Tiny image-classification reference (ResNet-8, ~78k parameters).
     "resnet8": "C: 16n r16 r32 r64 gap | L2: 1e-4",
@@ -57,6 +61,7 @@ class Layer:
     width: int = 0
     bn: bool = False
     rate: float = 0.0
+    pool: bool = False  # conv only: 2x2 max-pooling right after the convolution, before BN/ReLU
 
 
 @dataclass
@@ -73,7 +78,7 @@ class Spec:
     @property
     def pools(self) -> int:
         """How many times the spatial size is halved."""
-        n = sum(1 for layer in self.conv if layer.kind == "pool")
+        n = sum(1 for layer in self.conv if layer.kind == "pool" or layer.pool)
         width = None
         for layer in self.conv:
             if layer.kind == "res":
@@ -85,7 +90,7 @@ class Spec:
         return n
 
 
-_INT = re.compile(r"^(\d+)(n?)$")
+_INT = re.compile(r"^(\d+)(n?)(p?)$")
 _RES = re.compile(r"^r(\d+)$")
 _DROP = re.compile(r"^d(\d*\.?\d+)$")
 _L2 = re.compile(r"^l2(?:=(.+))?$", re.IGNORECASE)
@@ -155,7 +160,9 @@ def _parse_token(section: str, token: str, text: str, spec: Spec) -> Layer | Non
         width = int(m.group(1))
         if not 1 <= width <= 4096:
             raise SpecError(f"bad token {t!r} in section {section}: of {text!r}: width must be 1..4096")
-        return Layer("conv" if section == "C" else "dense", width=width, bn=bool(m.group(2)))
+        if m.group(3) and section != "C":
+            raise SpecError(f"bad token {t!r} in section {section}: of {text!r}: pooling (p) belongs to section C:")
+        return Layer("conv" if section == "C" else "dense", width=width, bn=bool(m.group(2)), pool=bool(m.group(3)))
     m = _DROP.match(t)
     if m:
         rate = _parse_float(m.group(1), f"token {t!r}", text, 0.0, 1.0)
@@ -171,7 +178,7 @@ def _parse_token(section: str, token: str, text: str, spec: Spec) -> Layer | Non
             return Layer("pool")
         if t.lower() == "gap":
             return Layer("gap")
-        expected = "WIDTH[n], rWIDTH, p, dRATE, gap or L2"
+        expected = "WIDTH[n][p], rWIDTH, p, dRATE, gap or L2"
     else:
         expected = "WIDTH[n], dRATE or L2"
     raise SpecError(f"bad token {t!r} in section {section}: of architecture spec {text!r}: expected {expected}")
@@ -184,7 +191,7 @@ def _check_conv(spec: Spec) -> None:
 
 
 def _insert_pooling(layers: list[Layer]) -> list[Layer]:
-    if any(layer.kind in ("pool", "res") for layer in layers):
+    if any(layer.kind in ("pool", "res") or layer.pool for layer in layers):
         return layers
     out: list[Layer] = []
     last_conv = -1  # index in out of the last conv of the current run
@@ -207,7 +214,7 @@ def describe(spec: Spec) -> str:
     """The spec as written out in full (pooling made explicit)."""
     def tok(layer: Layer) -> str:
         if layer.kind in ("conv", "dense"):
-            return f"{layer.width}{'n' if layer.bn else ''}"
+            return f"{layer.width}{'n' if layer.bn else ''}{'p' if layer.pool else ''}"
         return {"res": f"r{layer.width}", "pool": "p", "drop": f"d{layer.rate:g}", "gap": "gap"}[layer.kind]
 
     parts = []

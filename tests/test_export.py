@@ -99,6 +99,27 @@ def test_export_of_a_keras_file_path_and_int8_io_dtype(run_copy):
     assert (run_copy / "exports" / "model_int8.tflite").is_file()
 
 
+def test_batchnorm_behind_a_pool_is_folded_in_every_export(run_copy):
+    """A pool-first block (``16np``) exports as CONV_2D -> MAX_POOL_2D, with no MUL/ADD left for its BN."""
+    from edgecnn import model
+
+    n = len(json.loads((run_copy / "labels.json").read_text())["class_names"])
+    core = model.build_core("C: 8n 16np gap", (16, 16, 3), n)
+    rng = np.random.default_rng(0)
+    for layer in core.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            g, b, m, v = layer.get_weights()
+            layer.set_weights([rng.uniform(0.2, 1.5, g.shape), rng.normal(0, 0.3, b.shape),
+                               rng.normal(0, 0.3, m.shape), rng.uniform(0.5, 2.0, v.shape)])
+    core.save(run_copy / "model.keras")
+    report = export(ExportConfig(run=str(run_copy), formats="all", quantize="all", calib_samples=50,
+                                 verify_samples=64), log=lambda m: None)
+    assert [e["status"] for e in report["exports"]] == ["ok"] * 6
+    for name in ("model_float32.tflite", "model_int8.tflite"):
+        ops = inspect(run_copy / "exports" / name)["ops"]
+        assert "MUL" not in ops and "ADD" not in ops and "MAX_POOL_2D" in ops, (name, ops)
+
+
 @pytest.mark.parametrize("mutate, kwargs, needle", [
     (lambda r: None, {"run": "no-such-run"}, "not found"),
     (lambda r: (r / "model.keras").unlink(), {}, "has no model.keras"),

@@ -85,3 +85,14 @@ def test_bad_finetune_options(tiny_run):
                            ({"mode": "prune", "schedule": "cubic"}, "--schedule"), ({"mode": "distill"}, "--qat")):
         with pytest.raises(EdgeCNNError, match=needle):
             finetune(str(tiny_run), runs_dir=str(tiny_run.parent), log=lambda m: None, **kwargs)
+
+
+def test_qat_refuses_pool_first_blocks_by_name(run_copy):
+    """tfmot has no quantization for a BatchNorm behind a max-pool: one clear line before any work."""
+    from edgecnn.finetune import finetune
+
+    cfg = json.loads((run_copy / "config.json").read_text())
+    (run_copy / "config.json").write_text(json.dumps(cfg | {"arch": "C: 8n 16np gap", "arch_spec": "C: 8n 16np gap"}))
+    with pytest.raises(EdgeCNNError, match="--qat: .*pool-first blocks") as exc:
+        finetune(str(run_copy), "qat", runs_dir=str(run_copy.parent), log=lambda m: None)
+    assert "\n" not in str(exc.value)

@@ -44,6 +44,39 @@ def test_translate_shifts_whole_pixels_without_blurring():
         assert np.isin(out, src).all()
 
 
+def _randomize_batchnorm(core, rng, gamma_low=0.0):
+    for layer in core.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            g, b, m, v = layer.get_weights()
+            layer.set_weights([rng.uniform(gamma_low, 1.5, g.shape), rng.normal(0, 0.3, b.shape),
+                               rng.normal(0, 0.3, m.shape), rng.uniform(0.5, 2.0, v.shape)])
+
+
+def test_batchnorm_behind_a_max_pool_folds_into_the_convolution():
+    rng = np.random.default_rng(0)
+    core = model.build_core("C: 8n 8np r8 16np gap", (16, 16, 3), 4)
+    _randomize_batchnorm(core, rng)
+    folded = model.fold_pooled_batchnorm(core)
+    kinds = [type(layer).__name__ for layer in folded.layers]
+    # The two pool-first BNs are gone; the plain 8n's and the residual block's three stay.
+    assert kinds.count("BatchNormalization") == 3 and kinds.count("MaxPooling2D") == 2
+    assert all(kinds[i + 1] == "ReLU" for i, k in enumerate(kinds) if k == "MaxPooling2D")
+    x = rng.integers(0, 256, (16, 16, 16, 3)).astype("float32")
+    assert np.abs(folded.predict(x, verbose=0) - core.predict(x, verbose=0)).max() < 1e-5
+    bns = [layer for layer in core.layers if type(layer).__name__ == "BatchNormalization"]
+    # Training keeps the scale of a pool-first BN >= 0, so it always folds.
+    assert [layer.gamma.constraint is not None for layer in bns] == [False, True, False, False, True]
+
+
+def test_batchnorm_with_a_negative_scale_is_not_folded():
+    rng = np.random.default_rng(1)
+    core = model.build_core("C: 8np gap", (16, 16, 3), 4)
+    _randomize_batchnorm(core, rng, gamma_low=-1.0)  # set_weights bypasses the constraint
+    assert model.fold_pooled_batchnorm(core) is core
+    plain = model.build_core("C: 8n p gap", (16, 16, 3), 4)  # BN before the pool: nothing to fold
+    assert model.fold_pooled_batchnorm(plain) is plain
+
+
 def test_parse_augment():
     assert model.parse_augment("none") == ()
     assert model.parse_augment("flip,zoom") == ("flip", "zoom")

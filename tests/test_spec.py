@@ -23,6 +23,13 @@ def test_explicit_pooling_is_kept_as_written():
     assert spec.describe(spec.parse("C: 8 8 p 8")) == "C: 8 8 p 8"
 
 
+def test_pool_first_convolution_counts_as_pooling():
+    s = spec.parse("C: 8n 16np r16 32np gap")
+    assert spec.describe(s) == "C: 8n 16np r16 32np gap" and s.pools == 2  # no pooling inserted
+    assert [layer.pool for layer in s.conv if layer.kind == "conv"] == [False, True, True]
+    assert spec.describe(spec.parse("C: 8 8p 16")) == "C: 8 8p 16"  # explicit pooling: nothing added
+
+
 def test_mlp_has_no_conv():
     s = spec.parse("D: 64n d0.5 32")
     assert not s.conv and [layer.width for layer in s.dense if layer.kind == "dense"] == [64, 32]
@@ -41,6 +48,8 @@ def test_mlp_has_no_conv():
         ("", "empty"),
         ("C: 0", "'0'"),
         ("D: r16", "'r16'"),
+        ("D: 16np", "belongs to section C"),
+        ("C: 16pn", "'16pn'"),
         ("L2: abc", "L2 factor"),
     ],
 )

@@ -134,6 +134,7 @@ def export(cfg: ExportConfig, log=print) -> dict:
     n_verify = min(cfg.verify_samples, len(ds.x_test))
     x_verify = ds.x_test[:n_verify]
     ref = core.predict(x_verify.astype(np.float32), batch_size=256, verbose=0) if cfg.verify else None
+    deploy = model_mod.fold_pooled_batchnorm(core)  # verified against ``core``, as every conversion is
 
     entries = []
     qat_entries = {}
@@ -159,12 +160,12 @@ def export(cfg: ExportConfig, log=print) -> dict:
                 nonlocal saved, float_onnx
                 if fmt == "tflite":
                     if saved is None:
-                        saved = tfl.export_saved_model(core, Path(tmp) / "saved_model")
+                        saved = tfl.export_saved_model(deploy, Path(tmp) / "saved_model")
                     return tfl.convert(saved, variant, calib if variant == "int8" else None, cfg.io_dtype)
                 from edgecnn.export import onnx as onx
 
                 if float_onnx is None:
-                    float_onnx = onx.convert_float(core, cfg.opset)
+                    float_onnx = onx.convert_float(deploy, cfg.opset)
                 proto = float_onnx if variant == "float32" else onx.quantize_int8(float_onnx, calib)
                 return onx.finalize(proto, labels, variant)
 
