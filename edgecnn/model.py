@@ -180,7 +180,7 @@ def fold_pooled_batchnorm(core):
     from edgecnn._tf import keras
 
     L = keras.layers
-    chains = {}  # conv name -> (bn layer, per-channel scale a, shift b)
+    chains = {}  # conv name -> (its BN's name, per-channel scale a, shift b)
     for bn in core.layers:
         if not isinstance(bn, L.BatchNormalization) or bn.axis not in (-1, 3):
             continue
@@ -195,10 +195,10 @@ def fold_pooled_batchnorm(core):
         a = gamma / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
         if np.any(a < 0):
             continue
-        chains[conv.name] = (bn, a, beta - bn.moving_mean.numpy() * a)
+        chains[conv.name] = (bn.name, a, beta - bn.moving_mean.numpy() * a)
     if not chains:
         return core
-    folded_bn = {bn.name for bn, _, _ in chains.values()}
+    folded_bn = {name for name, _, _ in chains.values()}
 
     def clone(layer):
         config = layer.get_config()
