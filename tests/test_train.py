@@ -6,7 +6,7 @@ import pytest
 
 from conftest import TINY_ARCH
 from edgecnn.errors import EdgeCNNError
-from edgecnn.train import TrainConfig, read_history, train
+from edgecnn.train import TrainConfig, make_dataset, read_history, train
 
 RUN_FILES = {"model.keras", "labels.json", "config.json", "history.csv", "metrics.json", "curves.png",
              "confusion_matrix.png", "classification_report.txt", "summary.txt"}
@@ -25,6 +25,8 @@ def test_training_writes_a_complete_run_directory(tiny_run):
     assert cfg["arch"] == TINY_ARCH and cfg["seed"] == 0 and cfg["versions"]["tensorflow"]
     hist = read_history(tiny_run / "history.csv")
     assert [r["epoch"] for r in hist] == list(range(1, 9)) and "val_accuracy" in hist[0]
+    seconds = [r["seconds"] for r in hist]
+    assert 0 < seconds[0] and seconds == sorted(seconds) and seconds[-1] <= m["train_seconds"]
     assert (tiny_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -184,3 +186,15 @@ def test_budgeted_schedule_follows_time_and_survives_serialization():
     assert float(sched(10)) == float(inner(50))  # time ahead: the schedule is where the clock says
     again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(sched))
     assert again.total_steps == 100 and float(again(10)) == float(inner(10))
+
+
+def test_repeated_dataset_reshuffles_every_pass_in_whole_epochs():
+    import numpy as np
+
+    x = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
+    ds = make_dataset(x, np.arange(10) % 3, 3, batch=4, shuffle=True, seed=0, repeat=True)
+    batches = [b[0].numpy().ravel().astype(int).tolist() for b in ds.take(9)]  # 3 passes of ceil(10/4) = 3
+    assert [len(b) for b in batches] == [4, 4, 2] * 3, "each pass ends on its own short batch"
+    passes = [sum(batches[i:i + 3], []) for i in (0, 3, 6)]
+    assert all(sorted(p) == list(range(10)) for p in passes), "every pass sees every image once"
+    assert len({tuple(p) for p in passes}) == 3, "and in a new order"

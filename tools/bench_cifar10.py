@@ -176,7 +176,14 @@ def _train_line(b: Bench, name: str, command: str) -> list[str]:
             f"epochs, {_kept(m)}; {m['parameters']:,} parameters, {m['macs'] / 1e6:.1f} M MACs per "
             f"image. Training (model.fit) took **{_minutes(m['train_seconds'])}** ({m['seconds_per_epoch']:.0f} s per "
             "epoch)" + (f"; the whole command, data loading and final evaluation included, {_minutes(outer)}"
-                        if outer else "") + "." + _steal(m.get("cpu_steal_percent")), ""]
+                        if outer else "") + "." + _steal(m.get("cpu_steal_percent")) + _iterator(b.runs / name), ""]
+
+
+def _iterator(run: Path) -> str:
+    if (load(run / "config.json") or {}).get("train_iterator"):
+        return ""
+    return (" Made before training kept one data iterator: a new one each epoch cost seconds at most epoch "
+            "starts (docs/epoch_start.md); see \"Other recipes tried\" for the runs made since.")
 
 
 def _kept(m: dict) -> str:
@@ -266,9 +273,11 @@ def write_doc(b: Bench, stages: list[str], sweep: str | None, also: list[Path] =
         lines += ["## Other recipes tried", "", "Finished runs on the same data and machine, for comparison with the "
                   "presets; each line is the command that reproduces it.", "",
                   "Runs whose translation says *bilinear* were made before translation moved whole pixels: "
-                  "their command now trains on sharp images and is not a reproduction.", "",
-                  "| run | command | translation | epochs | training | CPU steal | test accuracy |",
-                  "|---|---|---|---:|---:|---:|---:|"]
+                  "their command now trains on sharp images and is not a reproduction. \"Iterator\" *per epoch*: made "
+                  "before training kept one endless data iterator, paying seconds at most epoch starts "
+                  "(docs/epoch_start.md), so the same time budget bought fewer epochs.", "",
+                  "| run | command | translation | iterator | epochs | training | CPU steal | test accuracy |",
+                  "|---|---|---|---|---:|---:|---:|---:|"]
         lines += [_also_row(run) for run in also]
         lines.append("")
     if "regularized" in stages:
@@ -297,7 +306,8 @@ def _also_row(run: Path) -> str:
 
     layers = cfg.get("augment_layers") or parse_augment(cfg.get("augment", "none"))
     translate = cfg.get("translate_interpolation", "bilinear") if "translate" in layers else "-"
-    return (f"| {run.name} | `{command}` | {translate} | {m.get('epochs_run', '-')} | "
+    iterator = cfg.get("train_iterator", "per epoch")
+    return (f"| {run.name} | `{command}` | {translate} | {iterator} | {m.get('epochs_run', '-')} | "
             f"{_minutes(m.get('train_seconds'))} | {'-' if steal is None else f'{steal:.0f}%'} | "
             f"{_pct(m.get('test_accuracy'))} |")
 
@@ -421,13 +431,20 @@ def write_readme(b: Bench, stages: list[str], doc: Path, sweep: str | None) -> N
         lines += ["**Architecture sweep**: int8 accuracy against int8 size; \"val std\" and \"worst drop\" are the "
                   "spread of the last three epochs' validation accuracy and its largest epoch-to-epoch fall.", "",
                   *_sweep(Path(sweep)), f"![int8 accuracy vs int8 size, Pareto front]({pareto.relative_to(ROOT)})", ""]
-    speed = ROOT / "docs" / "train_speed.md"
-    if speed.is_file():
-        table = [ln for ln in speed.read_text().splitlines() if ln.startswith("|")]
-        lines += ["**Training throughput** (batch 128, tf.data, variants timed alternately; "
-                  "`python tools/bench_train_speed.py --data ../shared/data/cifar10-jpg.tar.gz`, "
-                  "[docs/train_speed.md](docs/train_speed.md)). Augmentation in the graph without XLA is the default: "
-                  "the fastest or within noise of it.", "", *table, ""]
+    captions = {
+        "train_speed.md": "**Training throughput** (batch 128, tf.data, variants timed alternately; "
+                          "`python tools/bench_train_speed.py --data ../shared/data/cifar10-jpg.tar.gz`, "
+                          "[docs/train_speed.md](docs/train_speed.md)). Augmentation in the graph without XLA is the "
+                          "default: the fastest or within noise of it.",
+        "epoch_start.md": "**Epoch starts** (the cifar10 network on the 49,000 training images; "
+                          "`python tools/bench_epoch_start.py --data ../shared/data/cifar10-jpg.tar.gz`, "
+                          "[docs/epoch_start.md](docs/epoch_start.md)). Training fits one endless, reshuffled "
+                          "iterator with `steps_per_epoch` instead of a new iterator per epoch.",
+    }
+    for name, caption in captions.items():
+        doc = ROOT / "docs" / name
+        if doc.is_file():
+            lines += [caption, "", *[ln for ln in doc.read_text().splitlines() if ln.startswith("|")], ""]
     lines.append(MARKERS[1])
     text = README.read_text()
     head, sep, rest = text.partition(MARKERS[0])
