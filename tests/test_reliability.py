@@ -14,6 +14,7 @@ import pytest
 from conftest import write_image
 from edgecnn.errors import EdgeCNNError
 from edgecnn.fsutil import atomic_path, write_bytes
+from edgecnn.train import read_history
 
 TRAIN = ["train", "--data", "shapes:1500", "--image-size", "16", "--arch", "C: 8n 16n 32n gap", "--epochs", "12",
          "--batch-size", "32"]
@@ -54,10 +55,12 @@ def test_killed_training_resumes_without_gap_or_duplicate(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"resuming {Path('runs') / 'k'} after epoch {done}" in out.stdout
-    rows = [ln.split(",") for ln in (run / "history.csv").read_text().splitlines()[1:]]
-    assert [int(r[0]) for r in rows] == list(range(1, 13))
-    lr = [float(r[-1]) for r in rows]
+    rows = read_history(run / "history.csv")
+    assert [r["epoch"] for r in rows] == list(range(1, 13))
+    lr = [r["lr"] for r in rows]
     assert all(b <= a + 1e-12 for a, b in zip(lr[1:], lr[2:])), "cosine schedule continued, not restarted"
+    seconds = [r["seconds"] for r in rows]
+    assert seconds == sorted(seconds), "the training clock continues across the resume"
     assert (run / "model.keras").is_file() and not (run / "checkpoint.keras").exists()
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs_run"] == 12 and metrics["train_seconds"] > state["seconds"] > 0
@@ -79,7 +82,7 @@ def test_killed_time_budgeted_training_resumes_on_the_same_clock(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["stopped_by_time_budget"] and state["epoch"] < metrics["epochs_run"] < 1000
     assert metrics["train_seconds"] >= 15 > state["seconds"]  # the budget counts both parts
-    lr = [float(ln.split(",")[-1]) for ln in (run / "history.csv").read_text().splitlines()[1:]]
+    lr = [r["lr"] for r in read_history(run / "history.csv")]
     assert lr[-1] <= 0.01 / 1e3, "the restored schedule still followed the clock to its end"
 
 
