@@ -50,6 +50,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=3, help="epochs per fit call (>= 2)")
     ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
+    if a.epochs < 2 or a.rounds < 1:
+        ap.error("--epochs must be at least 2 (the first epoch of each call is not compared), --rounds at least 1")
     from edgecnn._tf import keras
 
     ds = data_mod.load(a.data, val_split=0.02)
