@@ -55,7 +55,7 @@ def train(
     label_smoothing: float = typer.Option(0.0, help="Label smoothing factor."),
     weight_decay: float = typer.Option(1e-4, help="Decoupled weight decay."),
     augment: str = typer.Option("light", help="none, light (flip+translate), standard, full, or a comma list of "
-                                "flip,translate,rotate,zoom,contrast."),
+                                "flip,translate,rotate,zoom,contrast,cutout."),
     early_stopping: int = typer.Option(0, help="Stop after N epochs without val-accuracy gain (0: off)."),
     keep: str = typer.Option("best", help="Which epoch's weights to save: best (highest val accuracy) or last "
                              "(for schedules that anneal to the end; a small val split picks by noise)."),

@@ -7,10 +7,12 @@ pipeline placed in front of ``core`` only in the training model; it never reache
 
 from __future__ import annotations
 
+import functools
+
 from edgecnn.errors import EdgeCNNError
 from edgecnn.spec import Spec, parse
 
-AUGMENTATIONS = ("flip", "translate", "rotate", "zoom", "contrast")
+AUGMENTATIONS = ("flip", "translate", "rotate", "zoom", "contrast", "cutout")
 AUGMENT_PRESETS = {
     "none": (),
     "light": ("flip", "translate"),
@@ -20,6 +22,9 @@ AUGMENT_PRESETS = {
 # How RandomTranslation resamples, recorded in each run's config: runs made before it moved whole
 # pixels ("bilinear", absent from their config) trained on blurred images.
 TRANSLATE_INTERPOLATION = "nearest"
+# Cutout's square side as a fraction of the shorter image side (8 px on CIFAR-10's 32).
+CUTOUT_FRACTION = 0.25
+CUTOUT_FILL = 127.5
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 
@@ -62,7 +67,50 @@ def build_augment(names: tuple[str, ...], input_shape, seed: int = 0, keras_modu
             layers.append(keras.layers.RandomZoom(0.1, fill_mode="nearest", seed=seed + 3))
         elif name == "contrast":
             layers.append(keras.layers.RandomContrast(0.1, value_range=(0, 255), seed=seed + 4))
+        elif name == "cutout":
+            side = max(1, round(CUTOUT_FRACTION * min(input_shape[0], input_shape[1])))
+            layers.append(cutout_class(keras)(side, seed=seed + 5, name="cutout"))
     return keras.Sequential([keras.Input(input_shape), *layers], name="augment")
+
+
+@functools.cache
+def cutout_class(keras):
+    """The Cutout layer class for ``keras`` (Keras 3, registered for checkpoints; or tf_keras).
+
+    Cutout (DeVries & Taylor, 2017): each training image gets one ``side`` x ``side`` square, centred
+    at a uniformly random pixel and clipped at the borders, set to mid-grey. Identity at inference.
+    """
+    from edgecnn._tf import tf
+
+    class Cutout(keras.layers.Layer):
+        def __init__(self, side, seed=None, **kwargs):
+            super().__init__(**kwargs)
+            self.side, self.seed = int(side), seed
+
+        def call(self, images, training=None):
+            if not training:
+                return images
+            shape = tf.shape(images)
+            n, h, w = shape[0], shape[1], shape[2]
+            # Two op seeds: ops sharing one would draw the same sequence (every square on the diagonal).
+            cy = tf.random.uniform([n, 1, 1, 1], 0, h, dtype=tf.int32, seed=self.seed)
+            cx = tf.random.uniform([n, 1, 1, 1], 0, w, dtype=tf.int32,
+                                   seed=None if self.seed is None else self.seed + 1000)
+            y = tf.reshape(tf.range(h), [1, -1, 1, 1])
+            x = tf.reshape(tf.range(w), [1, 1, -1, 1])
+            lo = self.side // 2
+            inside = ((y >= cy - lo) & (y < cy - lo + self.side) & (x >= cx - lo) & (x < cx - lo + self.side))
+            return tf.where(inside, tf.cast(CUTOUT_FILL, images.dtype), images)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return super().get_config() | {"side": self.side, "seed": self.seed}
+
+    if keras.__name__ == "keras":  # tf_keras (the tfmot worker) never saves its augmentation
+        Cutout = keras.saving.register_keras_serializable("edgecnn")(Cutout)
+    return Cutout
 
 
 def _keras():

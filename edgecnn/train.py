@@ -467,6 +467,7 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
         if resume_dir is not None:
             _one_cycle_class()  # register the schedule classes for deserialization
             _budgeted_class()
+            model_mod.cutout_class(keras)
             try:
                 train_model = keras.saving.load_model(run_dir / CHECKPOINT, safe_mode=True)
             except Exception as exc:

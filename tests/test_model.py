@@ -44,6 +44,25 @@ def test_translate_shifts_whole_pixels_without_blurring():
         assert np.isin(out, src).all()
 
 
+def test_cutout_greys_one_square_per_image_and_is_off_at_inference():
+    """16x16 images: a 4x4 square (a quarter of the side) centred anywhere, clipped at the borders."""
+    x = np.random.default_rng(0).integers(0, 100, (256, 16, 16, 3)).astype("float32")
+    aug = model.build_augment(("cutout",), (16, 16, 3), seed=1)
+    y = np.asarray(aug(x, training=True))
+    grey = (y == model.CUTOUT_FILL).all(-1)
+    np.testing.assert_array_equal(y[~grey], x[~grey])  # nothing else changes
+    for mask in grey:
+        rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+        # one solid rectangle of at most 4x4, at least 2x2 (the centre is always inside the image)
+        assert mask.sum() == len(rows) * len(cols) and 2 <= len(rows) <= 4 and 2 <= len(cols) <= 4
+        assert np.ptp(rows) == len(rows) - 1 and np.ptp(cols) == len(cols) - 1
+    centres = np.array([np.argwhere(m).mean(0) for m in grey])
+    assert (grey.sum((1, 2)) == 16).mean() > 0.5  # mostly whole squares
+    assert abs(np.corrcoef(centres.T)[0, 1]) < 0.3  # rows and columns drawn independently
+    assert centres.min() < 3 and centres.max() > 12  # anywhere, edges included
+    np.testing.assert_array_equal(np.asarray(aug(x, training=False)), x)
+
+
 def _randomize_batchnorm(core, rng, gamma_low=0.0):
     for layer in core.layers:
         if type(layer).__name__ == "BatchNormalization":
