@@ -2,65 +2,108 @@
 
     python tools/bench_train_speed.py --data ../shared/data/cifar10-jpg.tar.gz [--images 5000] [--rounds 2]
 
-Variants of one architecture are timed alternately, round after round, so machine noise
-hits them alike; the median of the rounds is reported with the ratio to the default.
-Seconds per epoch are extrapolated to the 45,000-image CIFAR-10 training split.
+Every measurement runs in its own process (one model per process: several models in one process
+disturbed each other's timings by up to 2x, depending on their order) that trains, as `edgecnn train`
+does, on one endless tf.data iterator: one warm-up epoch (tracing, XLA compilation), then ``--epochs``
+timed epochs of ``--images`` images. The variants of one architecture run alternately, round after
+round, in a rotating order, so machine drift and position hit them alike; the median over all timed
+epochs is reported with the ratio to the default. Prints the markdown of docs/train_speed.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-
-from edgecnn import data as data_mod
-from edgecnn import model as model_mod
-from edgecnn.train import TrainConfig, make_dataset, make_optimizer, make_schedule
+from pathlib import Path
 
 VARIANTS = [("augment, no XLA (default)", True, False), ("augment, XLA", True, True),
             ("no augment, no XLA", False, False), ("no augment, XLA", False, True)]
 
 
-def build(arch, shape, n_classes, augment, xla, steps):
-    from edgecnn._tf import keras
+def worker(npz: str, arch: str, augment: bool, xla: bool, batch: int, epochs: int) -> None:
+    """Train ``arch`` on the arrays in ``npz`` for 1 + ``epochs`` epochs; print the timed epochs' seconds."""
+    import numpy as np
 
-    core = model_mod.build_core(arch, shape, n_classes)
-    m = model_mod.build_train_model(core, model_mod.parse_augment("light" if augment else "none"))
-    cfg = TrainConfig(epochs=1)
-    m.compile(optimizer=make_optimizer(cfg, make_schedule(cfg, steps), "float32"),
-              loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"], jit_compile=xla)
-    return m
+    from bench_epoch_start import timer
+    from edgecnn import model as model_mod
+    from edgecnn._tf import keras
+    from edgecnn.train import TrainConfig, make_dataset, make_optimizer, make_schedule
+
+    arrays = np.load(npz)
+    x, y, n_classes = arrays["x"], arrays["y"], int(arrays["num_classes"])
+    steps = math.ceil(len(x) / batch)
+    core = model_mod.build_core(arch, x.shape[1:], n_classes)
+    model = model_mod.build_train_model(core, model_mod.parse_augment("light" if augment else "none"))
+    cfg = TrainConfig(epochs=1 + epochs)
+    model.compile(optimizer=make_optimizer(cfg, make_schedule(cfg, steps), "float32"),
+                  loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"], jit_compile=xla)
+    clock = timer()
+    model.fit(make_dataset(x, y, n_classes, batch, True, 0, repeat=True), epochs=1 + epochs,
+              steps_per_epoch=steps, verbose=0, callbacks=[clock])
+    print(json.dumps(clock.epochs[1:]))
+
+
+def measure(npz: Path, arch: str, augment: bool, xla: bool, batch: int, epochs: int) -> list[float]:
+    out = subprocess.run([sys.executable, __file__, "--worker", str(npz), arch, str(int(augment)), str(int(xla)),
+                          str(batch), str(epochs)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"error: {arch} ({'augment' if augment else 'no augment'}, "
+                         f"{'XLA' if xla else 'no XLA'}) failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
+    if len(sys.argv) == 8 and sys.argv[1] == "--worker":
+        npz, arch, aug, xla, batch, epochs = sys.argv[2:]
+        worker(npz, arch, aug == "1", xla == "1", int(batch), int(epochs))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True)
-    ap.add_argument("--images", type=int, default=5000)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--images", type=int, default=5000, help="training images per timed epoch")
+    ap.add_argument("--epochs", type=int, default=2, help="timed epochs per process, after one warm-up epoch")
+    ap.add_argument("--rounds", type=int, default=2, help="processes per variant, alternating")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--archs", default="basic,regularized,resnet8")
     a = ap.parse_args()
-    ds = data_mod.load(a.data)
-    x, y = ds.x_train[: a.images], ds.y_train[: a.images]
-    train = make_dataset(x, y, ds.num_classes, a.batch_size, True, 0)
-    steps = -(-len(x) // a.batch_size)
-    print("| architecture | variant | images/s | s per 45k epoch | vs default |")
+    if min(a.images, a.epochs, a.rounds, a.batch_size) < 1:
+        ap.error("--images, --epochs, --rounds and --batch-size must be at least 1")
+    import numpy as np
+
+    from edgecnn import data as data_mod
+
+    started = time.time()
+    ds = data_mod.load(a.data, val_split=0.02)
+    full = len(ds.x_train)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = Path(tmp) / "train.npz"
+        np.savez(npz, x=ds.x_train[: a.images], y=ds.y_train[: a.images], num_classes=ds.num_classes)
+        n = min(a.images, full)
+        for arch in a.archs.split(","):
+            times: dict[str, list[float]] = {name: [] for name, _, _ in VARIANTS}
+            for r in range(a.rounds):
+                for name, aug, xla in VARIANTS[r % 4:] + VARIANTS[: r % 4]:
+                    times[name] += measure(npz, arch, aug, xla, a.batch_size, a.epochs)
+            base = statistics.median(times[VARIANTS[0][0]])
+            for name, _, _ in VARIANTS:
+                med = statistics.median(times[name])
+                rows.append(f"| {arch} | {name} | {n / med:.0f} | {full * med / n:.0f} | {base / med:.2f}x |")
+    minutes = (time.time() - started) / 60
+    print("# Training throughput on CIFAR-10 (JPEG)\n")
+    print(f"Batch {a.batch_size}, {n:,} training images per timed epoch on one endless tf.data iterator (as "
+          f"`edgecnn train`); each measurement in its own process: a warm-up epoch, then {a.epochs} timed epochs; "
+          f"{a.rounds} processes per variant, run alternately in a rotating order; the median timed epoch is "
+          f"reported. AMD EPYC, 2 cores, no GPU. Reproduce with "
+          f"`python tools/bench_train_speed.py --data ../shared/data/cifar10-jpg.tar.gz` ({minutes:.0f} minutes here).\n")
+    print(f"| architecture | variant | images/s | s per {full:,}-image epoch | vs default |")
     print("|---|---|---:|---:|---:|")
-    for arch in a.archs.split(","):
-        models = {name: build(arch, ds.input_shape, ds.num_classes, aug, xla, steps) for name, aug, xla in VARIANTS}
-        for m in models.values():  # compile (every batch shape, for XLA) and warm up outside the timing
-            m.fit(train, epochs=1, verbose=0)
-        times = {name: [] for name in models}
-        for _ in range(a.rounds):
-            for name, m in models.items():
-                t0 = time.perf_counter()
-                m.fit(train, epochs=1, verbose=0)
-                times[name].append(time.perf_counter() - t0)
-        base = statistics.median(times[VARIANTS[0][0]])
-        for name, _, _ in VARIANTS:
-            med = statistics.median(times[name])
-            ips = len(x) / med
-            print(f"| {arch} | {name} | {ips:.0f} | {45000 / ips:.0f} | {base / med:.2f}x |", flush=True)
+    print("\n".join(rows))
     return 0
 
 
