@@ -42,6 +42,18 @@ def timer():
     return EpochTimer()
 
 
+def compiled(core, augment: tuple[str, ...], epochs: int, steps: int, label_smoothing=0.0, xla=False):
+    """``core`` behind ``augment``, compiled with the training defaults' optimizer and schedule."""
+    from edgecnn._tf import keras
+
+    model = model_mod.build_train_model(core, augment)
+    cfg = TrainConfig(epochs=epochs)
+    model.compile(optimizer=make_optimizer(cfg, make_schedule(cfg, steps), "float32"),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
+                  metrics=["accuracy"], jit_compile=xla)
+    return model
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True)
@@ -52,15 +64,10 @@ def main() -> int:
     a = ap.parse_args()
     if a.epochs < 2 or a.rounds < 1:
         ap.error("--epochs must be at least 2 (the first epoch of each call is not compared), --rounds at least 1")
-    from edgecnn._tf import keras
-
     ds = data_mod.load(a.data, val_split=0.02)
     steps = math.ceil(len(ds.x_train) / a.batch_size)
     core = model_mod.build_core(a.arch, ds.input_shape, ds.num_classes)
-    model = model_mod.build_train_model(core, model_mod.parse_augment("light"))
-    cfg = TrainConfig(epochs=a.epochs * a.rounds * 2)
-    model.compile(optimizer=make_optimizer(cfg, make_schedule(cfg, steps), "float32"),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1), metrics=["accuracy"])
+    model = compiled(core, model_mod.parse_augment("light"), a.epochs * a.rounds * 2, steps, label_smoothing=0.1)
     variants = {
         "new iterator per epoch (finite dataset)": (make_dataset(ds.x_train, ds.y_train, ds.num_classes,
                                                                  a.batch_size, True, 0), None),

@@ -30,19 +30,15 @@ def worker(npz: str, arch: str, augment: bool, xla: bool, batch: int, epochs: in
     """Train ``arch`` on the arrays in ``npz`` for 1 + ``epochs`` epochs; print the timed epochs' seconds."""
     import numpy as np
 
-    from bench_epoch_start import timer
+    from bench_epoch_start import compiled, timer
     from edgecnn import model as model_mod
-    from edgecnn._tf import keras
-    from edgecnn.train import TrainConfig, make_dataset, make_optimizer, make_schedule
+    from edgecnn.train import make_dataset
 
     arrays = np.load(npz)
     x, y, n_classes = arrays["x"], arrays["y"], int(arrays["num_classes"])
     steps = math.ceil(len(x) / batch)
     core = model_mod.build_core(arch, x.shape[1:], n_classes)
-    model = model_mod.build_train_model(core, model_mod.parse_augment("light" if augment else "none"))
-    cfg = TrainConfig(epochs=1 + epochs)
-    model.compile(optimizer=make_optimizer(cfg, make_schedule(cfg, steps), "float32"),
-                  loss=keras.losses.CategoricalCrossentropy(), metrics=["accuracy"], jit_compile=xla)
+    model = compiled(core, model_mod.parse_augment("light" if augment else "none"), 1 + epochs, steps, xla=xla)
     clock = timer()
     model.fit(make_dataset(x, y, n_classes, batch, True, 0, repeat=True), epochs=1 + epochs,
               steps_per_epoch=steps, verbose=0, callbacks=[clock])
@@ -88,7 +84,7 @@ def main() -> int:
         for arch in a.archs.split(","):
             times: dict[str, list[float]] = {name: [] for name, _, _ in VARIANTS}
             for r in range(a.rounds):
-                for name, aug, xla in VARIANTS[r % 4:] + VARIANTS[: r % 4]:
+                for name, aug, xla in VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]:
                     times[name] += measure(npz, arch, aug, xla, a.batch_size, a.epochs)
             base = statistics.median(times[VARIANTS[0][0]])
             for name, _, _ in VARIANTS:
