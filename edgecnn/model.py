@@ -197,6 +197,46 @@ def build_core(spec: Spec | str, input_shape, num_classes: int, dtype_policy: st
     return keras.Model(inputs, outputs, name="core")
 
 
+def whiten_first_conv(core, images, eps: float = 5e-4, max_images: int = 2000) -> int:
+    """Set the first convolution to the images' patch PCA, whitened, and freeze it (Page; airbench).
+
+    Each of the top principal components ``v`` (eigenvalue ``l``) of the convolution's input patches,
+    taken from up to ``max_images`` of ``images`` (uint8 or float, 0-255), gives two filters,
+    ``v / sqrt(l + eps)`` and its negative, so the ReLU behind keeps both signs. Filters beyond twice
+    the patch size keep their random initialisation (frozen too). Returns the number of components used.
+    """
+    import numpy as np
+
+    conv = next((layer for layer in core.layers if layer.__class__.__name__ == "Conv2D"), None)
+    if conv is None:
+        raise EdgeCNNError("--whiten needs a convolution in the architecture")
+    kh, kw, c, filters = conv.kernel.shape
+    x = np.asarray(images[:max_images], dtype=np.float32) / 255.0
+    if x.shape[-1] != c:
+        raise EdgeCNNError(f"--whiten: the first convolution takes {c} channels, the images have {x.shape[-1]}")
+    dims = kh * kw * c
+    total, mean, n = np.zeros((dims, dims), np.float64), np.zeros(dims, np.float64), 0
+    for chunk in np.array_split(x, max(1, len(x) // 250)):
+        # (N, H', W', C, kh, kw) -> (patches, kh*kw*C), in the kernel's (kh, kw, C) order
+        p = np.lib.stride_tricks.sliding_window_view(chunk, (kh, kw), axis=(1, 2))
+        p = p.transpose(0, 1, 2, 4, 5, 3).reshape(-1, dims).astype(np.float64)
+        total += p.T @ p
+        mean += p.sum(0)
+        n += len(p)
+    mean /= n
+    cov = total / n - np.outer(mean, mean)
+    values, vectors = np.linalg.eigh(cov)  # ascending
+    k = min(dims, (filters + 1) // 2)
+    values, vectors = values[::-1][:k], vectors[:, ::-1][:, :k]
+    w = vectors / np.sqrt(values + eps)
+    new = np.concatenate([w, -w], axis=1)[:, :filters].reshape(kh, kw, c, -1)
+    kernel = conv.kernel.numpy()
+    kernel[..., : new.shape[-1]] = new
+    conv.kernel.assign(kernel.astype(kernel.dtype))
+    conv.trainable = False
+    return k
+
+
 def build_train_model(core, augment_names: tuple[str, ...], seed: int = 0):
     """``Sequential([augment, core])``: augmentation runs on the device, inside the graph."""
     from edgecnn._tf import keras

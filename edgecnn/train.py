@@ -55,6 +55,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     weight_decay: float = 1e-4
     augment: str = "light"
+    whiten: bool = False  # first conv = whitened patch PCA of the training images, frozen
     early_stopping: int = 0  # patience in epochs; 0 = off
     keep: str = "best"  # which epoch's weights become model.keras: best by val accuracy, or the last
     time_budget: float = 0.0  # minutes of training (model.fit); 0 = off. --epochs is then an upper bound
@@ -476,6 +477,9 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
         else:
             core = model_mod.build_core(spec, ds.input_shape, ds.num_classes,
                                         setup.precision if setup.precision != "float32" else None)
+            if cfg.whiten:
+                k = model_mod.whiten_first_conv(core, ds.x_train)
+                log(f"whiten: first convolution set to {k} whitened principal components (and negatives), frozen")
             train_model = model_mod.build_train_model(core, augment, cfg.seed)
             optimizer = make_optimizer(cfg, make_schedule(cfg, steps), setup.precision)
             train_model.compile(

@@ -63,6 +63,28 @@ def test_cutout_greys_one_square_per_image_and_is_off_at_inference():
     np.testing.assert_array_equal(np.asarray(aug(x, training=False)), x)
 
 
+def test_whiten_sets_the_first_convolution_to_decorrelated_unit_variance_filters_and_freezes_it():
+    from edgecnn._tf import keras
+
+    rng = np.random.default_rng(0)
+    grey = rng.uniform(0, 255, (300, 16, 16, 1))
+    x = (0.7 * grey + 0.3 * rng.uniform(0, 255, (300, 16, 16, 3))).astype("uint8")  # colours correlated
+    core = model.build_core("C: 8n gap", (16, 16, 3), 3)
+    assert model.whiten_first_conv(core, x) == 4
+    conv = core.get_layer("conv1")
+    assert not conv.trainable and all(w is not conv.kernel for w in core.trainable_weights)
+    out = keras.Model(core.input, conv.output).predict(x.astype("float32"), verbose=0)
+    inner = out[:, 1:-1, 1:-1].reshape(-1, 8)  # whole 3x3 patches only ("same" padding pads the border)
+    cov = np.cov(inner[:, :4].T)
+    np.testing.assert_allclose(cov, np.eye(4), atol=0.02)  # whitened: uncorrelated, unit variance
+    np.testing.assert_allclose(inner[:, 4:], -inner[:, :4], atol=1e-4)  # and their negatives
+    # The components are the largest: any other unit-norm filter has less variance before whitening.
+    w = conv.kernel.numpy().reshape(27, 8)[:, :4]
+    assert np.all(np.diff(1 / np.linalg.norm(w, axis=0) ** 2) <= 1e-6)  # eigenvalues in decreasing order
+    with pytest.raises(EdgeCNNError, match="--whiten"):
+        model.whiten_first_conv(model.build_core("D: 8", (16, 16, 3), 3), x)
+
+
 def _randomize_batchnorm(core, rng, gamma_low=0.0):
     for layer in core.layers:
         if type(layer).__name__ == "BatchNormalization":

@@ -41,6 +41,17 @@ def test_mixed_precision_training_saves_a_float32_model(tmp_path):
     assert json.loads((run / "metrics.json").read_text())["precision"] == "mixed_float16"
 
 
+def test_whiten_stays_frozen_through_training_and_into_the_saved_model(tmp_path):
+    from edgecnn.model import load_keras
+
+    run = train(TrainConfig(data="shapes:60", image_size=16, arch="C: 8n gap", epochs=2, batch_size=16, lr=0.05,
+                            whiten=True, runs_dir=str(tmp_path)), log=lambda m: None)
+    assert json.loads((run / "config.json").read_text())["whiten"] is True
+    kernel = load_keras(run / "model.keras").get_layer("conv1").get_weights()[0].reshape(27, 8)
+    # filters 4-7 are still exactly the negatives of 0-3: no gradient step touched them
+    assert abs(kernel[:, 4:] + kernel[:, :4]).max() == 0 and abs(kernel).max() > 0
+
+
 def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
     """The multi-GPU code path, on two logical CPU devices (a fresh process: devices split at start-up)."""
     code = (

@@ -300,6 +300,7 @@ def _also_row(run: Path) -> str:
     defaults = {"time_budget": 0.0, "keep": "best"}
     flags = " ".join(f"--{k.replace('_', '-')} {json.dumps(cfg[k]) if k == 'arch' else cfg[k]}" for k in TRAIN_FLAGS
                      if k in cfg and cfg[k] != defaults.get(k))
+    flags += " --whiten" if cfg.get("whiten") else ""
     steal = m.get("cpu_steal_percent")
     command = f"edgecnn train --data {cfg.get('data', '?')} {flags}".replace("|", "\\|")  # a table cell
     from edgecnn.model import parse_augment
