@@ -212,8 +212,6 @@ def whiten_first_conv(core, images, eps: float = 5e-4, max_images: int = 2000) -
         raise EdgeCNNError("--whiten needs a convolution in the architecture")
     kh, kw, c, filters = conv.kernel.shape
     x = np.asarray(images[:max_images], dtype=np.float32) / 255.0
-    if x.shape[-1] != c:
-        raise EdgeCNNError(f"--whiten: the first convolution takes {c} channels, the images have {x.shape[-1]}")
     dims = kh * kw * c
     total, mean, n = np.zeros((dims, dims), np.float64), np.zeros(dims, np.float64), 0
     for chunk in np.array_split(x, max(1, len(x) // 250)):
@@ -232,7 +230,7 @@ def whiten_first_conv(core, images, eps: float = 5e-4, max_images: int = 2000) -
     new = np.concatenate([w, -w], axis=1)[:, :filters].reshape(kh, kw, c, -1)
     kernel = conv.kernel.numpy()
     kernel[..., : new.shape[-1]] = new
-    conv.kernel.assign(kernel.astype(kernel.dtype))
+    conv.kernel.assign(kernel)
     conv.trainable = False
     return k
 

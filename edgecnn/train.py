@@ -429,6 +429,8 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
     from edgecnn.spec import describe, parse
 
     spec = parse(cfg.arch)
+    if cfg.whiten and not any(layer.kind in ("conv", "res") for layer in spec.conv):
+        raise EdgeCNNError(f"--whiten needs a convolution in the architecture, {describe(spec)!r} has none")
     augment = model_mod.parse_augment(cfg.augment)
     setup = device_mod.setup(cfg.device, cfg.precision, cfg.cpu_replicas)
     from edgecnn._tf import keras, tf

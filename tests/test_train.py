@@ -50,6 +50,9 @@ def test_whiten_stays_frozen_through_training_and_into_the_saved_model(tmp_path)
     kernel = load_keras(run / "model.keras").get_layer("conv1").get_weights()[0].reshape(27, 8)
     # filters 4-7 are still exactly the negatives of 0-3: no gradient step touched them
     assert abs(kernel[:, 4:] + kernel[:, :4]).max() == 0 and abs(kernel).max() > 0
+    with pytest.raises(EdgeCNNError, match="--whiten needs a convolution"):
+        train(TrainConfig(data="shapes:60", arch="D: 8", whiten=True, runs_dir=str(tmp_path / "mlp")))
+    assert not (tmp_path / "mlp").exists()  # refused before a run directory is made
 
 
 def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
