@@ -56,6 +56,8 @@ def train(
     weight_decay: float = typer.Option(1e-4, help="Decoupled weight decay."),
     augment: str = typer.Option("light", help="none, light (flip+translate), standard, full, or a comma list of "
                                 "flip,translate,rotate,zoom,contrast,cutout."),
+    translate: float = typer.Option(0.1, help="Largest shift of the translate augmentation, a fraction of the "
+                                    "image side (0.1: up to 3 px on 32x32)."),
     whiten: bool = typer.Option(False, "--whiten", help="Initialise the first convolution with the training "
                                 "images' whitened patch PCA and freeze it."),
     early_stopping: int = typer.Option(0, help="Stop after N epochs without val-accuracy gain (0: off)."),
@@ -97,7 +99,7 @@ def train(
     cfg = _train_config(ctx, dict(
         data=data, arch=arch, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, weight_decay=weight_decay, augment=augment,
-        whiten=whiten, early_stopping=early_stopping, keep=keep, time_budget=time_budget, seed=seed,
+        translate=translate, whiten=whiten, early_stopping=early_stopping, keep=keep, time_budget=time_budget, seed=seed,
         image_size=image_size, channels=channels, val_split=val_split, test_split=test_split,
         skip_bad_images=skip_bad_images, device=device, precision=precision,
         cpu_replicas=cpu_replicas, jit_compile=jit_compile, deterministic=deterministic, name=name,

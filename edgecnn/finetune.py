@@ -73,7 +73,7 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
             "mode": mode, "arch": cfg["arch"], "input_shape": labels["input_shape"], "num_classes": ds.num_classes,
             "data": cfg["data"], "val_split": cfg.get("val_split", 0.1), "test_split": cfg.get("test_split", 0.1),
             "seed": cfg.get("seed", 0), "skip_bad_images": cfg.get("skip_bad_images", False),
-            "augment": cfg.get("augment", "none"), "batch_size": cfg.get("batch_size", 64), "epochs": epochs,
+            "augment": cfg.get("augment", "none"), "translate": cfg.get("translate", 0.1), "batch_size": cfg.get("batch_size", 64), "epochs": epochs,
             "lr": lr, "sparsity": sparsity, "schedule": schedule, "calib_samples": calib_samples,
             "io_dtype": io_dtype, "opset": opset, "verify_samples": verify_samples,
             "min_agreement_int8": min_agreement_int8, "weights_in": str(tmp / "weights_in.npz"),

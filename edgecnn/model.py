@@ -19,6 +19,8 @@ AUGMENT_PRESETS = {
     "standard": ("flip", "translate", "rotate", "zoom"),
     "full": ("flip", "translate", "rotate", "zoom", "contrast"),
 }
+# --augment translate's largest shift, a fraction of the image side (0.1: +-3 px on 32x32).
+TRANSLATE = 0.1
 # How RandomTranslation resamples, recorded in each run's config: runs made before it moved whole
 # pixels ("bilinear", absent from their config) trained on blurred images.
 TRANSLATE_INTERPOLATION = "nearest"
@@ -44,10 +46,12 @@ def parse_augment(text: str) -> tuple[str, ...]:
     return names
 
 
-def build_augment(names: tuple[str, ...], input_shape, seed: int = 0, keras_module=None):
+def build_augment(names: tuple[str, ...], input_shape, seed: int = 0, keras_module=None,
+                  translate: float = TRANSLATE):
     """A Sequential of Keras random layers (identity at inference).
 
     ``keras_module``: tf_keras for the tfmot fine-tuning worker; Keras 3 by default.
+    ``translate``: the largest shift, a fraction of the image side.
     """
     keras = keras_module or _keras()
 
@@ -58,7 +62,7 @@ def build_augment(names: tuple[str, ...], input_shape, seed: int = 0, keras_modu
         elif name == "translate":
             # Whole-pixel shifts, as a padded random crop: bilinear resampling of a fractional shift
             # blurs nearly every training image, which no test image is.
-            layers.append(keras.layers.RandomTranslation(0.1, 0.1, fill_mode="nearest",
+            layers.append(keras.layers.RandomTranslation(translate, translate, fill_mode="nearest",
                                                          interpolation=TRANSLATE_INTERPOLATION,
                                                          seed=seed + 1))
         elif name == "rotate":
@@ -235,13 +239,13 @@ def whiten_first_conv(core, images, eps: float = 5e-4, max_images: int = 2000) -
     return k
 
 
-def build_train_model(core, augment_names: tuple[str, ...], seed: int = 0):
+def build_train_model(core, augment_names: tuple[str, ...], seed: int = 0, translate: float = TRANSLATE):
     """``Sequential([augment, core])``: augmentation runs on the device, inside the graph."""
     from edgecnn._tf import keras
 
     if not augment_names:
         return core
-    aug = build_augment(augment_names, core.input_shape[1:], seed)
+    aug = build_augment(augment_names, core.input_shape[1:], seed, translate=translate)
     inputs = keras.Input(core.input_shape[1:], name=INPUT_NAME)
     return keras.Model(inputs, core(aug(inputs)), name="train_model")
 

@@ -104,7 +104,8 @@ def run(job: dict) -> dict:
                        val_split=job["val_split"], test_split=job["test_split"], seed=job["seed"],
                        skip_bad_images=job["skip_bad_images"])
     names = parse_augment(job["augment"])
-    augment = build_augment(names, tuple(job["input_shape"]), job["seed"], keras_module=tf_keras) if names else None
+    augment = (build_augment(names, tuple(job["input_shape"]), job["seed"], keras_module=tf_keras,
+                             translate=job["translate"]) if names else None)
     train_ds = _dataset(tf, tf_keras, ds.x_train, ds.y_train, ds.num_classes, job["batch_size"], augment,
                         job["seed"], True)
     val_ds = _dataset(tf, tf_keras, ds.x_val, ds.y_val, ds.num_classes, job["batch_size"], None, job["seed"], False)

@@ -55,6 +55,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     weight_decay: float = 1e-4
     augment: str = "light"
+    translate: float = 0.1  # the translate augmentation's largest shift, a fraction of the image side
     whiten: bool = False  # first conv = whitened patch PCA of the training images, frozen
     early_stopping: int = 0  # patience in epochs; 0 = off
     keep: str = "best"  # which epoch's weights become model.keras: best by val accuracy, or the last
@@ -95,6 +96,8 @@ class TrainConfig:
             bad("--weight-decay", f"must be in [0, 1), got {self.weight_decay}")
         if self.warmup_epochs < 0:
             bad("--warmup-epochs", f"must be >= 0, got {self.warmup_epochs}")
+        if not 0 < self.translate < 1:
+            bad("--translate", f"must be in (0, 1), a fraction of the image side, got {self.translate}")
         if self.keep not in KEEP:
             bad("--keep", f"must be one of {', '.join(KEEP)}, got {self.keep!r}")
         if self.early_stopping < 0:
@@ -482,7 +485,7 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
             if cfg.whiten:
                 k = model_mod.whiten_first_conv(core, ds.x_train)
                 log(f"whiten: first convolution set to {k} whitened principal components (and negatives), frozen")
-            train_model = model_mod.build_train_model(core, augment, cfg.seed)
+            train_model = model_mod.build_train_model(core, augment, cfg.seed, cfg.translate)
             optimizer = make_optimizer(cfg, make_schedule(cfg, steps), setup.precision)
             train_model.compile(
                 optimizer=optimizer,

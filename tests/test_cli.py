@@ -40,6 +40,7 @@ def _one_line_error(code, err):
     ["train", "--optimizer", "lion"],
     ["train", "--arch", "C: 32q"],
     ["train", "--augment", "wobble"],
+    ["train", "--translate", "1.5"],
     ["train", "--device", "tpu"],
     ["train", "--data", "shapes:5"],
     ["summary", "C: | D:"],

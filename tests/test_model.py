@@ -44,6 +44,17 @@ def test_translate_shifts_whole_pixels_without_blurring():
         assert np.isin(out, src).all()
 
 
+@pytest.mark.parametrize("translate, largest", [(2 / 16, 2), (4 / 16, 4)])
+def test_translate_moves_at_most_its_fraction_of_the_side(translate, largest):
+    """Pixel values encode their position, so the centre pixel tells each image's shift."""
+    pos = np.arange(16 * 16, dtype="float32").reshape(1, 16, 16, 1)
+    x = np.repeat(np.repeat(pos, 200, axis=0), 3, axis=-1)
+    y = np.asarray(model.build_augment(("translate",), (16, 16, 3), seed=0, translate=translate)(x, training=True))
+    centre = y[:, 8, 8, 0].astype(int)
+    shifts = np.abs(np.stack([8 - centre // 16, 8 - centre % 16]))
+    assert shifts.max() == largest  # reaches the bound and never passes it
+
+
 def test_cutout_greys_one_square_per_image_and_is_off_at_inference():
     """16x16 images: a 4x4 square (a quarter of the side) centred anywhere, clipped at the borders."""
     x = np.random.default_rng(0).integers(0, 100, (256, 16, 16, 3)).astype("float32")
