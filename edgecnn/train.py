@@ -17,6 +17,7 @@ import numpy as np
 from edgecnn import runs
 from edgecnn.errors import EdgeCNNError
 from edgecnn.fsutil import atomic_path, read_json, write_json, write_text
+from edgecnn.model import TRANSLATE
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 CHECKPOINT = "checkpoint.keras"
@@ -55,7 +56,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     weight_decay: float = 1e-4
     augment: str = "light"
-    translate: float = 0.1  # the translate augmentation's largest shift, a fraction of the image side
+    translate: float = TRANSLATE  # the translate augmentation's largest shift, a fraction of the image side
     whiten: bool = False  # first conv = whitened patch PCA of the training images, frozen
     early_stopping: int = 0  # patience in epochs; 0 = off
     keep: str = "best"  # which epoch's weights become model.keras: best by val accuracy, or the last

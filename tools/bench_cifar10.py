@@ -292,19 +292,18 @@ TRAIN_FLAGS = ("arch", "epochs", "batch_size", "optimizer", "lr", "schedule", "l
 
 
 def _also_row(run: Path) -> str:
+    from edgecnn.model import TRANSLATE, parse_augment
     from edgecnn.spec import describe, parse
 
     cfg, m = load(run / "config.json") or {}, load(run / "metrics.json") or {}
     if cfg.get("arch_spec") and describe(parse(cfg.get("arch", ""))) != cfg["arch_spec"]:
         cfg["arch"] = cfg["arch_spec"]  # a preset name whose network has changed since: spell out the one used
-    defaults = {"time_budget": 0.0, "keep": "best", "translate": 0.1}
+    defaults = {"time_budget": 0.0, "keep": "best", "translate": TRANSLATE}
     flags = " ".join(f"--{k.replace('_', '-')} {json.dumps(cfg[k]) if k == 'arch' else cfg[k]}" for k in TRAIN_FLAGS
                      if k in cfg and cfg[k] != defaults.get(k))
     flags += " --whiten" if cfg.get("whiten") else ""
     steal = m.get("cpu_steal_percent")
     command = f"edgecnn train --data {cfg.get('data', '?')} {flags}".replace("|", "\\|")  # a table cell
-    from edgecnn.model import parse_augment
-
     layers = cfg.get("augment_layers") or parse_augment(cfg.get("augment", "none"))
     translate = cfg.get("translate_interpolation", "bilinear") if "translate" in layers else "-"
     iterator = cfg.get("train_iterator", "per epoch")
