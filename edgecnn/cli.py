@@ -99,7 +99,8 @@ def train(
     cfg = _train_config(ctx, dict(
         data=data, arch=arch, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, weight_decay=weight_decay, augment=augment,
-        translate=translate, whiten=whiten, early_stopping=early_stopping, keep=keep, time_budget=time_budget, seed=seed,
+        translate=translate, whiten=whiten, early_stopping=early_stopping, keep=keep, time_budget=time_budget,
+        seed=seed,
         image_size=image_size, channels=channels, val_split=val_split, test_split=test_split,
         skip_bad_images=skip_bad_images, device=device, precision=precision,
         cpu_replicas=cpu_replicas, jit_compile=jit_compile, deterministic=deterministic, name=name,
