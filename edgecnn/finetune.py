@@ -55,6 +55,7 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
     from edgecnn.train import write_history
 
     core = model_mod.load_keras(src / runs.MODEL_FILE)
+    frozen = [layer.name for layer in core.layers if layer.weights and not layer.trainable]  # --whiten's conv
     ds = load_run_data(src)
     suffix = "qat" if mode == "qat" else f"pruned{round(sparsity * 100)}"
     dst = runs.allocate(Path(src).parent, name or f"{src.name}-{suffix}")
@@ -81,6 +82,7 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
             "weights_out": str(tmp / "weights_out.npz"), "reference_images": str(tmp / "ref_images.npy"),
             "reference_probs": str(tmp / "ref_probs.npy"), "exports_dir": str(dst / "exports"),
             "labels": str(dst / "labels.json"), "result_out": str(tmp / "result.json"),
+            "frozen": frozen,
         }
         (tmp / "job.json").write_text(json.dumps(job))
         env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
@@ -99,6 +101,7 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
                 n = len(layer.get_weights())
                 if n:
                     layer.set_weights([z[f"{layer.name}/{i}"] for i in range(n)])
+                layer.trainable = layer.name not in frozen
 
     probs = tuned.predict(ds.x_test.astype(np.float32), batch_size=256, verbose=0)
     m = metrics_mod.evaluate(probs, ds.y_test, ds.class_names)

@@ -317,6 +317,8 @@ def to_float32(core, spec: Spec | str, num_classes: int):
         return core
     clean = build_core(spec, tuple(core.input_shape[1:]), num_classes, "float32")
     clean.set_weights([w.astype("float32") for w in core.get_weights()])
+    for new, old in zip(clean.layers, core.layers):
+        new.trainable = old.trainable  # --whiten's frozen convolution stays frozen
     return clean
 
 

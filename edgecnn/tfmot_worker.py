@@ -62,10 +62,8 @@ def float_weights(model, tuned) -> dict[str, np.ndarray]:
     for layer in tuned.layers:
         inner = getattr(layer, "layer", layer)
         for w in layer.weights:
-            base = w.name.split(":")[0]
-            owner, _, short = base.rpartition("/")
-            if owner.split("/")[-1] == inner.name:
-                found[(inner.name, short)] = w.numpy()
+            if _owner(w) == inner.name:
+                found[(inner.name, w.name.split(":")[0].rpartition("/")[2])] = w.numpy()
     out = {}
     for layer in model.layers:
         for i, w in enumerate(layer.weights):
@@ -74,6 +72,25 @@ def float_weights(model, tuned) -> dict[str, np.ndarray]:
                 raise RuntimeError(f"fine-tuned model has no weight {layer.name}/{short}")
             out[f"{layer.name}/{i}"] = found[(layer.name, short)]
     return out
+
+
+def _owner(variable) -> str:
+    """The layer a variable belongs to: ``conv1`` for ``quant_conv1/conv1/kernel:0`` and ``conv1/kernel:0``."""
+    return variable.name.split(":")[0].rpartition("/")[0].split("/")[-1]
+
+
+def _freeze_quantized(wrapper) -> None:
+    """Stop QAT training a frozen layer's weights (--whiten's convolution).
+
+    tfmot's QuantizeWrapper lists the weights it quantizes (the kernel) among its own trainable
+    weights whatever the wrapped layer's ``trainable`` says (tensorflow/model-optimization#881,
+    #1067), and ``quantize_apply`` copies weights by position, which a frozen layer reorders: so
+    freeze after ``quantize_apply``, moving those weights to the non-trainable ones.
+    """
+    name = wrapper.layer.name
+    wrapper.layer.trainable = False
+    wrapper._non_trainable_weights.extend(v for v in wrapper._trainable_weights if _owner(v) == name)
+    wrapper._trainable_weights = [v for v in wrapper._trainable_weights if _owner(v) != name]
 
 
 def _dataset(tf, tf_keras, x, y, num_classes, batch, augment, seed, shuffle):
@@ -111,6 +128,7 @@ def run(job: dict) -> dict:
     val_ds = _dataset(tf, tf_keras, ds.x_val, ds.y_val, ds.num_classes, job["batch_size"], None, job["seed"], False)
 
     result: dict = {"transfer_max_abs_diff": transfer_diff}
+    frozen = set(job.get("frozen", ()))
     callbacks = []
     if job["mode"] == "qat":
         q = tfmot.quantization.keras
@@ -124,6 +142,9 @@ def run(job: dict) -> dict:
         annotated.set_weights(model.get_weights())
         with q.quantize_scope():
             tuned = q.quantize_apply(annotated)
+        for wrapper in tuned.layers:
+            if getattr(wrapper, "layer", None) is not None and wrapper.layer.name in frozen:
+                _freeze_quantized(wrapper)
     else:
         sp = tfmot.sparsity.keras
         steps = int(np.ceil(len(ds.x_train) / job["batch_size"])) * job["epochs"]
@@ -133,8 +154,8 @@ def run(job: dict) -> dict:
         else:
             schedule = sp.ConstantSparsity(job["sparsity"], begin_step=0, frequency=max(1, steps // 20))
 
-        def prune(layer):
-            if type(layer).__name__ in PRUNABLE:
+        def prune(layer):  # a frozen layer (--whiten's convolution) keeps its weights
+            if type(layer).__name__ in PRUNABLE and layer.name not in frozen:
                 return sp.prune_low_magnitude(layer, pruning_schedule=schedule)
             return layer
 
@@ -143,6 +164,7 @@ def run(job: dict) -> dict:
             inner = getattr(layer, "layer", layer)
             if inner.weights:
                 inner.set_weights(model.get_layer(inner.name).get_weights())
+            inner.trainable = inner.name not in frozen
         callbacks.append(sp.UpdatePruningStep())
 
     tuned.compile(optimizer=tf_keras.optimizers.Adam(job["lr"]),
@@ -158,7 +180,7 @@ def run(job: dict) -> dict:
         tuned = tfmot.sparsity.keras.strip_pruning(tuned)
         result["sparsity"] = {}
         for layer in tuned.layers:
-            if type(layer).__name__ in PRUNABLE:
+            if type(layer).__name__ in PRUNABLE and layer.name not in frozen:
                 k = layer.kernel.numpy()
                 result["sparsity"][layer.name] = float(np.mean(k == 0))
     weights = float_weights(model, tuned)

@@ -96,3 +96,30 @@ def test_qat_refuses_pool_first_blocks_by_name(run_copy):
     with pytest.raises(EdgeCNNError, match="--qat: .*pool-first blocks") as exc:
         finetune(str(run_copy), "qat", runs_dir=str(run_copy.parent), log=lambda m: None)
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.slow
+def test_a_whiten_cutout_run_fine_tunes_with_its_whitening_frozen(tmp_path):
+    """QAT and pruning rebuild the run in tf_keras with its cutout augmentation; --whiten's convolution
+    stays exactly as trained (never pruned, never moved by QAT) and stays frozen in the saved model."""
+    from edgecnn.finetune import finetune
+    from edgecnn.model import load_keras
+    from edgecnn.train import TrainConfig, train
+
+    src = train(TrainConfig(data="shapes:300", image_size=16, arch="C: 8n 16n gap", epochs=1, batch_size=32,
+                            whiten=True, augment="flip,translate,cutout", runs_dir=str(tmp_path), name="w"),
+                log=lambda m: None)
+    before = load_keras(src / "model.keras").get_layer("conv1").get_weights()
+    for mode in ("qat", "prune"):
+        dst = finetune(str(src), mode, str(tmp_path), epochs=1, lr=0.05, sparsity=0.5, calib_samples=50,
+                       verify_samples=50, log=lambda m: None)
+        core = load_keras(dst / "model.keras")
+        conv1 = core.get_layer("conv1")
+        for w, b in zip(conv1.get_weights(), before):
+            np.testing.assert_array_equal(w, b, err_msg=mode)
+        assert not conv1.trainable and core.get_layer("conv5").trainable
+        assert np.any(core.get_layer("conv5").get_weights()[0] != load_keras(src / "model.keras")
+                      .get_layer("conv5").get_weights()[0]), "the other layers were fine-tuned"
+        if mode == "prune":
+            m = json.loads((dst / "metrics.json").read_text())
+            assert "conv1" not in m["sparsity_per_layer"] and m["sparsity_per_layer"]["conv5"] > 0.45

@@ -34,10 +34,12 @@ def test_mixed_precision_training_saves_a_float32_model(tmp_path):
     from edgecnn.model import load_keras
 
     run = train(TrainConfig(data="shapes:60", image_size=16, arch="C: 4n gap", epochs=1, batch_size=16,
-                            precision="mixed_float16", augment="flip", runs_dir=str(tmp_path)), log=lambda m: None)
+                            precision="mixed_float16", augment="flip", whiten=True, runs_dir=str(tmp_path)),
+                log=lambda m: None)
     core = load_keras(run / "model.keras")
     assert all(w.dtype == "float32" for w in core.weights)
     assert core.get_layer("conv1").compute_dtype == "float32"
+    assert not core.get_layer("conv1").trainable, "--whiten's convolution stays frozen in the float32 rebuild"
     assert json.loads((run / "metrics.json").read_text())["precision"] == "mixed_float16"
 
 
@@ -47,7 +49,9 @@ def test_whiten_stays_frozen_through_training_and_into_the_saved_model(tmp_path)
     run = train(TrainConfig(data="shapes:60", image_size=16, arch="C: 8n gap", epochs=2, batch_size=16, lr=0.05,
                             whiten=True, runs_dir=str(tmp_path)), log=lambda m: None)
     assert json.loads((run / "config.json").read_text())["whiten"] is True
-    kernel = load_keras(run / "model.keras").get_layer("conv1").get_weights()[0].reshape(27, 8)
+    conv1 = load_keras(run / "model.keras").get_layer("conv1")
+    kernel = conv1.get_weights()[0].reshape(27, 8)
+    assert not conv1.trainable
     # filters 4-7 are still exactly the negatives of 0-3: no gradient step touched them
     assert abs(kernel[:, 4:] + kernel[:, :4]).max() == 0 and abs(kernel).max() > 0
     with pytest.raises(EdgeCNNError, match="--whiten needs a convolution"):
