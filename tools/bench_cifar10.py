@@ -11,6 +11,10 @@ Stages (each reuses a finished run of the same name in --runs-dir; delete the fo
 - ``regularized``: the ``regularized`` architecture, then ``finetune --qat`` and ``finetune --prune 0.5``
   with their exports and benchmarks (gzip sizes of pruned vs unpruned int8).
 
+``--add-row RUN_DIR`` puts one finished training run into the document's "Other recipes tried"
+table (replacing the row of a run with the same name) and keeps the rest of the document, so a
+new trial needs neither a rerun nor the runs the document was first written from.
+
 Every step runs in a child process timed from outside; the seconds are kept in
 RUNS_DIR/bench_seconds.json, so a later call that reuses a run still reports how long it took.
 Running every stage takes about 1.5 hours on 2 cores.
@@ -121,11 +125,17 @@ def main() -> int:
     ap.add_argument("--sweep", help="a finished `edgecnn sweep` folder to include (its sweep.md)")
     ap.add_argument("--also", action="append", default=[], metavar="RUN_DIR",
                     help="another finished training run to list under 'Other recipes tried' (repeatable)")
+    ap.add_argument("--add-row", action="append", default=[], metavar="RUN_DIR",
+                    help="put this run into --out's 'Other recipes tried' table, keeping the rest; run nothing")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     ap.add_argument("--doc-only", action="store_true", help="rewrite the document from the runs; run nothing")
     ap.add_argument("--readme", action="store_true",
                     help="also rewrite README.md's Results (between its results markers) and docs/benchmark.svg")
     a = ap.parse_args()
+    if a.add_row:
+        add_rows(Path(a.out), [Path(p) for p in a.add_row])
+        print(f"wrote {a.out}")
+        return 0
     stages = [s.strip() for s in a.stages.split(",") if s.strip()]
     if bad := [s for s in stages if s not in STAGES]:
         ap.error(f"--stages: unknown {', '.join(bad)}; use {', '.join(STAGES)}")
@@ -310,6 +320,29 @@ def _also_row(run: Path) -> str:
     return (f"| {run.name} | `{command}` | {translate} | {iterator} | {m.get('epochs_run', '-')} | "
             f"{_minutes(m.get('train_seconds'))} | {'-' if steal is None else f'{steal:.0f}%'} | "
             f"{_pct(m.get('test_accuracy'))} |")
+
+
+def add_rows(doc: Path, runs: list[Path]) -> None:
+    """Replace or append each run's row in ``doc``'s "Other recipes tried" table; keep everything else."""
+    lines = doc.read_text().splitlines()
+    head = next((i for i, ln in enumerate(lines) if ln.startswith("| run | command |")), None)
+    if head is None:
+        sys.exit(f"{doc}: no 'Other recipes tried' table; write the document with --also first")
+    end = head + 2
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    rows = lines[head + 2:end]
+    for run in runs:
+        if not (run / "metrics.json").is_file():
+            sys.exit(f"{run}: not a finished training run (no metrics.json)")
+        mine = [i for i, row in enumerate(rows) if row.startswith(f"| {run.name} |")]
+        if mine:
+            rows[mine[0]] = _also_row(run)
+        else:
+            rows.append(_also_row(run))
+    from edgecnn.fsutil import write_text
+
+    write_text(doc, "\n".join(lines[:head + 2] + rows + lines[end:]) + "\n")
 
 
 def _sweep(folder: Path) -> list[str]:
