@@ -164,7 +164,8 @@ def run(job: dict) -> dict:
             inner = getattr(layer, "layer", layer)
             if inner.weights:
                 inner.set_weights(model.get_layer(inner.name).get_weights())
-            inner.trainable = inner.name not in frozen
+            if inner.name in frozen:
+                inner.trainable = False
         callbacks.append(sp.UpdatePruningStep())
 
     tuned.compile(optimizer=tf_keras.optimizers.Adam(job["lr"]),

@@ -335,11 +335,8 @@ def add_rows(doc: Path, runs: list[Path]) -> None:
     for run in runs:
         if not (run / "metrics.json").is_file():
             sys.exit(f"{run}: not a finished training run (no metrics.json)")
-        mine = [i for i, row in enumerate(rows) if row.startswith(f"| {run.name} |")]
-        if mine:
-            rows[mine[0]] = _also_row(run)
-        else:
-            rows.append(_also_row(run))
+        mine = next((i for i, row in enumerate(rows) if row.startswith(f"| {run.name} |")), len(rows))
+        rows[mine:mine + 1] = [_also_row(run)]
     from edgecnn.fsutil import write_text
 
     write_text(doc, "\n".join(lines[:head + 2] + rows + lines[end:]) + "\n")
