@@ -184,6 +184,8 @@ def build_core(spec: Spec | str, input_shape, num_classes: int, dtype_policy: st
             x = L.Dropout(layer.rate, name=name("drop"), dtype=policy)(x)
         elif layer.kind == "gap":
             x = L.GlobalAveragePooling2D(name=name("gap"), dtype=policy)(x)
+        elif layer.kind == "gmp":
+            x = L.GlobalMaxPooling2D(name=name("gmp"), dtype=policy)(x)
     if not spec.global_pool:
         x = L.Flatten(name=name("flatten"), dtype=policy)(x)
     for layer in spec.dense:

@@ -11,6 +11,7 @@ Grammar (sections separated by ``|``, tokens by spaces)::
         p         2x2 max-pooling
         dRATE     dropout (``d0.25``)
         gap       global average pooling instead of flatten at the end
+        gmp       global max pooling instead of flatten at the end (Page's ResNet-9, airbench)
     D: tokens   dense part (the softmax classifier is always appended)
         WIDTH[n]  Dense + ReLU (n: with BatchNorm); dRATE dropout
     L2: FACTOR  L2 weight penalty on every conv and dense kernel
@@ -49,6 +50,7 @@ PRESETS: dict[str, str] = {
 }
 
 DEFAULT_L2 = 1e-4
+GLOBAL_POOLS = ("gap", "gmp")  # global average / max pooling, the last token of section C
 
 
 class SpecError(EdgeCNNError):
@@ -57,7 +59,7 @@ class SpecError(EdgeCNNError):
 
 @dataclass(frozen=True)
 class Layer:
-    kind: str  # conv | res | pool | drop | dense | gap
+    kind: str  # conv | res | pool | drop | dense | gap | gmp
     width: int = 0
     bn: bool = False
     rate: float = 0.0
@@ -73,7 +75,7 @@ class Spec:
 
     @property
     def global_pool(self) -> bool:
-        return any(layer.kind == "gap" for layer in self.conv)
+        return any(layer.kind in GLOBAL_POOLS for layer in self.conv)
 
     @property
     def pools(self) -> int:
@@ -176,18 +178,20 @@ def _parse_token(section: str, token: str, text: str, spec: Spec) -> Layer | Non
             return Layer("res", width=width, bn=True)
         if t.lower() == "p":
             return Layer("pool")
-        if t.lower() == "gap":
-            return Layer("gap")
-        expected = "WIDTH[n][p], rWIDTH, p, dRATE, gap or L2"
+        if t.lower() in GLOBAL_POOLS:
+            return Layer(t.lower())
+        expected = "WIDTH[n][p], rWIDTH, p, dRATE, gap, gmp or L2"
     else:
         expected = "WIDTH[n], dRATE or L2"
     raise SpecError(f"bad token {t!r} in section {section}: of architecture spec {text!r}: expected {expected}")
 
 
 def _check_conv(spec: Spec) -> None:
-    gaps = [i for i, layer in enumerate(spec.conv) if layer.kind == "gap"]
-    if len(gaps) > 1 or (gaps and gaps[0] != len(spec.conv) - 1):
-        raise SpecError(f"token 'gap' must be the last token of section C: in architecture spec {spec.text!r}")
+    ends = [i for i, layer in enumerate(spec.conv) if layer.kind in GLOBAL_POOLS]
+    if len(ends) > 1 or (ends and ends[0] != len(spec.conv) - 1):
+        token = spec.conv[ends[0]].kind
+        raise SpecError(f"token {token!r} must be the last token of section C: in architecture spec {spec.text!r}; "
+                        "use one of gap or gmp")
 
 
 def _insert_pooling(layers: list[Layer]) -> list[Layer]:
@@ -215,7 +219,7 @@ def describe(spec: Spec) -> str:
     def tok(layer: Layer) -> str:
         if layer.kind in ("conv", "dense"):
             return f"{layer.width}{'n' if layer.bn else ''}{'p' if layer.pool else ''}"
-        return {"res": f"r{layer.width}", "pool": "p", "drop": f"d{layer.rate:g}", "gap": "gap"}[layer.kind]
+        return {"res": f"r{layer.width}", "pool": "p", "drop": f"d{layer.rate:g}", "gap": "gap", "gmp": "gmp"}[layer.kind]
 
     parts = []
     if spec.conv:

@@ -120,6 +120,21 @@ def test_batchnorm_behind_a_pool_is_folded_in_every_export(run_copy):
         assert "MUL" not in ops and "ADD" not in ops and "MAX_POOL_2D" in ops, (name, ops)
 
 
+def test_global_max_pooling_exports_as_builtin_ops(run_copy):
+    """``gmp`` (Page's and airbench's head): every export verifies against Keras, int8 stays builtin."""
+    from edgecnn import model
+
+    n = len(json.loads((run_copy / "labels.json").read_text())["class_names"])
+    core = model.build_core("C: 8n 16n p r16 gmp", (16, 16, 3), n)
+    assert type(core.get_layer("gmp15")).__name__ == "GlobalMaxPooling2D"
+    core.save(run_copy / "model.keras")
+    report = export(ExportConfig(run=str(run_copy), formats="all", quantize="all", calib_samples=50,
+                                 verify_samples=64), log=lambda m: None)
+    assert [e["status"] for e in report["exports"]] == ["ok"] * 6
+    ops = inspect(run_copy / "exports" / "model_int8.tflite")["ops"]
+    assert "REDUCE_MAX" in ops and "MEAN" not in ops, ops
+
+
 @pytest.mark.parametrize("mutate, kwargs, needle", [
     (lambda r: None, {"run": "no-such-run"}, "not found"),
     (lambda r: (r / "model.keras").unlink(), {}, "has no model.keras"),

@@ -36,12 +36,19 @@ def test_mlp_has_no_conv():
     assert s.dense[0].bn
 
 
+def test_global_max_pooling_ends_the_convolutions():
+    s = spec.parse("C: 8n r8 16n GMP")
+    assert spec.describe(s) == "C: 8n r8 16n gmp" and s.global_pool and s.conv[-1].kind == "gmp"
+
+
 @pytest.mark.parametrize(
     "bad, needle",
     [
         ("C: 32x", "'32x'"),
         ("C: 32 | X: 3", "'X: 3'"),
         ("C: gap 32", "'gap'"),
+        ("C: 8n gap gmp", "'gap'"),
+        ("C: gmp 8n", "'gmp'"),
         ("D: d1.5", "'d1.5'"),
         ("C: 32 | C: 64", "twice"),
         ("C: d0.2", "no convolution"),
