@@ -190,8 +190,8 @@ def _check_conv(spec: Spec) -> None:
     ends = [i for i, layer in enumerate(spec.conv) if layer.kind in GLOBAL_POOLS]
     if len(ends) > 1 or (ends and ends[0] != len(spec.conv) - 1):
         token = spec.conv[ends[0]].kind
-        raise SpecError(f"token {token!r} must be the last token of section C: in architecture spec {spec.text!r}; "
-                        "use one of gap or gmp")
+        raise SpecError(f"token {token!r} must be the last token of section C: (one global pooling, gap or gmp) "
+                        f"in architecture spec {spec.text!r}")
 
 
 def _insert_pooling(layers: list[Layer]) -> list[Layer]:
