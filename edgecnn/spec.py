@@ -219,7 +219,9 @@ def describe(spec: Spec) -> str:
     def tok(layer: Layer) -> str:
         if layer.kind in ("conv", "dense"):
             return f"{layer.width}{'n' if layer.bn else ''}{'p' if layer.pool else ''}"
-        return {"res": f"r{layer.width}", "pool": "p", "drop": f"d{layer.rate:g}", "gap": "gap", "gmp": "gmp"}[layer.kind]
+        if layer.kind in GLOBAL_POOLS:
+            return layer.kind
+        return {"res": f"r{layer.width}", "pool": "p", "drop": f"d{layer.rate:g}"}[layer.kind]
 
     parts = []
     if spec.conv:
