@@ -15,6 +15,11 @@ Stages (each reuses a finished run of the same name in --runs-dir; delete the fo
 table (replacing the row of a run with the same name) and keeps the rest of the document, so a
 new trial needs neither a rerun nor the runs the document was first written from.
 
+``--update`` runs only ``--stages`` and rewrites only their parts: their sections and Targets rows of the
+document, and with ``--readme`` their paragraphs (with the tables and images under them) and Targets rows
+of README's Results, keeping the rest. So one preset can be re-measured (``--stages resnet8 --update
+--readme``: about 30 minutes) without the runs the rest was written from.
+
 Every step runs in a child process timed from outside; the seconds are kept in
 RUNS_DIR/bench_seconds.json, so a later call that reuses a run still reports how long it took.
 Running every stage takes about 1.5 hours on 2 cores.
@@ -131,6 +136,8 @@ def main() -> int:
     ap.add_argument("--doc-only", action="store_true", help="rewrite the document from the runs; run nothing")
     ap.add_argument("--readme", action="store_true",
                     help="also rewrite README.md's Results (between its results markers) and docs/benchmark.svg")
+    ap.add_argument("--update", action="store_true",
+                    help="rewrite only --stages' parts of --out (and of README with --readme), keeping the rest")
     a = ap.parse_args()
     if a.add_row:
         add_rows(Path(a.out), [Path(p) for p in a.add_row])
@@ -145,12 +152,18 @@ def main() -> int:
     if not a.doc_only:
         for stage in stages:
             run_regularized(b) if stage == "regularized" else run_preset(b, stage)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(write_doc(b, stages, a.sweep, [Path(p) for p in a.also]))
-    print(f"wrote {a.out}")
+    out = Path(a.out)
+    if a.update and a.also:
+        ap.error("--update keeps 'Other recipes tried' as it is: put runs into it with --add-row")
+    if a.update and not out.is_file():
+        sys.exit(f"--update: {out} does not exist yet; write it once without --update")
+    text = write_doc(b, stages, a.sweep, [Path(p) for p in a.also])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(update_doc(out.read_text(), text) if a.update else text)
+    print(f"wrote {out}")
     if a.readme:
-        write_readme(b, stages, Path(a.out), a.sweep)
-        print(f"wrote {README} results and {SVG}")
+        write_readme(b, stages, out, a.sweep, update=a.update)
+        print(f"wrote {README} results" + ("" if a.update and "cifar10" not in stages else f" and {SVG}"))
     return 0
 
 
@@ -399,8 +412,11 @@ def _regularized(b: Bench) -> list[str]:
 # --------------------------------------------------------------------------- the README's Results
 
 
-def write_readme(b: Bench, stages: list[str], doc: Path, sweep: str | None) -> None:
-    """Replace README's Results block with a summary of ``doc``'s runs (same data, fewer tables)."""
+def write_readme(b: Bench, stages: list[str], doc: Path, sweep: str | None, update: bool = False) -> None:
+    """Replace README's Results block with a summary of ``doc``'s runs (same data, fewer tables).
+
+    ``update``: replace only the paragraphs and Targets rows that this call writes (see ``update_readme``).
+    """
     from edgecnn import plots
     from edgecnn.benchmark import table_markdown
 
@@ -481,10 +497,109 @@ def write_readme(b: Bench, stages: list[str], doc: Path, sweep: str | None) -> N
     lines.append(MARKERS[1])
     text = README.read_text()
     head, sep, rest = text.partition(MARKERS[0])
-    _, sep2, tail = rest.partition(MARKERS[1])
+    old, sep2, tail = rest.partition(MARKERS[1])
     if not sep or not sep2:
         sys.exit(f"{README} has no {MARKERS[0]} ... {MARKERS[1]} block")
-    README.write_text(head + "\n".join(lines) + tail)
+    block = "\n".join(lines)
+    if update:
+        block = update_readme(MARKERS[0] + old + MARKERS[1], block)
+    README.write_text(head + block + tail)
+
+
+# --------------------------------------------------------------------------- --update: merge into what is there
+
+
+def _merge_targets(old: list[str], new: list[str]) -> list[str]:
+    """The Targets table ``old`` with the rows of every run that ``new`` has replaced by ``new``'s."""
+    runs = {ln.split("|")[1].strip() for ln in new[2:]}
+    kept = [ln for ln in old[2:] if ln.split("|")[1].strip() not in runs]
+    order = {name: i for i, name in enumerate(TARGETS)}
+    rows = sorted(kept + new[2:], key=lambda ln: order.get(ln.split("|")[1].strip(), len(order)))
+    return old[:2] + rows
+
+
+def _table_at(lines: list[str], head: str) -> tuple[int, int] | None:
+    start = next((i for i, ln in enumerate(lines) if ln.startswith(head)), None)
+    if start is None:
+        return None
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return start, end
+
+
+def _with_targets(old: list[str], new: list[str]) -> list[str]:
+    """``old`` whose Targets table has taken ``new``'s rows."""
+    o, n = _table_at(old, "| run | target |"), _table_at(new, "| run | target |")
+    if not n:
+        return old
+    if not o:
+        sys.exit("--update: the file has no Targets table to update; write it once without --update")
+    return old[:o[0]] + _merge_targets(old[o[0]:o[1]], new[n[0]:n[1]]) + old[o[1]:]
+
+
+def update_doc(old: str, new: str) -> str:
+    """``old`` (docs/benchmarks.md) with every ``## `` section of ``new`` replacing its namesake, and its Targets rows.
+
+    A section that ``old`` lacks goes before "Other recipes tried" (or at the end).
+    """
+    def sections(text: str) -> list[list[str]]:
+        out: list[list[str]] = [[]]
+        for ln in text.rstrip("\n").split("\n"):
+            if ln.startswith("## "):
+                out.append([])
+            out[-1].append(ln)
+        return out
+
+    old_s, new_s = sections(_join(_with_targets(old.split("\n"), new.split("\n")))), sections(new)
+    for sec in new_s[1:]:
+        if sec[0] == "## Targets":
+            continue
+        at = next((i for i, o in enumerate(old_s) if o[0] == sec[0]), None)
+        if at is None:
+            at = next((i for i, o in enumerate(old_s) if o[0] == "## Other recipes tried"), len(old_s))
+            old_s.insert(at, sec)
+        else:
+            old_s[at] = sec
+    return "\n\n".join(_join(sec).strip("\n") for sec in old_s if _join(sec).strip()) + "\n"
+
+
+def _join(lines: list[str]) -> str:
+    return "\n".join(lines)
+
+
+def update_readme(old: str, new: str) -> str:
+    """README's Results block ``old`` with ``new``'s paragraphs and Targets rows put in.
+
+    A paragraph (blank-line separated) is known by the start of its first line, up to its first colon; the tables
+    and images after it belong to it. Each of ``new``'s paragraphs replaces its namesake in ``old`` (with what
+    belongs to it), or goes after the last one replaced.
+    """
+    def groups(text: str) -> list[list[str]]:
+        out: list[list[str]] = []
+        for para in text.split("\n\n"):
+            if out and para.lstrip().startswith(("|", "![")):
+                out[-1].append(para)
+            else:
+                out.append([para])
+        return out
+
+    def key(group: list[str]) -> str:
+        return group[0].split(":", 1)[0]
+
+    old_g, new_g = groups(_join(_with_targets(old.split("\n"), new.split("\n")))), groups(new)
+    last = None
+    for g in new_g:
+        if g[0].startswith((MARKERS[0], "| run | target |", "Measured on")) or MARKERS[1] in g[0]:
+            continue
+        at = next((i for i, o in enumerate(old_g) if key(o) == key(g)), None)
+        if at is None:
+            at = (last + 1) if last is not None else len(old_g) - 1
+            old_g.insert(at, g)
+        else:
+            old_g[at] = g
+        last = at
+    return "\n\n".join(p for g in old_g for p in g)
 
 
 if __name__ == "__main__":
