@@ -165,6 +165,9 @@ def test_presets_fill_only_untyped_options():
     cfg = apply_preset(TrainConfig(lr=0.5, epochs=2), "ResNet8", given={"lr"})
     assert cfg.preset == "resnet8" and cfg.arch == "resnet8" and cfg.lr == 0.5
     assert cfg.epochs == TRAIN_PRESETS["resnet8"]["epochs"]  # given= names what was typed, not what differs
+    # The preset's own translation (2 px), unless --translate is typed, even as the default value.
+    assert cfg.translate == TRAIN_PRESETS["resnet8"]["translate"] != TrainConfig().translate
+    assert apply_preset(TrainConfig(), "resnet8", given={"translate"}).translate == TrainConfig().translate
     with pytest.raises(EdgeCNNError, match="--preset 'fast': unknown"):
         apply_preset(TrainConfig(), "fast")
 
