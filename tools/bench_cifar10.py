@@ -528,14 +528,15 @@ def _table_at(lines: list[str], head: str) -> tuple[int, int] | None:
     return start, end
 
 
-def _with_targets(old: list[str], new: list[str]) -> list[str]:
-    """``old`` whose Targets table has taken ``new``'s rows."""
+def _with_targets(old_text: str, new_text: str) -> str:
+    """``old_text`` whose Targets table has taken ``new_text``'s rows."""
+    old, new = old_text.split("\n"), new_text.split("\n")
     o, n = _table_at(old, "| run | target |"), _table_at(new, "| run | target |")
     if not n:
-        return old
+        return old_text
     if not o:
         sys.exit("--update: the file has no Targets table to update; write it once without --update")
-    return old[:o[0]] + _merge_targets(old[o[0]:o[1]], new[n[0]:n[1]]) + old[o[1]:]
+    return "\n".join(old[:o[0]] + _merge_targets(old[o[0]:o[1]], new[n[0]:n[1]]) + old[o[1]:])
 
 
 def update_doc(old: str, new: str) -> str:
@@ -551,7 +552,7 @@ def update_doc(old: str, new: str) -> str:
             out[-1].append(ln)
         return out
 
-    old_s, new_s = sections(_join(_with_targets(old.split("\n"), new.split("\n")))), sections(new)
+    old_s, new_s = sections(_with_targets(old, new)), sections(new)
     for sec in new_s[1:]:
         if sec[0] == "## Targets":
             continue
@@ -561,11 +562,8 @@ def update_doc(old: str, new: str) -> str:
             old_s.insert(at, sec)
         else:
             old_s[at] = sec
-    return "\n\n".join(_join(sec).strip("\n") for sec in old_s if _join(sec).strip()) + "\n"
-
-
-def _join(lines: list[str]) -> str:
-    return "\n".join(lines)
+    texts = ("\n".join(sec).strip("\n") for sec in old_s)
+    return "\n\n".join(t for t in texts if t.strip()) + "\n"
 
 
 def update_readme(old: str, new: str) -> str:
@@ -587,10 +585,10 @@ def update_readme(old: str, new: str) -> str:
     def key(group: list[str]) -> str:
         return group[0].split(":", 1)[0]
 
-    old_g, new_g = groups(_join(_with_targets(old.split("\n"), new.split("\n")))), groups(new)
+    old_g, new_g = groups(_with_targets(old, new)), groups(new)
     last = None
     for g in new_g:
-        if g[0].startswith((MARKERS[0], "| run | target |", "Measured on")) or MARKERS[1] in g[0]:
+        if g[0].startswith(MARKERS[0]) or MARKERS[1] in g[0]:  # the opening (Targets: above) and the end
             continue
         at = next((i for i, o in enumerate(old_g) if key(o) == key(g)), None)
         if at is None:
