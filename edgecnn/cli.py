@@ -55,7 +55,8 @@ def train(
     label_smoothing: float = typer.Option(0.0, help="Label smoothing factor."),
     weight_decay: float = typer.Option(1e-4, help="Decoupled weight decay."),
     augment: str = typer.Option("light", help="none, light (flip+translate), standard, full, or a comma list of "
-                                "flip,translate,rotate,zoom,contrast,cutout."),
+                                "flip,altflip,translate,rotate,zoom,contrast,cutout (altflip: each image "
+                                "mirrored in every other epoch)."),
     translate: float = typer.Option(0.1, help="Largest shift of the translate augmentation, a fraction of the "
                                     "image side (0.1: up to 3 px on 32x32)."),
     whiten: bool = typer.Option(False, "--whiten", help="Initialise the first convolution with the training "

@@ -12,7 +12,7 @@ import functools
 from edgecnn.errors import EdgeCNNError
 from edgecnn.spec import Spec, parse
 
-AUGMENTATIONS = ("flip", "translate", "rotate", "zoom", "contrast", "cutout")
+AUGMENTATIONS = ("flip", "altflip", "translate", "rotate", "zoom", "contrast", "cutout")
 AUGMENT_PRESETS = {
     "none": (),
     "light": ("flip", "translate"),
@@ -43,6 +43,8 @@ def parse_augment(text: str) -> tuple[str, ...]:
             f"--augment {text!r}: unknown {', '.join(bad) or 'value'}; use "
             + ", ".join(AUGMENT_PRESETS) + " or a comma list of " + ", ".join(AUGMENTATIONS)
         )
+    if "flip" in names and "altflip" in names:
+        raise EdgeCNNError(f"--augment {text!r}: flip and altflip are both horizontal flips; choose one")
     return names
 
 
@@ -57,8 +59,10 @@ def build_augment(names: tuple[str, ...], input_shape, seed: int = 0, keras_modu
 
     layers = []
     for name in names:
-        if name == "flip":
+        if name == "flip" or (name == "altflip" and keras.__name__ != "keras"):
             layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+        elif name == "altflip":  # tf_keras (the fine-tuning worker, no epoch count) takes the random flip above
+            layers.append(alternating_flip_class(keras)(seed=seed, name="altflip"))
         elif name == "translate":
             # Whole-pixel shifts, as a padded random crop: bilinear resampling of a fractional shift
             # blurs nearly every training image, which no test image is.
@@ -115,6 +119,59 @@ def cutout_class(keras):
     if keras.__name__ == "keras":  # tf_keras (the tfmot worker) never saves its augmentation
         Cutout = keras.saving.register_keras_serializable("edgecnn")(Cutout)
     return Cutout
+
+
+@functools.cache
+def alternating_flip_class(keras):
+    """The AlternatingFlip layer class for Keras 3 (registered for checkpoints).
+
+    Alternating flip (Jordan, 2024, airbench): each training image is mirrored in every other epoch,
+    starting from a random choice, so any two consecutive epochs show it both ways (a random flip
+    shows a quarter of the images the same way three epochs running). The per-image choice is a hash
+    of the image's pixels and the seed, so it needs no image index; ``epoch`` is set at each
+    epoch's start by ``set_flip_epochs``. Identity at inference.
+    """
+    from edgecnn._tf import tf
+
+    @keras.saving.register_keras_serializable("edgecnn")
+    class AlternatingFlip(keras.layers.Layer):
+        def __init__(self, seed=0, **kwargs):
+            super().__init__(**kwargs)
+            self.seed = int(seed or 0)
+            self.epoch = self.add_weight(shape=(), dtype="int32", initializer="zeros", trainable=False,
+                                         name="epoch")
+
+        def call(self, images, training=None):
+            if not training:
+                return images
+            # The pixel sum (exact in float32 for 8-bit images up to 2^24 / 255 values) through a
+            # multiplicative hash; one of its middle bits is the image's first-epoch choice.
+            total = tf.cast(tf.reduce_sum(tf.cast(images, "float32"), axis=[1, 2, 3]), tf.int64)
+            mixed = (total * 2654435761 + (self.seed + 1) * 40503) % 4294967296
+            first = (mixed // 65536) % 2
+            flip = tf.equal((first + tf.cast(self.epoch, tf.int64)) % 2, 1)
+            return tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return super().get_config() | {"seed": self.seed}
+
+    return AlternatingFlip
+
+
+def set_flip_epochs(train_model):
+    """A callback that tells ``train_model``'s AlternatingFlip layers which epoch starts (None: none)."""
+    keras = _keras()
+    try:
+        flips = [layer for layer in train_model.get_layer("augment").layers if layer.name == "altflip"]
+    except ValueError:  # no augmentation
+        return None
+    if not flips:
+        return None
+    return keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs=None: [layer.epoch.assign(epoch) for layer in flips])
 
 
 def _keras():

@@ -476,6 +476,7 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
             _one_cycle_class()  # register the schedule classes for deserialization
             _budgeted_class()
             model_mod.cutout_class(keras)
+            model_mod.alternating_flip_class(keras)
             try:
                 train_model = keras.saving.load_model(run_dir / CHECKPOINT, safe_mode=True)
             except Exception as exc:
@@ -499,6 +500,9 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
     val_ds = make_dataset(ds.x_val, ds.y_val, ds.num_classes, global_batch, False, cfg.seed) if len(ds.x_val) else None
     tracker = _callbacks(run_dir, history_rows, cfg)(core, seconds_before)
     callbacks = [tracker]
+    flip_epochs = model_mod.set_flip_epochs(train_model)
+    if flip_epochs is not None:
+        callbacks.insert(0, flip_epochs)
     budget = None
     if cfg.time_budget:
         schedule = getattr(train_model.optimizer, "_learning_rate", None)  # Keras 3 keeps the schedule object here

@@ -74,6 +74,43 @@ def test_cutout_greys_one_square_per_image_and_is_off_at_inference():
     np.testing.assert_array_equal(np.asarray(aug(x, training=False)), x)
 
 
+def test_altflip_mirrors_each_image_in_every_other_epoch_from_a_random_start():
+    x = np.random.default_rng(0).integers(0, 256, (400, 16, 16, 3)).astype("float32")
+    mirrored = x[:, :, ::-1]
+
+    def flipped(aug, epoch):
+        aug.get_layer("altflip").epoch.assign(epoch)
+        y = np.asarray(aug(x, training=True))
+        is_mirror = (y == mirrored).all((1, 2, 3))
+        assert (is_mirror | (y == x).all((1, 2, 3))).all()  # each image whole, either way round
+        return is_mirror
+
+    aug = model.build_augment(("altflip",), (16, 16, 3), seed=0)
+    first = flipped(aug, 0)
+    assert 0.4 < first.mean() < 0.6  # a random half in the first epoch
+    assert (flipped(aug, 1) == ~first).all() and (flipped(aug, 2) == first).all() and (flipped(aug, 7) == ~first).all()
+    other_seed = flipped(model.build_augment(("altflip",), (16, 16, 3), seed=1), 0)
+    assert 0.3 < (other_seed != first).mean() < 0.7  # another seed, another half
+    np.testing.assert_array_equal(np.asarray(aug(x, training=False)), x)
+
+
+def test_altflip_epoch_follows_fit(tmp_path):
+    from edgecnn._tf import keras
+
+    core = model.build_core("C: 4n gap", (8, 8, 3), 2)
+    train_model = model.build_train_model(core, ("altflip",))
+    train_model.compile(optimizer="adam", loss="categorical_crossentropy")
+    layer = train_model.get_layer("augment").get_layer("altflip")
+    seen = []
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(int(layer.epoch.numpy())))
+    x, y = np.zeros((8, 8, 8, 3), "float32"), np.eye(2, dtype="float32")[[0, 1] * 4]
+    train_model.fit(x, y, epochs=4, initial_epoch=1, verbose=0,
+                    callbacks=[model.set_flip_epochs(train_model), record])
+    assert seen == [1, 2, 3]
+    assert model.set_flip_epochs(model.build_train_model(core, ("flip",))) is None
+    assert model.set_flip_epochs(core) is None
+
+
 def test_whiten_sets_the_first_convolution_to_decorrelated_unit_variance_filters_and_freezes_it():
     from edgecnn._tf import keras
 
@@ -134,6 +171,8 @@ def test_parse_augment():
     assert model.parse_augment("flip,zoom") == ("flip", "zoom")
     with pytest.raises(EdgeCNNError, match="--augment"):
         model.parse_augment("flip,wobble")
+    with pytest.raises(EdgeCNNError, match="--augment 'flip,altflip': flip and altflip"):
+        model.parse_augment("flip,altflip")
 
 
 def test_mixed_precision_core_is_rebuilt_in_float32():

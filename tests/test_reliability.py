@@ -43,8 +43,8 @@ def _wait_for_epoch(run: Path, epoch: int, proc, timeout=240):
 
 @pytest.mark.slow
 def test_killed_training_resumes_without_gap_or_duplicate(tmp_path):
-    # With cutout, a custom layer: the resuming process must know it to load the checkpoint.
-    proc = _start([*TRAIN, "--augment", "flip,translate,cutout", "--runs-dir", "runs", "--name", "k"], tmp_path)
+    # With cutout and altflip, custom layers: the resuming process must know them to load the checkpoint.
+    proc = _start([*TRAIN, "--augment", "altflip,translate,cutout", "--runs-dir", "runs", "--name", "k"], tmp_path)
     run = tmp_path / "runs" / "k"
     _wait_for_epoch(run, 2, proc)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up: only the per-epoch checkpoint survives

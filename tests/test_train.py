@@ -63,8 +63,8 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
     """The multi-GPU code path, on two logical CPU devices (a fresh process: devices split at start-up)."""
     code = (
         "from edgecnn.train import TrainConfig, train; import json;"
-        f"r = train(TrainConfig(data='shapes:64', image_size=16, arch='C: 4n gap', epochs=1, batch_size=8,"
-        f" cpu_replicas=2, runs_dir={str(tmp_path)!r}), log=print);"
+        f"r = train(TrainConfig(data='shapes:64', image_size=16, arch='C: 4n gap', epochs=2, batch_size=8,"
+        f" augment='altflip,translate', cpu_replicas=2, runs_dir={str(tmp_path)!r}), log=print);"
         "print('DEVICE', json.load(open(r / 'metrics.json'))['device'])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

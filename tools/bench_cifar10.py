@@ -185,6 +185,10 @@ def _pct(x) -> str:
     return "-" if x is None else f"{x * 100:.2f}%"
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
+
+
 def _minutes(seconds) -> str:
     return "-" if seconds is None else f"{seconds / 60:.1f} min"
 
@@ -195,8 +199,8 @@ def _train_line(b: Bench, name: str, command: str) -> list[str]:
         return [f"`{command}`: not run yet.", ""]
     outer = b.seconds.get(f"{name}/train")
     return [f"`{command}`", "",
-            f"Test accuracy **{m['test_accuracy'] * 100:.2f}%** (loss {m['test_loss']:.3f}) after {m['epochs_run']} "
-            f"epochs, {_kept(m)}; {m['parameters']:,} parameters, {m['macs'] / 1e6:.1f} M MACs per "
+            f"Test accuracy **{m['test_accuracy'] * 100:.2f}%** (loss {m['test_loss']:.3f}) after "
+            f"{_epochs(m['epochs_run'])}, {_kept(m)}; {m['parameters']:,} parameters, {m['macs'] / 1e6:.1f} M MACs per "
             f"image. Training (model.fit) took **{_minutes(m['train_seconds'])}** ({m['seconds_per_epoch']:.0f} s per "
             "epoch)" + (f"; the whole command, data loading and final evaluation included, {_minutes(outer)}"
                         if outer else "") + "." + _steal(m.get("cpu_steal_percent")) + _iterator(b.runs / name), ""]
@@ -440,7 +444,7 @@ def write_readme(b: Bench, stages: list[str], doc: Path, sweep: str | None, upda
                   + (f", {_pct(q['accuracy'])} as full-integer int8 TFLite ({q['size_bytes'] / 1024:.0f} KB, "
                      f"{q['latency_ms_p50']:.3f} ms per image on one thread" if q else "")
                   + (f" vs {f32['latency_ms_p50']:.3f} ms float32)" if q and f32 else ")" if q else "")
-                  + f"; {m['epochs_run']} epochs, training took {_minutes(m['train_seconds'])}"
+                  + f"; {_epochs(m['epochs_run'])}, training took {_minutes(m['train_seconds'])}"
                   + (f" (CPU steal time meanwhile: {m['cpu_steal_percent']:.0f}%)"
                      if m.get("cpu_steal_percent") is not None else "") + ", "
                   f"{m['parameters']:,} parameters, {m['macs'] / 1e6:.1f} M MACs.", ""]
