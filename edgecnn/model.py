@@ -144,7 +144,7 @@ def alternating_flip_class(keras):
         def call(self, images, training=None):
             if not training:
                 return images
-            # The pixel sum (exact in float32 for 8-bit images up to 2^24 / 255 values) through a
+            # The pixel sum (exact in float32 up to 2^24 / 255 8-bit values, deterministic beyond) through a
             # multiplicative hash; one of its middle bits is the image's first-epoch choice.
             total = tf.cast(tf.reduce_sum(tf.cast(images, "float32"), axis=[1, 2, 3]), tf.int64)
             mixed = (total * 2654435761 + (self.seed + 1) * 40503) % 4294967296
