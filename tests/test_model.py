@@ -94,7 +94,7 @@ def test_altflip_mirrors_each_image_in_every_other_epoch_from_a_random_start():
     np.testing.assert_array_equal(np.asarray(aug(x, training=False)), x)
 
 
-def test_altflip_epoch_follows_fit(tmp_path):
+def test_altflip_epoch_follows_fit():
     from edgecnn._tf import keras
 
     core = model.build_core("C: 4n gap", (8, 8, 3), 2)
