@@ -413,7 +413,8 @@ app.command("run")(run)
 
 @app.command("predict")
 def predict_cmd(
-    model: Path = typer.Argument(..., help="A .keras, .tflite or .onnx model."),
+    model: Path = typer.Argument(..., help="A .keras, .tflite or .onnx model, or a run directory (its "
+                                 "model.keras)."),
     images: List[str] = typer.Argument(..., help="Image files or folders."),
     top_k: int = typer.Option(3, "--top-k", "-k", help="Classes to show per image."),
     json_out: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
