@@ -51,10 +51,7 @@ def predict(model_path: str | Path, images: list[str], top_k: int = 3):
 
     model_path = Path(model_path)
     if model_path.is_dir():  # a run directory: its deployable model.keras
-        if not (model_path / runs.MODEL_FILE).is_file():
-            raise EdgeCNNError(f"{model_path}: a folder with no {runs.MODEL_FILE} (not a finished run); "
-                               "give a .keras, .tflite or .onnx file or a run directory")
-        model_path = model_path / runs.MODEL_FILE
+        model_path = runs.resolve(str(model_path)) / runs.MODEL_FILE
     format_of(model_path)
     if top_k < 1:
         raise EdgeCNNError(f"--top-k must be at least 1, got {top_k}")

@@ -125,7 +125,7 @@ def test_predict_takes_a_run_directory_as_its_model_keras(capsys, tiny_run, samp
     assert code == 0
     assert json.loads(out_dir)["results"] == json.loads(out)["results"]
     code, _, err = run_main(capsys, "predict", str(tmp_path), *args)  # a folder that is no finished run
-    assert code == 2 and err.count("\n") == 1 and "with no model.keras" in err
+    assert code == 2 and err.count("\n") == 1 and str(tmp_path) in err and "no model.keras" in err
 
 
 def test_predict_reports_bad_images_and_continues(capsys, tiny_exports, sample_images, tmp_path):
