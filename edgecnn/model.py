@@ -230,10 +230,13 @@ def build_core(spec: Spec | str, input_shape, num_classes: int, dtype_policy: st
             y = L.ReLU(name=name("relu"), dtype=policy)(y)
             y = L.Conv2D(layer.width, 3, use_bias=False, name=name("conv"), **conv_kw)(y)
             y = L.BatchNormalization(name=name("bn"), dtype=policy)(y)
+            if layer.relu_inside:
+                y = L.ReLU(name=name("relu"), dtype=policy)(y)
             if stride != 1 or width != layer.width:
                 shortcut = L.Conv2D(layer.width, 1, strides=stride, name=name("proj"), **conv_kw)(shortcut)
             x = L.Add(name=name("add"), dtype=policy)([y, shortcut])
-            x = L.ReLU(name=name("relu"), dtype=policy)(x)
+            if not layer.relu_inside:
+                x = L.ReLU(name=name("relu"), dtype=policy)(x)
             width = layer.width
         elif layer.kind == "pool":
             x = L.MaxPooling2D(2, name=name("pool"), dtype=policy)(x)

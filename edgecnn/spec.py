@@ -7,7 +7,9 @@ Grammar (sections separated by ``|``, tokens by spaces)::
         WIDTHn    3x3 Conv + BatchNorm + ReLU (``32n``)
         WIDTHnp   3x3 Conv, 2x2 max-pooling, then BatchNorm + ReLU (``32np``): ``32n p`` with
                   the pooling moved ahead of BatchNorm, so BN and ReLU see a quarter of the pixels
-        rWIDTH    residual block: two 3x3 Conv-BN, stride 2 when the width grows (``r32``)
+        rWIDTH    residual block: two 3x3 Conv-BN, add, ReLU; stride 2 when the width grows (``r32``)
+        rrWIDTH   residual block with the ReLUs inside the branch, none after the add (Page's ResNet-9):
+                  x + ReLU(BN(Conv(ReLU(BN(Conv(x))))))  (``rr32``)
         p         2x2 max-pooling
         dRATE     dropout (``d0.25``)
         gap       global average pooling instead of flatten at the end
@@ -64,6 +66,7 @@ class Layer:
     bn: bool = False
     rate: float = 0.0
     pool: bool = False  # conv only: 2x2 max-pooling right after the convolution, before BN/ReLU
+    relu_inside: bool = False  # res only: ReLU ends the branch, none after the add (``rrWIDTH``)
 
 
 @dataclass
@@ -93,7 +96,7 @@ class Spec:
 
 
 _INT = re.compile(r"^(\d+)(n?)(p?)$")
-_RES = re.compile(r"^r(\d+)$")
+_RES = re.compile(r"^(rr?)(\d+)$")
 _DROP = re.compile(r"^d(\d*\.?\d+)$")
 _L2 = re.compile(r"^l2(?:=(.+))?$", re.IGNORECASE)
 
@@ -172,15 +175,15 @@ def _parse_token(section: str, token: str, text: str, spec: Spec) -> Layer | Non
     if section == "C":
         m = _RES.match(t)
         if m:
-            width = int(m.group(1))
+            width = int(m.group(2))
             if not 1 <= width <= 4096:
                 raise SpecError(f"bad token {t!r} in section C: of {text!r}: width must be 1..4096")
-            return Layer("res", width=width, bn=True)
+            return Layer("res", width=width, bn=True, relu_inside=m.group(1) == "rr")
         if t.lower() == "p":
             return Layer("pool")
         if t.lower() in GLOBAL_POOLS:
             return Layer(t.lower())
-        expected = "WIDTH[n][p], rWIDTH, p, dRATE, gap, gmp or L2"
+        expected = "WIDTH[n][p], rWIDTH, rrWIDTH, p, dRATE, gap, gmp or L2"
     else:
         expected = "WIDTH[n], dRATE or L2"
     raise SpecError(f"bad token {t!r} in section {section}: of architecture spec {text!r}: expected {expected}")
@@ -221,7 +224,7 @@ def describe(spec: Spec) -> str:
             return f"{layer.width}{'n' if layer.bn else ''}{'p' if layer.pool else ''}"
         if layer.kind in GLOBAL_POOLS:
             return layer.kind
-        return {"res": f"r{layer.width}", "pool": "p", "drop": f"d{layer.rate:g}"}[layer.kind]
+        return {"res": f"{'rr' if layer.relu_inside else 'r'}{layer.width}", "pool": "p", "drop": f"d{layer.rate:g}"}[layer.kind]
 
     parts = []
     if spec.conv:

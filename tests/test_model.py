@@ -141,6 +141,18 @@ def _randomize_batchnorm(core, rng, gamma_low=0.0):
                                rng.normal(0, 0.3, m.shape), rng.uniform(0.5, 2.0, v.shape)])
 
 
+@pytest.mark.parametrize("token, after_add", [("r8", "ReLU"), ("rr8", "GlobalAveragePooling2D")])
+def test_residual_forms(token, after_add):
+    """``r``: Conv-BN-ReLU-Conv-BN, add, ReLU. ``rr`` (Page): the branch ends in a ReLU, nothing after the add."""
+    core = model.build_core(f"C: 8n {token} gap", (16, 16, 3), 4)
+    add = next(layer for layer in core.layers if type(layer).__name__ == "Add")
+    branch, shortcut = (t._keras_history[0] for t in add.input)
+    assert type(branch).__name__ == ("ReLU" if token == "rr8" else "BatchNormalization")
+    assert shortcut.name == "relu3"  # identity: the block's input
+    assert type(core.layers[core.layers.index(add) + 1]).__name__ == after_add
+    assert core.count_params() == model.build_core("C: 8n r8 gap", (16, 16, 3), 4).count_params()
+
+
 def test_batchnorm_behind_a_max_pool_folds_into_the_convolution():
     rng = np.random.default_rng(0)
     core = model.build_core("C: 8n 8np r8 16np gap", (16, 16, 3), 4)

@@ -41,6 +41,12 @@ def test_global_max_pooling_ends_the_convolutions():
     assert spec.describe(s) == "C: 8n r8 16n gmp" and s.global_pool and s.conv[-1].kind == "gmp"
 
 
+def test_residual_block_with_the_relu_inside_the_branch():
+    s = spec.parse("C: 8n rr8 r16 rr16 gap")
+    assert spec.describe(s) == "C: 8n rr8 r16 rr16 gap" and s.pools == 1
+    assert [layer.relu_inside for layer in s.conv if layer.kind == "res"] == [True, False, True]
+
+
 @pytest.mark.parametrize(
     "bad, needle",
     [
@@ -55,6 +61,9 @@ def test_global_max_pooling_ends_the_convolutions():
         ("", "empty"),
         ("C: 0", "'0'"),
         ("D: r16", "'r16'"),
+        ("D: rr16", "'rr16'"),
+        ("C: rrr16", "'rrr16'"),
+        ("C: rr0", "'rr0'"),
         ("D: 16np", "belongs to section C"),
         ("C: 16pn", "'16pn'"),
         ("L2: abc", "L2 factor"),
