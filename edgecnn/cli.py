@@ -413,11 +413,12 @@ app.command("run")(run)
 
 @app.command("predict")
 def predict_cmd(
-    model: Path = typer.Argument(..., help="A .keras, .tflite or .onnx model, or a run directory (its "
-                                 "model.keras)."),
+    model: Path = typer.Argument(..., help="A .keras, .tflite or .onnx model, or a run (its model.keras): "
+                                 "a run directory or a run name under --runs-dir."),
     images: List[str] = typer.Argument(..., help="Image files or folders."),
     top_k: int = typer.Option(3, "--top-k", "-k", help="Classes to show per image."),
     json_out: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+    runs_dir: str = RUNS_DIR_OPT,
 ):
     """Classify images with any exported model (labels from labels.json or ONNX metadata).
 
@@ -426,7 +427,7 @@ def predict_cmd(
     from edgecnn.predict import predict
 
     results, failed = [], 0
-    for path, top, error in predict(model, images, top_k):
+    for path, top, error in predict(model, images, top_k, runs_dir):
         if error:
             failed += 1
             _err(f"error: {error}")

@@ -44,14 +44,17 @@ def expand(paths: list[str]) -> list[Path]:
     return out
 
 
-def predict(model_path: str | Path, images: list[str], top_k: int = 3):
-    """Yield (path, [(class, probability), ...] or None, error or None) per image."""
+def predict(model_path: str | Path, images: list[str], top_k: int = 3, runs_dir: str | Path = "runs"):
+    """Yield (path, [(class, probability), ...] or None, error or None) per image.
+
+    ``model_path``: a model file, or a run (a folder, or a run name under ``runs_dir``) for its model.keras.
+    """
     from edgecnn import runs
-    from edgecnn.runners import format_of, open_runner
+    from edgecnn.runners import MODEL_SUFFIXES, format_of, open_runner
 
     model_path = Path(model_path)
-    if model_path.is_dir():  # a run directory: its deployable model.keras
-        model_path = runs.resolve(str(model_path)) / runs.MODEL_FILE
+    if model_path.is_dir() or (not model_path.exists() and model_path.suffix.lower() not in MODEL_SUFFIXES):
+        model_path = runs.resolve(str(model_path), runs_dir) / runs.MODEL_FILE
     format_of(model_path)
     if top_k < 1:
         raise EdgeCNNError(f"--top-k must be at least 1, got {top_k}")

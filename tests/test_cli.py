@@ -117,15 +117,19 @@ def test_predict_same_top_class_across_formats(capsys, tiny_exports, tiny_run, s
     assert len({tuple(v) for v in tops.values()}) == 1, tops
 
 
-def test_predict_takes_a_run_directory_as_its_model_keras(capsys, tiny_run, sample_images, tmp_path):
+def test_predict_takes_a_run_directory_or_name_as_its_model_keras(capsys, tiny_run, sample_images, tmp_path):
     args = [str(sample_images), "--json"]
     code, out, _ = run_main(capsys, "predict", str(tiny_run / "model.keras"), *args)
     assert code == 0
     code, out_dir, _ = run_main(capsys, "predict", str(tiny_run), *args)
     assert code == 0
     assert json.loads(out_dir)["results"] == json.loads(out)["results"]
+    code, out_name, _ = run_main(capsys, "predict", tiny_run.name, *args, "--runs-dir", str(tiny_run.parent))
+    assert code == 0 and json.loads(out_name)["results"] == json.loads(out)["results"]
     code, _, err = run_main(capsys, "predict", str(tmp_path), *args)  # a folder that is no finished run
     assert code == 2 and err.count("\n") == 1 and str(tmp_path) in err and "no model.keras" in err
+    code, _, err = run_main(capsys, "predict", "no-such-run", *args, "--runs-dir", str(tmp_path))
+    assert code == 2 and err.count("\n") == 1 and "run 'no-such-run' not found" in err
 
 
 def test_predict_reports_bad_images_and_continues(capsys, tiny_exports, sample_images, tmp_path):

@@ -18,9 +18,11 @@ RUNTIMES = {
 }
 
 
+MODEL_SUFFIXES = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx"}
+
+
 def format_of(path: str | Path) -> str:
-    suffix = Path(path).suffix.lower()
-    fmt = {".keras": "keras", ".tflite": "tflite", ".onnx": "onnx"}.get(suffix)
+    fmt = MODEL_SUFFIXES.get(Path(path).suffix.lower())
     if fmt is None:
         raise EdgeCNNError(f"{path}: unsupported model file (expected .keras, .tflite or .onnx)")
     return fmt
