@@ -224,7 +224,9 @@ def describe(spec: Spec) -> str:
             return f"{layer.width}{'n' if layer.bn else ''}{'p' if layer.pool else ''}"
         if layer.kind in GLOBAL_POOLS:
             return layer.kind
-        return {"res": f"{'rr' if layer.relu_inside else 'r'}{layer.width}", "pool": "p", "drop": f"d{layer.rate:g}"}[layer.kind]
+        if layer.kind == "res":
+            return f"{'rr' if layer.relu_inside else 'r'}{layer.width}"
+        return {"pool": "p", "drop": f"d{layer.rate:g}"}[layer.kind]
 
     parts = []
     if spec.conv:
