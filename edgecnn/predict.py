@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecnn import runs
 from edgecnn.data.images import ImageError, is_image_file, load_image
 from edgecnn.errors import EdgeCNNError
 from edgecnn.fsutil import read_json
@@ -44,12 +45,12 @@ def expand(paths: list[str]) -> list[Path]:
     return out
 
 
-def predict(model_path: str | Path, images: list[str], top_k: int = 3, runs_dir: str | Path = "runs"):
+def predict(model_path: str | Path, images: list[str], top_k: int = 3,
+            runs_dir: str | Path = runs.DEFAULT_RUNS_DIR):
     """Yield (path, [(class, probability), ...] or None, error or None) per image.
 
     ``model_path``: a model file, or a run (a folder, or a run name under ``runs_dir``) for its model.keras.
     """
-    from edgecnn import runs
     from edgecnn.runners import MODEL_SUFFIXES, format_of, open_runner
 
     model_path = Path(model_path)
