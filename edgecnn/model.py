@@ -232,6 +232,8 @@ def build_core(spec: Spec | str, input_shape, num_classes: int, dtype_policy: st
             y = L.BatchNormalization(name=name("bn"), dtype=policy)(y)
             if layer.relu_inside:
                 y = L.ReLU(name=name("relu"), dtype=policy)(y)
+            if layer.se:
+                y = _squeeze_excite(L, y, layer.width, name, conv_kw)
             if stride != 1 or width != layer.width:
                 shortcut = L.Conv2D(layer.width, 1, strides=stride, name=name("proj"), **conv_kw)(shortcut)
             x = L.Add(name=name("add"), dtype=policy)([y, shortcut])
@@ -371,6 +373,20 @@ def fold_pooled_batchnorm(core):
         else:
             layer.set_weights(old.get_weights())
     return folded
+
+
+SE_REDUCTION = 8  # squeeze-and-excitation: channels in its bottleneck = block width / 8
+
+
+def _squeeze_excite(L, y, width: int, name, conv_kw):
+    """Scale ``y``'s channels by sigmoid(Conv1x1(ReLU(Conv1x1(GAP(y))))) (Hu et al.)."""
+    policy = conv_kw["dtype"]
+    s = L.GlobalAveragePooling2D(keepdims=True, name=name("squeeze"), dtype=policy)(y)
+    s = L.Conv2D(max(1, width // SE_REDUCTION), 1, name=name("conv"), **conv_kw)(s)
+    s = L.ReLU(name=name("relu"), dtype=policy)(s)
+    s = L.Conv2D(width, 1, name=name("conv"), **conv_kw)(s)
+    s = L.Activation("sigmoid", name=name("gate"), dtype=policy)(s)
+    return L.Multiply(name=name("excite"), dtype=policy)([y, s])
 
 
 def to_float32(core, spec: Spec | str, num_classes: int):

@@ -10,6 +10,9 @@ Grammar (sections separated by ``|``, tokens by spaces)::
         rWIDTH    residual block: two 3x3 Conv-BN, add, ReLU; stride 2 when the width grows (``r32``)
         rrWIDTH   residual block with the ReLUs inside the branch, none after the add (Page's ResNet-9):
                   x + ReLU(BN(Conv(ReLU(BN(Conv(x))))))  (``rr32``)
+        r[r]WIDTHse   either residual block with squeeze-and-excitation on its branch before the add
+                  (Hu et al.): the branch's channels scaled by sigmoid(Conv1x1(ReLU(Conv1x1(GAP)))),
+                  WIDTH/8 channels in between (``r120se``)
         p         2x2 max-pooling
         dRATE     dropout (``d0.25``)
         gap       global average pooling instead of flatten at the end
@@ -67,6 +70,7 @@ class Layer:
     rate: float = 0.0
     pool: bool = False  # conv only: 2x2 max-pooling right after the convolution, before BN/ReLU
     relu_inside: bool = False  # res only: ReLU ends the branch, none after the add (``rrWIDTH``)
+    se: bool = False  # res only: squeeze-and-excitation on the branch (``rWIDTHse``)
 
 
 @dataclass
@@ -96,7 +100,7 @@ class Spec:
 
 
 _INT = re.compile(r"^(\d+)(n?)(p?)$")
-_RES = re.compile(r"^(rr?)(\d+)$")
+_RES = re.compile(r"^(rr?)(\d+)(se)?$")
 _DROP = re.compile(r"^d(\d*\.?\d+)$")
 _L2 = re.compile(r"^l2(?:=(.+))?$", re.IGNORECASE)
 
@@ -178,12 +182,12 @@ def _parse_token(section: str, token: str, text: str, spec: Spec) -> Layer | Non
             width = int(m.group(2))
             if not 1 <= width <= 4096:
                 raise SpecError(f"bad token {t!r} in section C: of {text!r}: width must be 1..4096")
-            return Layer("res", width=width, bn=True, relu_inside=m.group(1) == "rr")
+            return Layer("res", width=width, bn=True, relu_inside=m.group(1) == "rr", se=bool(m.group(3)))
         if t.lower() == "p":
             return Layer("pool")
         if t.lower() in GLOBAL_POOLS:
             return Layer(t.lower())
-        expected = "WIDTH[n][p], rWIDTH, rrWIDTH, p, dRATE, gap, gmp or L2"
+        expected = "WIDTH[n][p], r[r]WIDTH[se], p, dRATE, gap, gmp or L2"
     else:
         expected = "WIDTH[n], dRATE or L2"
     raise SpecError(f"bad token {t!r} in section {section}: of architecture spec {text!r}: expected {expected}")
@@ -225,7 +229,7 @@ def describe(spec: Spec) -> str:
         if layer.kind in GLOBAL_POOLS:
             return layer.kind
         if layer.kind == "res":
-            return f"{'rr' if layer.relu_inside else 'r'}{layer.width}"
+            return f"{'rr' if layer.relu_inside else 'r'}{layer.width}{'se' if layer.se else ''}"
         return {"pool": "p", "drop": f"d{layer.rate:g}"}[layer.kind]
 
     parts = []

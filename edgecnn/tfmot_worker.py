@@ -24,6 +24,33 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 TRANSFER_TOLERANCE = 1e-4
 PRUNABLE = ("Conv2D", "Dense")
 NOT_QUANTIZABLE = ("Rescaling", "InputLayer")
+OUTPUT_ONLY = ("Multiply",)  # not in tfmot's registry: fake-quantize its output, as TFLite's int8 MUL has one
+
+
+def _output_quantize_config(q):
+    """A QuantizeConfig that fake-quantizes only a layer's output (squeeze-and-excitation's Multiply)."""
+
+    class OutputQuantizeConfig(q.QuantizeConfig):
+        def get_weights_and_quantizers(self, layer):
+            return []
+
+        def get_activations_and_quantizers(self, layer):
+            return []
+
+        def set_quantize_weights(self, layer, quantize_weights):
+            pass
+
+        def set_quantize_activations(self, layer, quantize_activations):
+            pass
+
+        def get_output_quantizers(self, layer):
+            return [q.quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False,
+                                                        narrow_range=False)]
+
+        def get_config(self):
+            return {}
+
+    return OutputQuantizeConfig
 
 
 def _libs():
@@ -133,14 +160,18 @@ def run(job: dict) -> dict:
     if job["mode"] == "qat":
         q = tfmot.quantization.keras
 
+        output_only = _output_quantize_config(q)
+
         def annotate(layer):
             if type(layer).__name__ in NOT_QUANTIZABLE:
                 return layer
+            if type(layer).__name__ in OUTPUT_ONLY:
+                return q.quantize_annotate_layer(layer, quantize_config=output_only())
             return q.quantize_annotate_layer(layer)
 
         annotated = tf_keras.models.clone_model(model, clone_function=annotate)
         annotated.set_weights(model.get_weights())
-        with q.quantize_scope():
+        with q.quantize_scope({output_only.__name__: output_only}):
             tuned = q.quantize_apply(annotated)
         for wrapper in tuned.layers:
             if getattr(wrapper, "layer", None) is not None and wrapper.layer.name in frozen:

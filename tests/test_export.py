@@ -135,17 +135,19 @@ def test_global_max_pooling_exports_as_builtin_ops(run_copy):
     assert "REDUCE_MAX" in ops and "MEAN" not in ops, ops
 
 
-def test_page_residual_block_exports(run_copy):
-    """``rr`` (no ReLU after the add): every export verifies against Keras, int8 stays builtin."""
+@pytest.mark.parametrize("block, int8_ops", [("rr16", {"ADD"}), ("r16se", {"ADD", "MEAN", "LOGISTIC", "MUL"})])
+def test_residual_block_forms_export(run_copy, block, int8_ops):
+    """``rr`` (no ReLU after the add) and ``se`` (squeeze-and-excitation): every export verifies
+    against Keras, int8 stays builtin."""
     from edgecnn import model
 
     n = len(json.loads((run_copy / "labels.json").read_text())["class_names"])
-    model.build_core("C: 8n 16n p rr16 gap", (16, 16, 3), n).save(run_copy / "model.keras")
+    model.build_core(f"C: 8n 16n p {block} gap", (16, 16, 3), n).save(run_copy / "model.keras")
     report = export(ExportConfig(run=str(run_copy), formats="all", quantize="all", calib_samples=50,
                                  verify_samples=64), log=lambda m: None)
     assert [e["status"] for e in report["exports"]] == ["ok"] * 6
     ops = inspect(run_copy / "exports" / "model_int8.tflite")["ops"]
-    assert "ADD" in ops and not any(op.startswith("FLEX") or op == "CUSTOM" for op in ops), ops
+    assert int8_ops <= set(ops) and not any(op.startswith("FLEX") or op == "CUSTOM" for op in ops), ops
 
 
 @pytest.mark.parametrize("mutate, kwargs, needle", [

@@ -124,3 +124,21 @@ def test_a_whiten_cutout_run_fine_tunes_with_its_whitening_frozen(tmp_path):
         if mode == "prune":
             m = json.loads((dst / "metrics.json").read_text())
             assert "conv1" not in m["sparsity_per_layer"] and m["sparsity_per_layer"]["conv5"] > 0.45
+
+
+@pytest.mark.slow
+def test_qat_quantizes_squeeze_excitation(tmp_path):
+    """tfmot has no quantization for Multiply: the worker fake-quantizes its output, and the QAT int8
+    files of an ``se`` block convert with builtin ops and verify."""
+    from edgecnn.finetune import finetune
+    from edgecnn.inspect import inspect
+    from edgecnn.train import TrainConfig, train
+
+    src = train(TrainConfig(data="shapes:300", image_size=16, arch="C: 8n r16se gap", epochs=1, batch_size=32,
+                            runs_dir=str(tmp_path), name="se"), log=lambda m: None)
+    dst = finetune(str(src), "qat", str(tmp_path), epochs=1, calib_samples=50, verify_samples=50,
+                   log=lambda m: None)
+    m = json.loads((dst / "metrics.json").read_text())
+    assert [(e["status"], e["verify"]["passed"]) for e in m["qat_exports"]] == [("ok", True)] * 2
+    tfl = inspect(dst / "exports" / "model_int8.tflite")
+    assert tfl["all_builtin"] and {"MUL", "LOGISTIC"} <= set(tfl["ops"]), tfl["ops"]

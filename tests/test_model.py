@@ -153,6 +153,26 @@ def test_residual_forms(token, after_add):
     assert core.count_params() == model.build_core("C: 8n r8 gap", (16, 16, 3), 4).count_params()
 
 
+def test_squeeze_excitation_scales_each_channel_of_the_branch():
+    """``r16se``: the branch's BN output times a per-image, per-channel gate in (0, 1), before the add."""
+    from edgecnn._tf import keras
+
+    core = model.build_core("C: 8n r16se gap", (16, 16, 3), 4)
+    _randomize_batchnorm(core, np.random.default_rng(2))
+    add = next(layer for layer in core.layers if type(layer).__name__ == "Add")
+    assert type(add.input[0]._keras_history[0]).__name__ == "Multiply"
+    bn = [layer for layer in core.layers if type(layer).__name__ == "BatchNormalization"][-1]
+    gate, excite = core.get_layer("gate13"), core.get_layer("excite14")
+    probe = keras.Model(core.input, [bn.output, gate.output, excite.output])
+    x = np.random.default_rng(3).integers(0, 256, (4, 16, 16, 3)).astype("float32")
+    y, g, out = probe.predict(x, verbose=0)
+    assert g.shape == (4, 1, 1, 16) and np.all((g > 0) & (g < 1)) and np.ptp(g) > 0
+    np.testing.assert_allclose(out, y * g, rtol=1e-5, atol=1e-6)
+    # The gate's bottleneck is 16 / 8 = 2 channels: two 1x1 convolutions with biases.
+    plain = model.build_core("C: 8n r16 gap", (16, 16, 3), 4).count_params()
+    assert core.count_params() - plain == (16 * 2 + 2) + (2 * 16 + 16)
+
+
 def test_batchnorm_behind_a_max_pool_folds_into_the_convolution():
     rng = np.random.default_rng(0)
     core = model.build_core("C: 8n 8np r8 16np gap", (16, 16, 3), 4)

@@ -47,6 +47,13 @@ def test_residual_block_with_the_relu_inside_the_branch():
     assert [layer.relu_inside for layer in s.conv if layer.kind == "res"] == [True, False, True]
 
 
+def test_squeeze_excitation_suffix_on_residual_blocks():
+    s = spec.parse("C: 8n r8se rr16se r16 gap")
+    assert spec.describe(s) == "C: 8n r8se rr16se r16 gap"
+    assert [(layer.relu_inside, layer.se) for layer in s.conv if layer.kind == "res"] == [
+        (False, True), (True, True), (False, False)]
+
+
 @pytest.mark.parametrize(
     "bad, needle",
     [
@@ -64,6 +71,9 @@ def test_residual_block_with_the_relu_inside_the_branch():
         ("D: rr16", "'rr16'"),
         ("C: rrr16", "'rrr16'"),
         ("C: rr0", "'rr0'"),
+        ("C: 16nse", "'16nse'"),
+        ("C: r16es", "'r16es'"),
+        ("D: r16se", "'r16se'"),
         ("D: 16np", "belongs to section C"),
         ("C: 16pn", "'16pn'"),
         ("L2: abc", "L2 factor"),
