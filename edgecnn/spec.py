@@ -10,7 +10,8 @@ Grammar (sections separated by ``|``, tokens by spaces)::
         rWIDTH    residual block: two 3x3 Conv-BN, add, ReLU; stride 2 when the width grows (``r32``)
         rrWIDTH   residual block with the ReLUs inside the branch, none after the add (Page's ResNet-9):
                   x + ReLU(BN(Conv(ReLU(BN(Conv(x))))))  (``rr32``)
-        r[r]WIDTHse   either residual block with squeeze-and-excitation on its branch before the add
+        rWIDTHse, rrWIDTHse
+                  either residual block with squeeze-and-excitation on its branch before the add
                   (Hu et al.): the branch's channels scaled by sigmoid(Conv1x1(ReLU(Conv1x1(GAP)))),
                   WIDTH/8 channels in between (``r120se``)
         p         2x2 max-pooling
