@@ -27,32 +27,6 @@ NOT_QUANTIZABLE = ("Rescaling", "InputLayer")
 OUTPUT_ONLY = ("Multiply",)  # not in tfmot's registry: fake-quantize its output, as TFLite's int8 MUL has one
 
 
-def _output_quantize_config(q):
-    """A QuantizeConfig that fake-quantizes only a layer's output (squeeze-and-excitation's Multiply)."""
-
-    class OutputQuantizeConfig(q.QuantizeConfig):
-        def get_weights_and_quantizers(self, layer):
-            return []
-
-        def get_activations_and_quantizers(self, layer):
-            return []
-
-        def set_quantize_weights(self, layer, quantize_weights):
-            pass
-
-        def set_quantize_activations(self, layer, quantize_activations):
-            pass
-
-        def get_output_quantizers(self, layer):
-            return [q.quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False,
-                                                        narrow_range=False)]
-
-        def get_config(self):
-            return {}
-
-    return OutputQuantizeConfig
-
-
 def _libs():
     from edgecnn._stderr import capture_fd2
 
@@ -160,18 +134,20 @@ def run(job: dict) -> dict:
     if job["mode"] == "qat":
         q = tfmot.quantization.keras
 
-        output_only = _output_quantize_config(q)
+        # tfmot's own output-only config (default 8-bit scheme); quantize_scope already knows it.
+        from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+            default_8bit_quantize_configs as configs)
 
         def annotate(layer):
             if type(layer).__name__ in NOT_QUANTIZABLE:
                 return layer
             if type(layer).__name__ in OUTPUT_ONLY:
-                return q.quantize_annotate_layer(layer, quantize_config=output_only())
+                return q.quantize_annotate_layer(layer, quantize_config=configs.Default8BitOutputQuantizeConfig())
             return q.quantize_annotate_layer(layer)
 
         annotated = tf_keras.models.clone_model(model, clone_function=annotate)
         annotated.set_weights(model.get_weights())
-        with q.quantize_scope({output_only.__name__: output_only}):
+        with q.quantize_scope():
             tuned = q.quantize_apply(annotated)
         for wrapper in tuned.layers:
             if getattr(wrapper, "layer", None) is not None and wrapper.layer.name in frozen:
