@@ -27,6 +27,10 @@ TRANSLATE_INTERPOLATION = "nearest"
 # Cutout's square side as a fraction of the shorter image side (8 px on CIFAR-10's 32).
 CUTOUT_FRACTION = 0.25
 CUTOUT_FILL = 127.5
+# Keras's BatchNormalization momentum, kept where epochs are long enough (batchnorm_momentum).
+BN_MOMENTUM = 0.99
+# Training images whose batch statistics recalibrate BatchNorm after a short-epoch run.
+RECALIBRATION_IMAGES = 10_000
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 
@@ -398,6 +402,70 @@ def to_float32(core, spec: Spec | str, num_classes: int):
     for new, old in zip(clean.layers, core.layers):
         new.trainable = old.trainable  # --whiten's frozen convolution stays frozen
     return clean
+
+
+def batchnorm_momentum(steps_per_epoch: int) -> float:
+    """BatchNorm moving-average momentum for epochs of ``steps_per_epoch`` steps.
+
+    Keras's 0.99 averages over about 100 steps; on a small dataset that is many epochs, so the
+    statistics used for validation (and the saved model) still hold much of their initial 0 and 1.
+    The momentum is lowered so that the average spans at most half an epoch; 200 steps per epoch
+    and more keep 0.99.
+    """
+    return min(BN_MOMENTUM, max(0.0, 1.0 - 2.0 / max(1, steps_per_epoch)))
+
+
+def set_batchnorm_momentum(core, momentum: float) -> int:
+    """Set every BatchNormalization layer's momentum (before training); returns how many there are."""
+    bns = _batchnorms(core)
+    for bn in bns:
+        bn.momentum = float(momentum)
+    return len(bns)
+
+
+def recalibrate_batchnorm(core, images, batch_size: int, seed: int = 0, limit: int = RECALIBRATION_IMAGES) -> int:
+    """Set each BatchNorm's moving mean and variance to their averages over batches of training images.
+
+    The batches (``batch_size`` images, shuffled with ``seed``, at most ``limit`` images) run through
+    ``core`` in training mode, as in training, so every BatchNorm sees the statistics its input had
+    there; the average is what a converged moving average would hold ("precise BN"). For runs whose
+    short epochs gave the moving averages few steps. Returns the number of images used (0: no BN).
+    """
+    import numpy as np
+
+    from edgecnn._tf import tf
+
+    bns = _batchnorms(core)
+    if not bns or not len(images):
+        return 0
+    order = np.random.default_rng(seed).permutation(len(images))[:limit]
+    batch = max(1, min(batch_size, len(order)))
+    full = len(order) - len(order) % batch  # equal batches: a small remainder would give a noisy variance
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.momentum = 0.0  # each step leaves exactly its batch's statistics in the moving variables
+    step = tf.function(lambda x: core(x, training=True))
+    sums = [[0.0, 0.0] for _ in bns]
+    try:
+        for start in range(0, full, batch):
+            step(tf.constant(images[order[start:start + batch]], tf.float32))
+            for total, bn in zip(sums, bns):
+                total[0] = total[0] + bn.moving_mean.numpy()
+                total[1] = total[1] + bn.moving_variance.numpy()
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+    batches = full // batch
+    for (mean, var), bn in zip(sums, bns):
+        bn.moving_mean.assign(mean / batches)
+        bn.moving_variance.assign(var / batches)
+    return full
+
+
+def _batchnorms(core) -> list:
+    from edgecnn._tf import keras
+
+    return [layer for layer in core.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
 
 def count_macs(core) -> int:

@@ -471,6 +471,7 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
 
     global_batch = cfg.batch_size * setup.replicas
     steps = math.ceil(len(ds.x_train) / global_batch)
+    bn_momentum = model_mod.batchnorm_momentum(steps)  # short epochs: a shorter moving average
     with setup.strategy.scope():
         if resume_dir is not None:
             _one_cycle_class()  # register the schedule classes for deserialization
@@ -488,6 +489,8 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
             if cfg.whiten:
                 k = model_mod.whiten_first_conv(core, ds.x_train)
                 log(f"whiten: first convolution set to {k} whitened principal components (and negatives), frozen")
+            if bn_momentum < model_mod.BN_MOMENTUM:
+                model_mod.set_batchnorm_momentum(core, bn_momentum)
             train_model = model_mod.build_train_model(core, augment, cfg.seed, cfg.translate)
             optimizer = make_optimizer(cfg, make_schedule(cfg, steps), setup.precision)
             train_model.compile(
@@ -528,6 +531,12 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
         raise EdgeCNNError(f"training stopped before the first epoch finished; nothing saved in {run_dir}")
     core.set_weights(tracker.kept_weights)
     deploy = model_mod.to_float32(core, spec, ds.num_classes)
+    recalibrated = 0
+    if bn_momentum < model_mod.BN_MOMENTUM:
+        recalibrated = model_mod.recalibrate_batchnorm(deploy, ds.x_train, cfg.batch_size, cfg.seed)
+        if recalibrated:
+            log(f"BatchNorm: {steps} steps per epoch, so moving averages of momentum {bn_momentum:.3f} in training; "
+                f"statistics recomputed over {recalibrated} training images")
 
     probs = deploy.predict(ds.x_test.astype("float32"), batch_size=256, verbose=0)
     m = metrics.evaluate(probs, ds.y_test, ds.class_names)
@@ -544,6 +553,8 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
         "best_epoch": tracker.best_epoch,
         "best_val_accuracy": tracker.best,
         "interrupted": interrupted,
+        "batchnorm_momentum": round(bn_momentum, 4),
+        "batchnorm_recalibration_images": recalibrated,
         "precision": setup.precision,
         "device": setup.description,
         "data": ds.source,

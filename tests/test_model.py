@@ -189,6 +189,32 @@ def test_batchnorm_behind_a_max_pool_folds_into_the_convolution():
     assert [layer.gamma.constraint is not None for layer in bns] == [False, True, False, False, True]
 
 
+@pytest.mark.parametrize("steps, momentum", [(1, 0.0), (2, 0.0), (4, 0.5), (100, 0.98), (200, 0.99), (383, 0.99)])
+def test_batchnorm_momentum_spans_at_most_half_an_epoch(steps, momentum):
+    assert model.batchnorm_momentum(steps) == pytest.approx(momentum)
+
+
+def test_recalibrated_batchnorm_holds_the_average_statistics_of_training_batches():
+    import keras
+
+    rng = np.random.default_rng(0)
+    core = model.build_core("C: 8n 8n gap", (8, 8, 3), 3)
+    images = rng.integers(0, 256, (50, 8, 8, 3)).astype("uint8")
+    before = core.predict(images.astype("float32"), verbose=0)
+    assert model.recalibrate_batchnorm(core, images, batch_size=16, seed=1) == 48  # 3 equal batches
+    bn = core.get_layer("bn2")
+    assert bn.momentum == 0.99, "the momentum is put back"
+    # bn2's input is conv1's output (no BN before it): its batch statistics, averaged over the
+    # same three shuffled batches, are what the moving variables now hold.
+    conv = keras.Model(core.input, core.get_layer("conv1").output)
+    order = np.random.default_rng(1).permutation(50)[:48]
+    out = conv.predict(images[order].astype("float32"), verbose=0).reshape(3, -1, 8)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), out.mean(1).mean(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), out.var(1).mean(0), rtol=1e-3, atol=1e-4)
+    assert np.abs(core.predict(images.astype("float32"), verbose=0) - before).max() > 1e-3
+    assert model.recalibrate_batchnorm(model.build_core("C: 8 gap", (8, 8, 3), 3), images, 16) == 0
+
+
 def test_batchnorm_with_a_negative_scale_is_not_folded():
     rng = np.random.default_rng(1)
     core = model.build_core("C: 8np gap", (16, 16, 3), 4)
