@@ -39,6 +39,29 @@ def test_int8_tflite_is_full_integer_with_uint8_io_and_builtin_ops(tiny_exports)
     assert set(f32["ops"]) <= set(i8["ops"])
 
 
+def test_int8_input_takes_raw_pixels_whatever_range_the_calibration_images_span(run_copy, tmp_path):
+    """Calibrated on images spanning 60..180 only, the int8 input used to get scale 0.71 (TFLite and the
+    ONNX QuantizeLinear alike): raw pixels fed to the TFLite file were misread, and pixels above 180
+    saturated in both. Its range is now the whole 0..255."""
+    import onnx
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(60, 181, (64, 16, 16, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, 64)
+    np.savez(tmp_path / "narrow.npz", x_train=x, y_train=y, x_test=x[:32], y_test=y[:32])
+    export(ExportConfig(run=str(run_copy), formats="all", quantize="int8", data=str(tmp_path / "narrow.npz"),
+                        calib_samples=64, verify_samples=32), log=lambda m: None)
+    assert inspect(run_copy / "exports" / "model_int8.tflite")["inputs"][0]["quantization"] == {
+        "scale": 1.0, "zero_point": 0}
+    m = onnx.load(str(run_copy / "exports" / "model_int8.onnx"))
+    init = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    (q,) = [n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "image"]
+    scale, zero = float(init[q.input[1]]), int(init[q.input[2]])
+    assert scale * (np.iinfo(init[q.input[2]].dtype).max - zero) >= 255 - 1e-3, "255 does not saturate"
+    assert x.min() == 60 and x.max() == 180, "the caller's images are left as they were"
+
+
 def test_onnx_float_takes_any_batch_and_int8_is_qdq(tiny_exports, tiny_run):
     import onnx
     import onnxruntime as ort
