@@ -573,6 +573,6 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
         for name in (CHECKPOINT, CHECKPOINT_STATE, KEPT_WEIGHTS):
             (run_dir / name).unlink(missing_ok=True)
     log(f"test accuracy {m['test_accuracy']:.4f}  loss {m['test_loss']:.4f}  "
-        f"({m['epochs_run']} epochs, {train_seconds:.1f} s, kept epoch {tracker.kept_epoch}: {cfg.keep}{'' if cfg.keep == 'best' else f', best by val {tracker.best_epoch}'})")
+        f"({m['epochs_run']} epoch{'' if m['epochs_run'] == 1 else 's'}, {train_seconds:.1f} s, kept epoch {tracker.kept_epoch}: {cfg.keep}{'' if cfg.keep == 'best' else f', best by val {tracker.best_epoch}'})")
     log(f"saved {run_dir / runs.MODEL_FILE}")
     return run_dir

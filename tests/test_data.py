@@ -193,6 +193,11 @@ def test_cifar_unpickler_refuses_code(tmp_path):
         (lambda p: make_folder(p / "one", classes=("only",)), "only one class"),
         (lambda p: (make_folder(p / "hole"), (p / "hole" / "bird").mkdir())[0], "bird: class folder has no images"),
         (lambda p: (p / "x.csv").write_text("a") and p / "x.csv", "unsupported file type"),
+        (lambda p: (make_folder(p / "s" / "train"), make_folder(p / "s" / "test", classes=("cat", "dog")),
+                    make_folder(p / "s" / "test", classes=("Dog",)))[0].parent,
+         "test/Dog: class folder not in the training split (classes: cat, dog)"),
+        (lambda p: (make_folder(p / "m" / "train"), make_folder(p / "m" / "test", classes=("cat",)))[0].parent,
+         "class folder 'dog' is missing (it exists in the training split)"),
     ],
 )
 def test_bad_sources_give_one_line(tmp_path, setup, needle):

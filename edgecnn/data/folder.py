@@ -23,8 +23,12 @@ def find_splits(root: Path) -> dict[str, Path]:
     return found if "train" in found and len(found) > 1 else {}
 
 
+def _subfolders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def list_classes(root: Path) -> list[str]:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = _subfolders(root)
     if not classes:
         raise EdgeCNNError(f"{root}: no class folders (expected one sub-folder of images per class)")
     if len(classes) < 2:
@@ -33,6 +37,10 @@ def list_classes(root: Path) -> list[str]:
 
 
 def list_files(root: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
+    extra = sorted(set(_subfolders(root)) - set(classes))
+    if extra:  # a test/ or val/ class the training split lacks: its images would go unscored
+        shown = ", ".join(classes[:10]) + (f" and {len(classes) - 10} more" if len(classes) > 10 else "")
+        raise EdgeCNNError(f"{root / extra[0]}: class folder not in the training split (classes: {shown})")
     files, labels = [], []
     for i, name in enumerate(classes):
         folder = root / name
