@@ -16,9 +16,14 @@ def load_run_data(run_dir, data: str | None = None):
     if not src:
         raise EdgeCNNError(f"run {run_dir} does not record its data source; pass --data")
     h, w, c = lab["input_shape"]
-    ds = data_mod.load(src, image_size=h, channels=c, val_split=cfg.get("val_split", 0.1),
-                       test_split=cfg.get("test_split", 0.1), seed=cfg.get("seed", 0),
-                       skip_bad_images=cfg.get("skip_bad_images", False))
+    try:
+        ds = data_mod.load(src, image_size=h, channels=c, val_split=cfg.get("val_split", 0.1),
+                           test_split=cfg.get("test_split", 0.1), seed=cfg.get("seed", 0),
+                           skip_bad_images=cfg.get("skip_bad_images", False))
+    except EdgeCNNError as exc:
+        if data:
+            raise
+        raise EdgeCNNError(f"{exc}; it is the data {run_dir} was trained on: pass --data to use a copy of it") from None
     if ds.class_names != lab["class_names"]:
         if len(ds.class_names) != len(lab["class_names"]):
             raise EdgeCNNError(f"--data {src} has {len(ds.class_names)} classes, the model {len(lab['class_names'])}")

@@ -74,6 +74,15 @@ def test_bad_input_is_one_line_and_non_zero(capsys, args):
     _one_line_error(code, err)
 
 
+def test_a_run_whose_data_has_moved_says_to_pass_data(capsys, run_copy, tmp_path):
+    cfg = json.loads((run_copy / "config.json").read_text())
+    (run_copy / "config.json").write_text(json.dumps(cfg | {"data": str(tmp_path / "gone")}))
+    for command in ("export", "benchmark", "evaluate"):
+        code, _, err = run_main(capsys, command, str(run_copy))
+        _one_line_error(code, err)
+        assert "no such file or folder" in err and f"it is the data {run_copy} was trained on: pass --data" in err
+
+
 def test_inspect_int8_tflite_shows_uint8_input_with_scale(capsys, tiny_exports):
     code, out, _ = run_main(capsys, "inspect", str(tiny_exports / "model_int8.tflite"))
     assert code == 0 and "uint8" in out and "scale=" in out and "zero_point=" in out
