@@ -352,7 +352,7 @@ def read_history(path: Path) -> list[dict]:
 
 
 def labels_info(ds, channels: int) -> dict:
-    from edgecnn.data.images import RESIZE
+    from edgecnn.data.images import DECODE, RESIZE
 
     h, w, c = ds.input_shape
     return {
@@ -361,7 +361,7 @@ def labels_info(ds, channels: int) -> dict:
         "image_size": h,
         "channels": c,
         "input": {"dtype": "uint8", "range": [0, 255], "layout": "NHWC", "color": "RGB" if c == 3 else "L",
-                  "resize": RESIZE, "scaling": "the model divides by 255 itself (Rescaling layer)"},
+                  "resize": RESIZE, "decode": DECODE, "scaling": "the model divides by 255 itself (Rescaling layer)"},
     }
 
 

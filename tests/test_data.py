@@ -226,3 +226,39 @@ def test_bad_split_options():
         data.load("shapes", image_size=4)
     with pytest.raises(EdgeCNNError, match="shapes:N"):
         data.load("shapes:abc")
+
+
+def test_photos_load_upright_and_large_jpegs_decode_at_a_reduced_scale(tmp_path):
+    from PIL import Image
+
+    from edgecnn.data.images import load_image
+
+    # Top half red, bottom half blue, stored sideways with EXIF orientation 6 ("rotate 90 clockwise to
+    # view"), as phones store portrait photos: it loads upright, as a photo viewer shows it.
+    upright = np.zeros((64, 48, 3), np.uint8)
+    upright[:32, :, 0] = 255
+    upright[32:, :, 2] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(tmp_path / "p.jpg", exif=exif, quality=95)
+    x = load_image(tmp_path / "p.jpg", 16).astype(int)
+    assert x.shape == (16, 16, 3)
+    assert (x[:6, :, 0] > 200).all() and (x[:6, :, 2] < 60).all(), "red on top"
+    assert (x[-6:, :, 2] > 200).all() and (x[-6:, :, 0] < 60).all(), "blue below"
+
+    # A 12-megapixel photo decodes at 1/8 scale (504x378, still over twice 32) and matches a full decode.
+    yy, xx = np.mgrid[0:3024, 0:4032]
+    photo = np.stack([(xx // 16) % 256, (yy // 12) % 256, ((xx + yy) // 20) % 256], -1).astype(np.uint8)
+    Image.fromarray(photo).save(tmp_path / "big.jpg", quality=90)
+    with Image.open(tmp_path / "big.jpg") as img:
+        full = np.asarray(img.convert("RGB").resize((32, 32), Image.BILINEAR), dtype=int)
+    reduced = load_image(tmp_path / "big.jpg", 32).astype(int)
+    assert np.abs(reduced - full).max() <= 2 and np.abs(reduced - full).mean() < 0.5
+    with Image.open(tmp_path / "big.jpg") as img:
+        img.draft("RGB", (64, 64))
+        assert img.size == (504, 378)
+        assert (np.asarray(img.resize((32, 32), Image.BILINEAR), dtype=int) == reduced).all()
+
+    # 48 megapixels, as phones take them, is a photo, not a bomb (PNG and BMP keep the 40-megapixel limit).
+    Image.new("RGB", (8000, 6000), (10, 200, 30)).save(tmp_path / "48mp.jpg")
+    assert (np.abs(load_image(tmp_path / "48mp.jpg", 8).astype(int) - (10, 200, 30)) <= 3).all()

@@ -95,13 +95,20 @@ def test_standalone_scripts_need_no_tensorflow_and_agree_with_predict(capsys, ti
         p = tmp_path / f"i{i}.png"
         Image.fromarray(img).resize((40, 30)).save(p)  # a different size: the script must resize like training
         images.append(str(p))
+    # A large JPEG stored sideways with an EXIF orientation: decoded reduced and turned upright, like training.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    big = tmp_path / "photo.jpg"
+    Image.fromarray(x[0]).resize((300, 400)).transpose(Image.Transpose.ROTATE_90).save(big, exif=exif, quality=95)
+    images.append(str(big))
     out = subprocess.run([sys.executable, "-c", BLOCK, str(tiny_exports / script), str(tiny_exports / model), *images],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    standalone = [ln.split(": ")[1].split()[0] for ln in out.stdout.splitlines()]
+    standalone = [ln.split(": ")[1].split(",")[0].split() for ln in out.stdout.splitlines()]
     code, cli_out, _ = run_main(capsys, "predict", str(tiny_exports / model), *images, "--json")
     assert code == 0
-    assert standalone == [r["top"][0]["class"] for r in json.loads(cli_out)["results"]]
+    assert standalone == [[r["top"][0]["class"], f"{r['top'][0]['probability']:.3f}"]
+                          for r in json.loads(cli_out)["results"]], "the same class with the same probability"
 
 
 def test_an_op_tflite_micro_lacks_is_listed(tmp_path):

