@@ -462,6 +462,16 @@ def recalibrate_batchnorm(core, images, batch_size: int, seed: int = 0, limit: i
     return full
 
 
+def layers_without_xla(model) -> list[str]:
+    """Class names of the layers (nested ones included) that Keras will not compile with XLA."""
+    def walk(layer):
+        yield layer
+        for sub in getattr(layer, "layers", []):
+            yield from walk(sub)
+
+    return sorted({type(layer).__name__ for layer in walk(model) if not getattr(layer, "supports_jit", True)})
+
+
 def _batchnorms(core) -> list:
     from edgecnn._tf import keras
 

@@ -499,6 +499,11 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
                 metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
                 jit_compile=cfg.jit_compile,
             )
+    xla = bool(getattr(train_model, "jit_compile", False))
+    if cfg.jit_compile and not xla:  # Keras compiles without XLA rather than fail; say so
+        blockers = model_mod.layers_without_xla(train_model)
+        log(f"--xla: Keras trains without XLA: {', '.join(blockers)} cannot be compiled by it" if blockers else
+            "--xla: Keras trains without XLA while TensorFlow's deterministic ops are on")
     train_ds = make_dataset(ds.x_train, ds.y_train, ds.num_classes, global_batch, True, cfg.seed, repeat=True)
     val_ds = make_dataset(ds.x_val, ds.y_val, ds.num_classes, global_batch, False, cfg.seed) if len(ds.x_val) else None
     tracker = _callbacks(run_dir, history_rows, cfg)(core, seconds_before)
@@ -553,6 +558,7 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
         "best_epoch": tracker.best_epoch,
         "best_val_accuracy": tracker.best,
         "interrupted": interrupted,
+        "xla": xla,  # --xla asked for it; Keras turns it off for layers it cannot compile (RandomTranslation)
         "batchnorm_momentum": round(bn_momentum, 4),
         "batchnorm_recalibration_images": recalibrated,
         "precision": setup.precision,

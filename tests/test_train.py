@@ -84,6 +84,17 @@ def test_short_epochs_still_give_batchnorm_the_statistics_of_the_data(tmp_path):
     assert read_history(run / "history.csv")[-1]["val_accuracy"] == 1.0
 
 
+def test_xla_is_reported_as_it_ran(tmp_path):
+    """Keras compiles no XLA step with RandomTranslation in the model and silently trains without it."""
+    for augment, expected in (("flip,translate", False), ("flip", True)):
+        lines = []
+        run = train(TrainConfig(data="shapes:60", image_size=16, arch="C: 4n gap", epochs=1, batch_size=16,
+                                augment=augment, jit_compile=True, runs_dir=str(tmp_path)), log=lines.append)
+        assert json.loads((run / "metrics.json").read_text())["xla"] is expected
+        said = [ln for ln in lines if ln.startswith("--xla:")]
+        assert said == ([] if expected else ["--xla: Keras trains without XLA: RandomTranslation cannot be compiled by it"])
+
+
 def test_bad_training_options():
     for kwargs, needle in (({"epochs": 0}, "--epochs"), ({"optimizer": "rmsprop"}, "--optimizer"),
                            ({"schedule": "step"}, "--schedule"), ({"lr": -1.0}, "--lr"), ({"keep": "first"}, "--keep")):
