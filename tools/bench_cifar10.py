@@ -485,10 +485,12 @@ def write_readme(b: Bench, stages: list[str], doc: Path, sweep: str | None, upda
         "train_speed.md": "**Training throughput** (batch 128, tf.data, one process per measurement, variants "
                           "timed alternately; `python tools/bench_train_speed.py --data "
                           "../shared/data/cifar10-jpg.tar.gz`, [docs/train_speed.md](docs/train_speed.md)). Without "
-                          "XLA (the default) training with augmentation is as fast as or faster than with XLA "
-                          "(0.85-0.99x); XLA without augmentation is 2-5x slower (not investigated). Augmentation in "
-                          "the graph costs at most 14% (basic); differences near 10% are within this machine's noise "
-                          "(resnet8 ran faster with augmentation than without).",
+                          "XLA (the default) is the fastest way to train here: real XLA, with augmentation (run in "
+                          "tf.data, since Keras compiles no XLA step with RandomTranslation in the model) or without, "
+                          "trained at 0.26-0.64x the default's speed. Leaving augmentation out is at most 1.19x faster "
+                          "(basic); differences near 10% are within this machine's noise (resnet8 and regularized ran "
+                          "faster with augmentation than without). Measured on a day the host ran at about half the "
+                          "speed of the preset runs above: compare ratios, not images/s, with them.",
         "epoch_start.md": "**Epoch starts** (the cifar10 network on the 49,000 training images; "
                           "`python tools/bench_epoch_start.py --data ../shared/data/cifar10-jpg.tar.gz`, "
                           "[docs/epoch_start.md](docs/epoch_start.md)). Training fits one endless, reshuffled "
