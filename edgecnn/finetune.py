@@ -102,6 +102,11 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
                 if n:
                     layer.set_weights([z[f"{layer.name}/{i}"] for i in range(n)])
                 layer.trainable = layer.name not in frozen
+    recalibrated = 0
+    if mode == "prune":  # zeroed weights change what each BatchNorm sees; a few fine-tuning steps barely move its averages
+        recalibrated = model_mod.recalibrate_batchnorm(tuned, ds.x_train, cfg.get("batch_size", 64), cfg.get("seed", 0))
+        if recalibrated:
+            log(f"BatchNorm statistics recomputed over {recalibrated} training images for the pruned weights")
 
     probs = tuned.predict(ds.x_test.astype(np.float32), batch_size=256, verbose=0)
     m = metrics_mod.evaluate(probs, ds.y_test, ds.class_names)
@@ -111,6 +116,7 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
               "data": ds.source, "device": "CPU (tfmot worker)",
               "tuned_model_accuracy": result.get("tuned_model_accuracy")})
     if mode == "prune":
+        m["batchnorm_recalibration_images"] = recalibrated
         m["sparsity_target"] = sparsity
         m["sparsity_per_layer"] = result["sparsity"]
     if mode == "qat":
