@@ -130,9 +130,13 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
                metrics_mod.classification_report(ds.y_test, probs.argmax(1), ds.class_names))
     with atomic_path(dst / runs.MODEL_FILE) as tmp_model:
         tuned.save(tmp_model)
-    log(f"{mode} model accuracy {result.get('tuned_model_accuracy', float('nan')):.4f}; "
-        f"float accuracy after {mode}: {m['test_accuracy']:.4f} (source run: "
-        f"{json.loads((src / 'metrics.json').read_text()).get('test_accuracy', float('nan')):.4f})")
+    source_accuracy = json.loads((src / "metrics.json").read_text()).get("test_accuracy", float("nan"))
+    if mode == "prune" and recalibrated:
+        log(f"pruned model accuracy {result.get('tuned_model_accuracy', float('nan')):.4f} with the fine-tuned "
+            f"BatchNorm averages, {m['test_accuracy']:.4f} with them recomputed (source run: {source_accuracy:.4f})")
+    else:
+        log(f"{mode} model accuracy {result.get('tuned_model_accuracy', float('nan')):.4f}; "
+            f"float accuracy after {mode}: {m['test_accuracy']:.4f} (source run: {source_accuracy:.4f})")
     if mode == "prune":
         log("sparsity per layer: " + ", ".join(f"{k} {v:.3f}" for k, v in result["sparsity"].items()))
     for e in result.get("exports", []):
