@@ -103,7 +103,7 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
                     layer.set_weights([z[f"{layer.name}/{i}"] for i in range(n)])
                 layer.trainable = layer.name not in frozen
     recalibrated = 0
-    if mode == "prune":  # zeroed weights change what each BatchNorm sees; a few fine-tuning steps barely move its averages
+    if mode == "prune":  # zeroed weights change what each BatchNorm sees; fine-tuning barely moves its averages
         recalibrated = model_mod.recalibrate_batchnorm(tuned, ds.x_train, cfg.get("batch_size", 64), cfg.get("seed", 0))
         if recalibrated:
             log(f"BatchNorm statistics recomputed over {recalibrated} training images for the pruned weights")

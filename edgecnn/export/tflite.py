@@ -73,10 +73,10 @@ def run_converter(conv, variant: str, calibration: np.ndarray | None = None, io_
 def calibration_images(x_train: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """``n`` training images chosen deterministically (never from the test split).
 
-    The first value of the first image is set to 0 and the last of the last image to 255 (in a copy), so the int8 input's calibrated
-    range is the whole pixel range whatever the images span: a uint8 input then takes raw pixels (scale 1,
-    zero point 0) and no pixel of a deployed image saturates. Calibrated on images that only reached 201,
-    the input had scale 0.79, and a caller feeding raw pixels got wrong answers.
+    The first value of the first image is set to 0 and the last of the last image to 255 (in a copy), so
+    the int8 input's calibrated range is the whole pixel range whatever the images span: a uint8 input then
+    takes raw pixels (scale 1, zero point 0) and no pixel of a deployed image saturates. Calibrated on
+    images spanning 60..180, the input had scale 0.71, and a caller feeding raw pixels got wrong answers.
     """
     if n < 1:
         raise EdgeCNNError(f"--calib-samples must be at least 1, got {n}")
