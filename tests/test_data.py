@@ -262,3 +262,18 @@ def test_photos_load_upright_and_large_jpegs_decode_at_a_reduced_scale(tmp_path)
     # 48 megapixels, as phones take them, is a photo, not a bomb (PNG and BMP keep the 40-megapixel limit).
     Image.new("RGB", (8000, 6000), (10, 200, 30)).save(tmp_path / "48mp.jpg")
     assert (np.abs(load_image(tmp_path / "48mp.jpg", 8).astype(int) - (10, 200, 30)) <= 3).all()
+
+
+def test_16_bit_grayscale_pngs_are_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    from edgecnn.data.images import load_image
+
+    ramp = np.repeat(np.linspace(0, 65535, 16).astype(np.uint16)[None], 16, 0)  # left to right, black to white
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as img:
+        assert img.mode.startswith("I")
+    expected = np.round(ramp / 257.0)
+    assert np.abs(load_image(tmp_path / "g16.png", 16, 1)[..., 0] - expected).max() <= 1
+    rgb = load_image(tmp_path / "g16.png", 16, 3)
+    assert (rgb[..., 0] == rgb[..., 2]).all() and np.abs(rgb[..., 1] - expected).max() <= 1

@@ -101,6 +101,9 @@ def test_standalone_scripts_need_no_tensorflow_and_agree_with_predict(capsys, ti
     big = tmp_path / "photo.jpg"
     Image.fromarray(x[0]).resize((300, 400)).transpose(Image.Transpose.ROTATE_90).save(big, exif=exif, quality=95)
     images.append(str(big))
+    gray16 = tmp_path / "gray16.png"  # 16-bit grayscale: scaled to 8 bits, not clipped
+    Image.fromarray(x[1].mean(-1).astype(np.uint16) * 257).save(gray16)
+    images.append(str(gray16))
     out = subprocess.run([sys.executable, "-c", BLOCK, str(tiny_exports / script), str(tiny_exports / model), *images],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

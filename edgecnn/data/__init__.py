@@ -169,7 +169,7 @@ def _from_arrays(x_train, y_train, x_test, y_test, classes, src, image_size, cha
 def _folder_cache_key(root: Path, image_size: int, channels: int, skip_bad: bool) -> str:
     from edgecnn.data.images import IMAGE_EXTENSIONS, RESIZE
 
-    h = hashlib.sha256(f"{root.resolve()}|{image_size}|{channels}|{skip_bad}|{RESIZE}|v3".encode())
+    h = hashlib.sha256(f"{root.resolve()}|{image_size}|{channels}|{skip_bad}|{RESIZE}|v4".encode())
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):

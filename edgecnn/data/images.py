@@ -20,7 +20,7 @@ MAX_JPEG_PIXELS = 250_000_000
 REDUCING_GAP = 2
 # How images are made to fit the model; recorded in labels.json, used by predict.
 RESIZE = "bilinear-squash"
-DECODE = (f"EXIF orientation applied; a JPEG at least {REDUCING_GAP}x the input decodes at 1/2-1/8 scale "
+DECODE = (f"EXIF orientation applied; 16-bit grayscale scaled to 8 bits (/257); a JPEG at least {REDUCING_GAP}x the input decodes at 1/2-1/8 scale "
           f"(Pillow draft) down to no less than {REDUCING_GAP}x the input, then the bilinear resize")
 
 
@@ -55,6 +55,9 @@ def load_image(path: str | Path, image_size: int | tuple[int, int], channels: in
                     img.draft(img.mode, (side, side))
                 img.load()
                 img = ImageOps.exif_transpose(img)  # as a photo viewer shows it (phones store it sideways)
+                if img.mode.startswith("I"):  # 16-bit grayscale PNG: convert() would clip 0..65535 at 255
+                    img = Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257).clip(0, 255)
+                                          .astype(np.uint8))
                 img = img.convert("L" if channels == 1 else "RGB")
                 if img.size != (size[1], size[0]):
                     img = img.resize((size[1], size[0]), Image.BILINEAR)

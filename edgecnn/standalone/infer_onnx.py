@@ -18,13 +18,16 @@ from PIL import Image, ImageOps, JpegImagePlugin
 
 def preprocess(path, height, width, channels):
     """Exactly what training did: a large JPEG decoded at a reduced scale (Pillow draft) no smaller than
-    twice the input, EXIF orientation applied, RGB (or L), bilinear resize of the whole image, uint8 0..255."""
+    twice the input, EXIF orientation applied, 16-bit grayscale scaled to 8 bits, RGB (or L), bilinear
+    resize of the whole image, uint8 0..255."""
     with Image.open(path) as img:
         if isinstance(img, JpegImagePlugin.JpegImageFile):
             side = 2 * max(height, width)
             img.draft(img.mode, (side, side))
         img.load()
         img = ImageOps.exif_transpose(img)
+        if img.mode.startswith("I"):  # 16-bit grayscale: 0..65535 to 0..255
+            img = Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
         img = img.convert("L" if channels == 1 else "RGB")
         if img.size != (width, height):
             img = img.resize((width, height), Image.BILINEAR)
