@@ -38,7 +38,7 @@ def expand(paths: list[str]) -> list[Path]:
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if is_image_file(f))
             if not found:
-                raise EdgeCNNError(f"{p}: folder has no images (JPEG, PNG or BMP)")
+                raise EdgeCNNError(f"{p}: folder has no images (JPEG, PNG, BMP or WebP)")
             out += found
         else:
             out.append(p)

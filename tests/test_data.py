@@ -57,9 +57,10 @@ def test_folder_with_train_test_split_and_modes(tmp_path):
     make_folder(root / "test", per_class=3, ext=".bmp")
     write_image(root / "train" / "cat" / "gray.png", mode="L")
     write_image(root / "train" / "dog" / "rgba.png", mode="RGBA")
+    write_image(root / "train" / "dog" / "web.webp")
     (root / "train" / "cat" / "notes.txt").write_text("not an image, ignored")
     ds = data.load(str(root), val_split=0.25)
-    assert len(ds.x_test) == 6 and len(ds.x_train) + len(ds.x_val) == 18
+    assert len(ds.x_test) == 6 and len(ds.x_train) + len(ds.x_val) == 19
     gray = data.load(str(root), channels=1, image_size=16)
     assert gray.input_shape == (16, 16, 1)
 
@@ -259,7 +260,7 @@ def test_photos_load_upright_and_large_jpegs_decode_at_a_reduced_scale(tmp_path)
         assert img.size == (504, 378)
         assert (np.asarray(img.resize((32, 32), Image.BILINEAR), dtype=int) == reduced).all()
 
-    # 48 megapixels, as phones take them, is a photo, not a bomb (PNG and BMP keep the 40-megapixel limit).
+    # 48 megapixels, as phones take them, is a photo, not a bomb (PNG, BMP and WebP keep the 40-megapixel limit).
     Image.new("RGB", (8000, 6000), (10, 200, 30)).save(tmp_path / "48mp.jpg")
     assert (np.abs(load_image(tmp_path / "48mp.jpg", 8).astype(int) - (10, 200, 30)) <= 3).all()
 

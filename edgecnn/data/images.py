@@ -9,8 +9,8 @@ import numpy as np
 
 from edgecnn.errors import EdgeCNNError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-# Refuse decompression bombs. PNG and BMP decode whole; a JPEG decodes at up to 1/8 scale (below), so a
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# Refuse decompression bombs. PNG, BMP and WebP decode whole; a JPEG decodes at up to 1/8 scale (below), so a
 # 200-megapixel phone photo costs what a 3-megapixel one does.
 MAX_PIXELS = 40_000_000
 MAX_JPEG_PIXELS = 250_000_000
