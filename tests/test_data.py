@@ -59,8 +59,12 @@ def test_folder_with_train_test_split_and_modes(tmp_path):
     write_image(root / "train" / "dog" / "rgba.png", mode="RGBA")
     write_image(root / "train" / "dog" / "web.webp")
     (root / "train" / "cat" / "notes.txt").write_text("not an image, ignored")
+    (root / "train" / "cat" / ".DS_Store").write_bytes(b"hidden: not mentioned")
+    write_image(root / "test" / "dog" / "2023" / "nested.png")  # class folders are read one level deep
     ds = data.load(str(root), val_split=0.25)
     assert len(ds.x_test) == 6 and len(ds.x_train) + len(ds.x_val) == 19
+    assert ds.info["unread"] == 2 and ds.info["unread_example"].endswith("notes.txt")
+    assert "; not read: 2 entries of class folders that are not JPEG, PNG, BMP or WebP images" in ds.summary()
     gray = data.load(str(root), channels=1, image_size=16)
     assert gray.input_shape == (16, 16, 1)
 

@@ -43,6 +43,8 @@ class Dataset:
         return (
             f"{self.source}: {len(self.x_train)} train / {len(self.x_val)} val / {len(self.x_test)} test images, "
             f"{h}x{w}x{c}, {self.num_classes} classes"
+            + (f"; not read: {self.info['unread']} entries of class folders that are not JPEG, PNG, BMP or WebP "
+               f"images (e.g. {self.info['unread_example']})" if self.info.get("unread") else "")
         )
 
 
@@ -197,7 +199,12 @@ def _from_folder(root, src, image_size, channels, val_split, test_split, seed, s
             x_train, y_train = x_train[train_idx], y_train[train_idx]
     if len(x_train) == 0 or len(x_test) == 0:
         raise EdgeCNNError(f"--data {src}: too few images to split into train and test")
-    info = {"skipped_images": skipped, **({"cache": str(cache)} if cache else {})}
+    from edgecnn.data import folder
+
+    splits = folder.find_splits(root) or {"all": root}
+    unread = [p for path in splits.values() for p in folder.unread_entries(path, classes)]
+    info = {"skipped_images": skipped, **({"cache": str(cache)} if cache else {}),
+            **({"unread": len(unread), "unread_example": str(unread[0])} if unread else {})}
     return Dataset(x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test,
                    class_names=classes, source=src, info=info)
 

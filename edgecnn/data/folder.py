@@ -54,6 +54,15 @@ def list_files(root: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
     return files, np.asarray(labels, dtype=np.int64)
 
 
+def unread_entries(root: Path, classes: list[str]) -> list[Path]:
+    """What the class folders under ``root`` hold besides the images read: other files and sub-folders."""
+    out = []
+    for name in classes:
+        if (root / name).is_dir():
+            out += [p for p in (root / name).iterdir() if not p.name.startswith(".") and not is_image_file(p)]
+    return sorted(out)
+
+
 def read_split(root: Path, classes: list[str], image_size: int, channels: int, skip_bad: bool):
     files, labels = list_files(root, classes)
     x, errors, good = load_images(files, image_size, channels)
