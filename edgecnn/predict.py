@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn import runs
-from edgecnn.data.images import ImageError, is_image_file, load_image
+from edgecnn.data.images import FORMATS, ImageError, is_image_file, load_image
 from edgecnn.errors import EdgeCNNError
 from edgecnn.fsutil import read_json
 
@@ -38,7 +38,7 @@ def expand(paths: list[str]) -> list[Path]:
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if is_image_file(f))
             if not found:
-                raise EdgeCNNError(f"{p}: folder has no images (JPEG, PNG, BMP or WebP)")
+                raise EdgeCNNError(f"{p}: folder has no images ({FORMATS})")
             out += found
         else:
             out.append(p)

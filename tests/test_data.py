@@ -64,7 +64,7 @@ def test_folder_with_train_test_split_and_modes(tmp_path):
     ds = data.load(str(root), val_split=0.25)
     assert len(ds.x_test) == 6 and len(ds.x_train) + len(ds.x_val) == 19
     assert ds.info["unread"] == 2 and ds.info["unread_example"].endswith("notes.txt")
-    assert "; not read: 2 entries of class folders that are not JPEG, PNG, BMP or WebP images" in ds.summary()
+    assert "; not read: 2 entries of class folders that are not JPEG, PNG, BMP, WebP, GIF or TIFF images" in ds.summary()
     gray = data.load(str(root), channels=1, image_size=16)
     assert gray.input_shape == (16, 16, 1)
 
@@ -282,3 +282,36 @@ def test_16_bit_grayscale_pngs_are_scaled_not_clipped(tmp_path):
     assert np.abs(load_image(tmp_path / "g16.png", 16, 1)[..., 0] - expected).max() <= 1
     rgb = load_image(tmp_path / "g16.png", 16, 3)
     assert (rgb[..., 0] == rgb[..., 2]).all() and np.abs(rgb[..., 1] - expected).max() <= 1
+
+
+def test_gif_and_tiff_files_are_read_first_frame_first(tmp_path):
+    """GIF (Keras's image_dataset_from_directory reads it) and TIFF (machine-vision cameras write it): the first
+    frame of an animation or a multi-page file, 16-bit TIFFs scaled like 16-bit PNGs, CMYK converted."""
+    from PIL import Image
+
+    from edgecnn.data.images import ImageError, load_image
+
+    frames = [np.full((16, 16, 3), v, np.uint8) for v in (40, 200, 120)]
+    pil = [Image.fromarray(f) for f in frames]
+    pil[0].save(tmp_path / "anim.gif", save_all=True, append_images=pil[1:])
+    pil[0].save(tmp_path / "pages.tif", save_all=True, append_images=pil[1:], compression="tiff_lzw")
+    for name in ("anim.gif", "pages.tif"):
+        with Image.open(tmp_path / name) as img:
+            assert img.n_frames == 3
+        assert np.abs(load_image(tmp_path / name, 16).astype(int) - 40).max() <= 1, name
+    ramp = np.repeat(np.linspace(0, 65535, 16).astype(np.uint16)[None], 16, 0)
+    Image.fromarray(ramp).save(tmp_path / "g16.tif")
+    assert np.abs(load_image(tmp_path / "g16.tif", 16, 1)[..., 0] - np.round(ramp / 257.0)).max() <= 1
+    Image.fromarray(frames[1]).convert("CMYK").save(tmp_path / "cmyk.tif")
+    assert np.abs(load_image(tmp_path / "cmyk.tif", 16).astype(int) - 200).max() <= 2
+    Image.fromarray(np.ones((16, 16), np.float32) / 2).save(tmp_path / "depth.tif")
+    with pytest.raises(ImageError, match=r"depth\.tif: 32-bit floating-point image; edgecnn reads 8- and 16-bit"):
+        load_image(tmp_path / "depth.tif", 16)
+    # in a class folder they are images, not "not read" entries
+    for c, v in (("a", 40), ("b", 200)):
+        (tmp_path / "ds" / c).mkdir(parents=True)
+        for i in range(3):
+            for ext in (".gif", ".tiff"):
+                Image.fromarray(np.full((16, 16, 3), v, np.uint8)).save(tmp_path / "ds" / c / f"{i}{ext}")
+    ds = data.load(str(tmp_path / "ds"), val_split=0.0, test_split=0.5)
+    assert len(ds.x_train) + len(ds.x_test) == 12 and "not read" not in ds.summary()

@@ -39,11 +39,13 @@ class Dataset:
         return len(self.class_names)
 
     def summary(self) -> str:
+        from edgecnn.data.images import FORMATS
+
         h, w, c = self.input_shape
         return (
             f"{self.source}: {len(self.x_train)} train / {len(self.x_val)} val / {len(self.x_test)} test images, "
             f"{h}x{w}x{c}, {self.num_classes} classes"
-            + (f"; not read: {self.info['unread']} entries of class folders that are not JPEG, PNG, BMP or WebP "
+            + (f"; not read: {self.info['unread']} entries of class folders that are not {FORMATS} "
                f"images (e.g. {self.info['unread_example']})" if self.info.get("unread") else "")
         )
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.data.images import is_image_file, load_images
+from edgecnn.data.images import FORMATS, is_image_file, load_images
 from edgecnn.errors import EdgeCNNError
 
 SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
@@ -48,7 +48,7 @@ def list_files(root: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
             raise EdgeCNNError(f"{root}: class folder {name!r} is missing (it exists in the training split)")
         found = sorted(p for p in folder.iterdir() if is_image_file(p))
         if not found:
-            raise EdgeCNNError(f"{folder}: class folder has no images (JPEG, PNG, BMP or WebP)")
+            raise EdgeCNNError(f"{folder}: class folder has no images ({FORMATS})")
         files += found
         labels += [i] * len(found)
     return files, np.asarray(labels, dtype=np.int64)

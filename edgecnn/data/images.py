@@ -9,8 +9,9 @@ import numpy as np
 
 from edgecnn.errors import EdgeCNNError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-# Refuse decompression bombs. PNG, BMP and WebP decode whole; a JPEG decodes at up to 1/8 scale (below), so a
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+FORMATS = "JPEG, PNG, BMP, WebP, GIF or TIFF"  # for messages
+# Refuse decompression bombs. Other formats decode whole; a JPEG decodes at up to 1/8 scale (below), so a
 # 200-megapixel phone photo costs what a 3-megapixel one does.
 MAX_PIXELS = 40_000_000
 MAX_JPEG_PIXELS = 250_000_000
@@ -20,7 +21,7 @@ MAX_JPEG_PIXELS = 250_000_000
 REDUCING_GAP = 2
 # How images are made to fit the model; recorded in labels.json, used by predict.
 RESIZE = "bilinear-squash"
-DECODE = (f"EXIF orientation applied; 16-bit grayscale scaled to 8 bits (/257); a JPEG at least {REDUCING_GAP}x the input decodes at 1/2-1/8 scale "
+DECODE = (f"first frame of animated GIFs and multi-page TIFFs; EXIF orientation applied; 16-bit grayscale scaled to 8 bits (/257); a JPEG at least {REDUCING_GAP}x the input decodes at 1/2-1/8 scale "
           f"(Pillow draft) down to no less than {REDUCING_GAP}x the input, then the bilinear resize")
 
 
@@ -53,7 +54,10 @@ def load_image(path: str | Path, image_size: int | tuple[int, int], channels: in
                 if jpeg:  # the larger side of the input is the one both sides must keep
                     side = REDUCING_GAP * max(size)
                     img.draft(img.mode, (side, side))
-                img.load()
+                img.load()  # the first frame of an animated GIF or a multi-page TIFF
+                if img.mode == "F":  # 32-bit float TIFF: no fixed range to map to 0..255
+                    raise ImageError(f"{path}: 32-bit floating-point image; edgecnn reads 8- and 16-bit images "
+                                     "(scale it to 0..255 or 0..65535 integers)")
                 img = ImageOps.exif_transpose(img)  # as a photo viewer shows it (phones store it sideways)
                 if img.mode.startswith("I"):  # 16-bit grayscale PNG: convert() would clip 0..65535 at 255
                     img = Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257).clip(0, 255)
