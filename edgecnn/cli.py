@@ -54,6 +54,9 @@ def train(
     warmup_epochs: float = typer.Option(1.0, help="Linear warm-up for the cosine schedule (at most 10% of steps)."),
     label_smoothing: float = typer.Option(0.0, help="Label smoothing factor."),
     weight_decay: float = typer.Option(1e-4, help="Decoupled weight decay."),
+    class_balance: str = typer.Option("none", help="For classes of very different sizes: oversample (every "
+                                      "class drawn equally often) or weight (the loss weighs each class by its "
+                                      "inverse frequency); none."),
     augment: str = typer.Option("light", help="none, light (flip+translate), standard, full, or a comma list of "
                                 "flip,altflip,translate,rotate,zoom,contrast,cutout (altflip: each image "
                                 "mirrored in every other epoch)."),
@@ -99,7 +102,8 @@ def train(
         return
     cfg = _train_config(ctx, dict(
         data=data, arch=arch, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule,
-        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, weight_decay=weight_decay, augment=augment,
+        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, weight_decay=weight_decay,
+        class_balance=class_balance, augment=augment,
         translate=translate, whiten=whiten, early_stopping=early_stopping, keep=keep, time_budget=time_budget,
         seed=seed,
         image_size=image_size, channels=channels, val_split=val_split, test_split=test_split,

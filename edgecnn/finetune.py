@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn import runs
+from edgecnn import balance, runs
 from edgecnn.errors import EdgeCNNError
 from edgecnn.fsutil import atomic_path, write_json, write_text
 
@@ -75,7 +75,7 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
             "data": cfg["data"], "val_split": cfg.get("val_split", 0.1), "test_split": cfg.get("test_split", 0.1),
             "seed": cfg.get("seed", 0), "skip_bad_images": cfg.get("skip_bad_images", False),
             "augment": cfg.get("augment", "none"), "translate": cfg.get("translate", model_mod.TRANSLATE),
-            "batch_size": cfg.get("batch_size", 64), "epochs": epochs,
+            "batch_size": cfg.get("batch_size", 64), "epochs": epochs, "class_balance": cfg.get("class_balance", "none"),
             "lr": lr, "sparsity": sparsity, "schedule": schedule, "calib_samples": calib_samples,
             "io_dtype": io_dtype, "opset": opset, "verify_samples": verify_samples,
             "min_agreement_int8": min_agreement_int8, "weights_in": str(tmp / "weights_in.npz"),
@@ -104,7 +104,9 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
                 layer.trainable = layer.name not in frozen
     recalibrated = 0
     if mode == "prune":  # zeroed weights change what each BatchNorm sees; fine-tuning barely moves its averages
-        recalibrated = model_mod.recalibrate_batchnorm(tuned, ds.x_train, cfg.get("batch_size", 64), cfg.get("seed", 0))
+        images = balance.training_images(ds.x_train, ds.y_train, cfg.get("class_balance", "none"), cfg.get("seed", 0),
+                                         model_mod.RECALIBRATION_IMAGES)
+        recalibrated = model_mod.recalibrate_batchnorm(tuned, images, cfg.get("batch_size", 64), cfg.get("seed", 0))
         if recalibrated:
             log(f"BatchNorm statistics recomputed over {recalibrated} training images for the pruned weights")
 
@@ -113,7 +115,7 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
     m.update({"parameters": int(tuned.count_params()), "macs": model_mod.count_macs(tuned),
               "train_seconds": round(result["train_seconds"], 2), "epochs_run": epochs, "finetune": mode,
               "source_run": str(src), "transfer_max_abs_diff": result["transfer_max_abs_diff"],
-              "data": ds.source, "device": "CPU (tfmot worker)",
+              "data": ds.source, "device": "CPU (tfmot worker)", "class_balance": cfg.get("class_balance", "none"),
               "tuned_model_accuracy": result.get("tuned_model_accuracy")})
     if mode == "prune":
         m["batchnorm_recalibration_images"] = recalibrated

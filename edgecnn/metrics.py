@@ -60,6 +60,8 @@ def evaluate(probs: np.ndarray, y_true: np.ndarray, class_names: list[str]) -> d
     pca = per_class_accuracy(y_true, y_pred, n)
     return {
         "test_accuracy": float(np.mean(y_pred == y_true)),
+        # mean recall over the classes in the test set: what accuracy would be with every class equally large
+        "test_balanced_accuracy": float(np.nanmean(pca)),
         "test_top5_accuracy": topk_accuracy(probs, y_true, 5),
         "test_loss": cross_entropy(probs, y_true),
         "test_images": int(len(y_true)),

@@ -65,11 +65,14 @@ def write(run_dir: Path) -> tuple[Path, Path]:
                ["data", str(metrics.get("data", cfg.get("data", "-")))],
                ["architecture", str(cfg.get("arch_spec", cfg.get("arch", "-")))],
                ["test accuracy", f"{metrics['test_accuracy'] * 100:.2f}%" if "test_accuracy" in metrics else "-"],
+               ["balanced accuracy (mean per-class recall)",
+                f"{metrics['test_balanced_accuracy'] * 100:.2f}%" if "test_balanced_accuracy" in metrics else "-"],
                ["test loss", f"{metrics.get('test_loss', float('nan')):.4f}"],
                ["parameters", f"{metrics.get('parameters', 0):,}"],
                ["MACs per image", f"{metrics.get('macs', 0):,}"],
                ["epochs (kept)", f"{metrics.get('epochs_run', '-')} ({metrics.get('kept_epoch', metrics.get('best_epoch', '-'))}"
                                  f"{', last' if metrics.get('kept') == 'last' else ''})"],
+               ["class balance", f"{metrics.get('class_balance', 'none')}"],
                ["training time", f"{metrics.get('train_seconds', 0):.1f} s on {metrics.get('device', '-')}"]]
     sections.append(("Training", "", summary, None))
     sections.append(("Learning curves", "", None, "curves.png"))

@@ -94,20 +94,11 @@ def _freeze_quantized(wrapper) -> None:
     wrapper._trainable_weights = [v for v in wrapper._trainable_weights if _owner(v) != name]
 
 
-def _dataset(tf, tf_keras, x, y, num_classes, batch, augment, seed, shuffle):
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch).map(lambda a, b: (tf.cast(a, tf.float32), tf.one_hot(b, num_classes)))
-    if augment is not None:
-        ds = ds.map(lambda a, b: (augment(a, training=True), b))
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
 def run(job: dict) -> dict:
     tf, tf_keras, tfmot = _libs()
     from edgecnn import data as data_mod
     from edgecnn.model import build_augment, parse_augment
+    from edgecnn.tfdata import batches
 
     tf_keras.utils.set_random_seed(job["seed"])
     model = rebuild(job, tf_keras)
@@ -124,9 +115,11 @@ def run(job: dict) -> dict:
     names = parse_augment(job["augment"])
     augment = (build_augment(names, tuple(job["input_shape"]), job["seed"], keras_module=tf_keras,
                              translate=job["translate"]) if names else None)
-    train_ds = _dataset(tf, tf_keras, ds.x_train, ds.y_train, ds.num_classes, job["batch_size"], augment,
-                        job["seed"], True)
-    val_ds = _dataset(tf, tf_keras, ds.x_val, ds.y_val, ds.num_classes, job["batch_size"], None, job["seed"], False)
+    train_ds = batches(tf, ds.x_train, ds.y_train, ds.num_classes, job["batch_size"], True, job["seed"],
+                       repeat=True, class_balance=job.get("class_balance", "none"), augment=augment)
+    val_ds = (batches(tf, ds.x_val, ds.y_val, ds.num_classes, job["batch_size"], False, job["seed"])
+              if len(ds.x_val) else None)  # a run trained with --val-split 0 has none
+    steps_per_epoch = int(np.ceil(len(ds.x_train) / job["batch_size"]))
 
     result: dict = {"transfer_max_abs_diff": transfer_diff}
     frozen = set(job.get("frozen", ()))
@@ -154,7 +147,7 @@ def run(job: dict) -> dict:
                 _freeze_quantized(wrapper)
     else:
         sp = tfmot.sparsity.keras
-        steps = int(np.ceil(len(ds.x_train) / job["batch_size"])) * job["epochs"]
+        steps = steps_per_epoch * job["epochs"]
         if job["schedule"] == "polynomial":
             schedule = sp.PolynomialDecay(0.0, job["sparsity"], begin_step=0, end_step=max(1, int(steps * 0.7)),
                                           frequency=max(1, steps // 20))
@@ -179,7 +172,7 @@ def run(job: dict) -> dict:
                   loss=tf_keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
     t0 = time.perf_counter()
     hist = tuned.fit(train_ds, validation_data=val_ds, epochs=job["epochs"], callbacks=callbacks,
-                     verbose=2)
+                     steps_per_epoch=steps_per_epoch, verbose=2)
     result["train_seconds"] = time.perf_counter() - t0
     result["history"] = [{"epoch": i + 1, **{k: float(v[i]) for k, v in hist.history.items()}}
                          for i in range(len(hist.history["loss"]))]

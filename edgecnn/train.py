@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn import runs
+from edgecnn import balance, runs, tfdata
 from edgecnn.errors import EdgeCNNError
 from edgecnn.fsutil import atomic_path, read_json, write_json, write_text
 from edgecnn.model import TRANSLATE
@@ -56,6 +56,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
     weight_decay: float = 1e-4
+    class_balance: str = "none"  # oversample: classes drawn equally often; weight: loss weighs each by n / (k * count)
     augment: str = "light"
     translate: float = TRANSLATE  # the translate augmentation's largest shift, a fraction of the image side
     whiten: bool = False  # first conv = whitened patch PCA of the training images, frozen
@@ -100,6 +101,7 @@ class TrainConfig:
             bad("--warmup-epochs", f"must be >= 0, got {self.warmup_epochs}")
         if not 0 < self.translate < 1:
             bad("--translate", f"must be in (0, 1), a fraction of the image side, got {self.translate}")
+        balance.check(self.class_balance)
         if self.keep not in KEEP:
             bad("--keep", f"must be one of {', '.join(KEEP)}, got {self.keep!r}")
         if self.early_stopping < 0:
@@ -254,8 +256,8 @@ def make_optimizer(cfg: TrainConfig, schedule, precision: str):
 
 
 def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, batch: int, shuffle: bool, seed: int,
-                 repeat: bool = False):
-    """tf.data: in-memory arrays, shuffled each epoch, batched, prefetched.
+                 repeat: bool = False, class_balance: str = "none"):
+    """tf.data: in-memory arrays, shuffled each epoch, batched, prefetched (tfdata.batches).
 
     ``repeat``: endless (each pass reshuffled); fit it with ``steps_per_epoch = ceil(len(x) / batch)``.
     Keras opens a new iterator on a finite dataset every epoch; on the 49,000 CIFAR-10 training images
@@ -264,17 +266,7 @@ def make_dataset(x: np.ndarray, y: np.ndarray, num_classes: int, batch: int, shu
     """
     from edgecnn._tf import tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch, drop_remainder=False)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.map(lambda a, b: (tf.cast(a, tf.float32), tf.one_hot(b, num_classes)),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    opts = tf.data.Options()
-    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.with_options(opts).prefetch(tf.data.AUTOTUNE)
+    return tfdata.batches(tf, x, y, num_classes, batch, shuffle, seed, repeat, class_balance)
 
 
 def _callbacks(run_dir: Path, history_rows: list[dict], cfg: TrainConfig):
@@ -443,6 +435,14 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
     ds = dataset or data_mod.load(cfg.data, cfg.image_size, cfg.channels, cfg.val_split, cfg.test_split,
                                   cfg.seed, cfg.skip_bad_images)
     log(f"data: {ds.summary()}")
+    ratio, biggest, smallest = balance.imbalance(ds.y_train, ds.class_names)
+    if cfg.class_balance != "none":
+        log(f"--class-balance {cfg.class_balance}: {biggest} to {smallest} training images, "
+            + ("every class drawn equally often" if cfg.class_balance == "oversample" else
+               "the loss weighs each class by images / (classes * its images)"))
+    elif ratio >= balance.HINT_RATIO:
+        log(f"classes imbalanced: {biggest} to {smallest} training images (--class-balance oversample draws "
+            "every class equally often)")
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -504,7 +504,8 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
         blockers = model_mod.layers_without_xla(train_model)
         log(f"--xla: Keras trains without XLA: {', '.join(blockers)} cannot be compiled by it" if blockers else
             "--xla: Keras trains without XLA while TensorFlow's deterministic ops are on")
-    train_ds = make_dataset(ds.x_train, ds.y_train, ds.num_classes, global_batch, True, cfg.seed, repeat=True)
+    train_ds = make_dataset(ds.x_train, ds.y_train, ds.num_classes, global_batch, True, cfg.seed, repeat=True,
+                            class_balance=cfg.class_balance)
     val_ds = make_dataset(ds.x_val, ds.y_val, ds.num_classes, global_batch, False, cfg.seed) if len(ds.x_val) else None
     tracker = _callbacks(run_dir, history_rows, cfg)(core, seconds_before)
     callbacks = [tracker]
@@ -538,7 +539,8 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
     deploy = model_mod.to_float32(core, spec, ds.num_classes)
     recalibrated = 0
     if bn_momentum < model_mod.BN_MOMENTUM:
-        recalibrated = model_mod.recalibrate_batchnorm(deploy, ds.x_train, cfg.batch_size, cfg.seed)
+        recalibrated = model_mod.recalibrate_batchnorm(deploy, balance.training_images(
+            ds.x_train, ds.y_train, cfg.class_balance, cfg.seed, model_mod.RECALIBRATION_IMAGES), cfg.batch_size, cfg.seed)
         if recalibrated:
             log(f"BatchNorm: {steps} steps per epoch, so moving averages of momentum {bn_momentum:.3f} in training; "
                 f"statistics recomputed over {recalibrated} training images")
@@ -559,6 +561,8 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
         "best_val_accuracy": tracker.best,
         "interrupted": interrupted,
         "xla": xla,  # --xla asked for it; Keras turns it off for layers it cannot compile (RandomTranslation)
+        "class_balance": cfg.class_balance,
+        "train_class_counts": dict(zip(ds.class_names, map(int, balance.class_counts(ds.y_train, ds.num_classes)))),
         "batchnorm_momentum": round(bn_momentum, 4),
         "batchnorm_recalibration_images": recalibrated,
         "precision": setup.precision,
@@ -578,7 +582,9 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
     if not interrupted:  # finished: the training state is no longer needed
         for name in (CHECKPOINT, CHECKPOINT_STATE, KEPT_WEIGHTS):
             (run_dir / name).unlink(missing_ok=True)
-    log(f"test accuracy {m['test_accuracy']:.4f}  loss {m['test_loss']:.4f}  "
+    balanced = (f"  balanced accuracy {m['test_balanced_accuracy']:.4f}"
+                if cfg.class_balance != "none" or balance.imbalance(ds.y_test, ds.class_names)[0] >= 2 else "")
+    log(f"test accuracy {m['test_accuracy']:.4f}{balanced}  loss {m['test_loss']:.4f}  "
         f"({m['epochs_run']} epoch{'' if m['epochs_run'] == 1 else 's'}, {train_seconds:.1f} s, kept epoch {tracker.kept_epoch}: {cfg.keep}{'' if cfg.keep == 'best' else f', best by val {tracker.best_epoch}'})")
     log(f"saved {run_dir / runs.MODEL_FILE}")
     return run_dir

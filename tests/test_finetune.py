@@ -105,6 +105,22 @@ def test_pruned_weights_get_batchnorm_statistics_of_their_own(tmp_path):
     np.testing.assert_allclose(bn.moving_mean.numpy(), out.mean(0), atol=0.02 * out.std(0).max())
 
 
+def test_a_run_without_validation_images_fine_tunes(tmp_path):
+    """--val-split 0 (the presets' 1,000 validation images put back into training): the worker's fit got an
+    empty validation set and failed with "Expected input data to be non-empty"."""
+    from conftest import make_folder
+    from edgecnn.data import load
+    from edgecnn.finetune import finetune
+    from edgecnn.train import TrainConfig, train
+
+    folder = make_folder(tmp_path / "colours", classes=("red", "green"), per_class=20, size=(16, 16))
+    src = train(TrainConfig(data=str(folder), image_size=16, arch="C: 4n 8n gap", epochs=1, batch_size=16,
+                            val_split=0.0, augment="none", runs_dir=str(tmp_path)), log=lambda m: None)
+    assert "0 val" in load(str(folder), image_size=16, val_split=0.0).summary()
+    dst = finetune(str(src), "prune", str(tmp_path), epochs=1, sparsity=0.5, log=lambda m: None)
+    assert json.loads((dst / "metrics.json").read_text())["sparsity_per_layer"]["conv1"] > 0.45
+
+
 def test_bad_finetune_options(tiny_run):
     from edgecnn.finetune import finetune
 
