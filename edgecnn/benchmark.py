@@ -226,8 +226,9 @@ def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
     x, y = ds.x_test, ds.y_test
     if cfg.limit:
         x, y = x[:cfg.limit], y[:cfg.limit]
-    log(f"benchmark: {run_dir} on {len(x)} test images of {ds.source}, {cfg.threads} thread(s), "
-        f"batch sizes {sorted(cfg.batch_sizes)}")
+    log(f"benchmark: {run_dir} on {len(x)} test images of {ds.source}"
+        + (f" ({ds.info['classes_matched']})" if ds.info.get("classes_matched") else "")
+        + f", {cfg.threads} thread(s), batch sizes {sorted(cfg.batch_sizes)}")
     ref_probs = None
     with tempfile.TemporaryDirectory(prefix="edgecnn-bench-") as tmp:
         tmp = Path(tmp)

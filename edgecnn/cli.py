@@ -175,7 +175,8 @@ def evaluate(
     else:
         _log(result["report"])
         _log(f"accuracy {result['test_accuracy']:.4f}  loss {result['test_loss']:.4f}  on {result['test_images']} "
-             f"images of {result['data']}" + ("  (with flip test-time augmentation)" if tta else ""))
+             f"images of {result['data']}" + (f" ({result['classes_matched']})" if result.get("classes_matched") else "")
+             + ("  (with flip test-time augmentation)" if tta else ""))
 
 
 # --------------------------------------------------------------------------- export

@@ -6,8 +6,11 @@ from edgecnn import runs
 from edgecnn.errors import EdgeCNNError
 
 
-def load_run_data(run_dir, data: str | None = None):
-    """The data a run was trained on (or ``data``), at the run's image size and channels."""
+def load_run_data(run_dir, data: str | None = None, labelled: bool = True):
+    """The data a run was trained on (or ``data``), at the run's image size and channels.
+
+    ``labelled``: match ``data``'s classes to the model's (match_classes); export, which needs only images
+    (calibration, verification against Keras), passes False and takes any classes."""
     from edgecnn import data as data_mod
 
     cfg = runs.config(run_dir)
@@ -24,10 +27,46 @@ def load_run_data(run_dir, data: str | None = None):
         if data:
             raise
         raise EdgeCNNError(f"{exc}; it is the data {run_dir} was trained on: pass --data to use a copy of it") from None
-    if ds.class_names != lab["class_names"]:
-        if len(ds.class_names) != len(lab["class_names"]):
-            raise EdgeCNNError(f"--data {src} has {len(ds.class_names)} classes, the model {len(lab['class_names'])}")
+    if labelled and ds.class_names != lab["class_names"]:
+        ds = match_classes(ds, lab["class_names"], src)
     return ds
+
+
+def match_classes(ds, model_classes: list[str], src: str):
+    """``ds`` with its labels renumbered to the model's classes, matched by name (exactly, else ignoring case
+    where that is unambiguous): a folder may hold some of the model's classes, in any order. Labels without
+    names (an ``.npz`` without ``class_names``: "0", "1", ...) are taken as the model's class indices."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    names = ds.class_names
+    if names == [str(i) for i in range(len(names))] and len(names) <= len(model_classes):
+        return replace(ds, class_names=list(model_classes))
+    exact = {n: i for i, n in enumerate(model_classes)}
+    folded: dict[str, list[int]] = {}
+    for i, n in enumerate(model_classes):
+        folded.setdefault(n.casefold(), []).append(i)
+
+    def lookup(name):
+        if name in exact:
+            return exact[name]
+        hits = folded.get(name.casefold(), [])
+        return hits[0] if len(hits) == 1 else None
+
+    mapping = [lookup(n) for n in names]
+    unknown = [n for n, m in zip(names, mapping) if m is None]
+    if unknown:
+        shown = ", ".join(model_classes[:10]) + (f" and {len(model_classes) - 10} more" if len(model_classes) > 10 else "")
+        raise EdgeCNNError(f"--data {src}: class {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+                           + f" is not one of the model's classes ({shown})")
+    if len(set(mapping)) < len(mapping):
+        twice = next(n for n, m in zip(names, mapping) if mapping.count(m) > 1)
+        raise EdgeCNNError(f"--data {src}: classes {twice!r} and another name the same model class "
+                           f"{model_classes[mapping[names.index(twice)]]!r}")
+    m = np.asarray(mapping, dtype=np.int64)
+    return replace(ds, y_train=m[ds.y_train], y_val=m[ds.y_val], y_test=m[ds.y_test], class_names=list(model_classes),
+                   info=ds.info | {"classes_matched": f"{len(names)} of the model's {len(model_classes)} classes, by name"})
 
 
 def evaluate_run(run: str | None, runs_dir: str, data: str | None = None, tta: bool = False) -> dict:
@@ -45,6 +84,7 @@ def evaluate_run(run: str | None, runs_dir: str, data: str | None = None, tta: b
     out = metrics.evaluate(probs, ds.y_test, ds.class_names)
     out["report"] = metrics.classification_report(ds.y_test, probs.argmax(1), ds.class_names)
     out["data"] = ds.source
+    out["classes_matched"] = ds.info.get("classes_matched")  # a --data holding some of the model's classes
     out["run"] = str(run_dir)
     out["tta"] = tta
     return out

@@ -32,13 +32,16 @@ def topk_accuracy(probs: np.ndarray, y_true: np.ndarray, k: int) -> float:
 
 
 def classification_report(y_true, y_pred, class_names: list[str]) -> str:
-    """Per-class precision, recall, F1 and support, like scikit-learn's report."""
+    """Per-class precision, recall, F1 and support, like scikit-learn's report: a class neither in ``y_true``
+    nor predicted (a test set holding some of the classes) has no row and no part in the macro average."""
     n = len(class_names)
     cm = confusion(y_true, y_pred, n)
     width = max(12, max(len(c) for c in class_names) + 2)
     lines = [f"{'':{width}}{'precision':>10}{'recall':>10}{'f1-score':>10}{'support':>10}", ""]
     f1s, supports = [], []
     for c, name in enumerate(class_names):
+        if not cm[c].sum() and not cm[:, c].sum():
+            continue
         tp = cm[c, c]
         prec = tp / cm[:, c].sum() if cm[:, c].sum() else 0.0
         rec = tp / cm[c].sum() if cm[c].sum() else 0.0

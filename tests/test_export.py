@@ -62,6 +62,17 @@ def test_int8_input_takes_raw_pixels_whatever_range_the_calibration_images_span(
     assert x.min() == 60 and x.max() == 180, "the caller's images are left as they were"
 
 
+def test_calibration_images_may_come_in_any_class_folders(run_copy, tmp_path):
+    """export --data needs images only (calibration, verification): a folder of two unrelated classes serves
+    a ten-class model (evaluate and benchmark, which score, match classes by name instead)."""
+    from conftest import make_folder
+
+    folder = make_folder(tmp_path / "calib", classes=("day", "night"), per_class=12, size=(16, 16))
+    report = export(ExportConfig(run=str(run_copy), formats="tflite", quantize="int8", data=str(folder),
+                                 calib_samples=16, verify_samples=4), log=lambda m: None)
+    assert [e["status"] for e in report["exports"]] == ["ok"]
+
+
 def test_onnx_float_takes_any_batch_and_int8_is_qdq(tiny_exports, tiny_run):
     import onnx
     import onnxruntime as ort

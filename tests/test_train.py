@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import TINY_ARCH, make_folder
@@ -149,6 +150,39 @@ def test_evaluate_rescores_the_run(tiny_run):
     saved = json.loads((tiny_run / "metrics.json").read_text())
     assert res["test_accuracy"] == pytest.approx(saved["test_accuracy"], abs=1e-6)
     assert "precision" in res["report"]
+
+
+def test_evaluate_matches_a_folder_s_classes_to_the_model_s_by_name(tiny_run, tmp_path):
+    """A test folder with two of the model's ten classes (one spelt with a capital): its labels are the model's
+    indices, so the score is what the model gets on those images; a class the model lacks is one error line."""
+    from PIL import Image
+
+    from edgecnn.data import shapes
+    from edgecnn.evaluate import evaluate_run
+    from edgecnn.model import load_keras
+
+    x, y = shapes.generate(300, 16, 3, seed=9)
+    for name, label in (("Ring", 1), ("circle", 0)):
+        for split in ("train", "test"):
+            (tmp_path / "two" / split / name).mkdir(parents=True)
+        for i in np.flatnonzero(y == label):
+            Image.fromarray(x[i]).save(tmp_path / "two" / ("test" if i % 2 else "train") / name / f"{i}.png")
+    res = evaluate_run(str(tiny_run), str(tiny_run.parent), data=str(tmp_path / "two"))
+    test = np.flatnonzero(((y == 0) | (y == 1)) & (np.arange(len(y)) % 2 == 1))
+    pred = load_keras(tiny_run / "model.keras").predict(x[test].astype("float32"), verbose=0).argmax(1)
+    assert res["test_images"] == len(test)
+    assert res["test_accuracy"] == pytest.approx(float(np.mean(pred == y[test])))
+    assert res["classes_matched"] == "2 of the model's 10 classes, by name"
+    assert res["per_class_accuracy"]["square"] is None
+    # labels without names (an .npz without class_names) are the model's class indices
+    keep = np.flatnonzero((y == 0) | (y == 1))
+    np.savez(tmp_path / "two.npz", x_train=x[keep], y_train=y[keep], x_test=x[test], y_test=y[test])
+    res = evaluate_run(str(tiny_run), str(tiny_run.parent), data=str(tmp_path / "two.npz"))
+    assert res["test_accuracy"] == pytest.approx(float(np.mean(pred == y[test]))) and res["classes_matched"] is None
+    (tmp_path / "two" / "test" / "Ring").rename(tmp_path / "two" / "test" / "donut")
+    (tmp_path / "two" / "train" / "Ring").rename(tmp_path / "two" / "train" / "donut")
+    with pytest.raises(EdgeCNNError, match=r"class 'donut' is not one of the model's classes \(circle, ring, square"):
+        evaluate_run(str(tiny_run), str(tiny_run.parent), data=str(tmp_path / "two"))
 
 
 def test_evaluate_with_flip_tta_averages_both_views(tiny_run):

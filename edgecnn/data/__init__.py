@@ -45,6 +45,7 @@ class Dataset:
         return (
             f"{self.source}: {len(self.x_train)} train / {len(self.x_val)} val / {len(self.x_test)} test images, "
             f"{h}x{w}x{c}, {self.num_classes} classes"
+            + (f"; classes matched: {self.info['classes_matched']}" if self.info.get("classes_matched") else "")
             + (f"; not read: {self.info['unread']} entries of class folders that are not {FORMATS} "
                f"images (e.g. {self.info['unread_example']})" if self.info.get("unread") else "")
         )

@@ -102,7 +102,7 @@ def _data(base: Path, cfg: ExportConfig):
 
     if not cfg.data and not (base / "config.json").is_file():
         raise EdgeCNNError(f"{base} has no config.json recording the training data; pass --data")
-    return load_run_data(base, cfg.data)
+    return load_run_data(base, cfg.data, labelled=cfg.micro)  # only --micro scores accuracy
 
 
 def export(cfg: ExportConfig, log=print) -> dict:
