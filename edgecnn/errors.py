@@ -10,3 +10,8 @@ class EdgeCNNError(Exception):
     def __init__(self, message: str, exit_code: int = 2):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def short_list(names: list[str], limit: int = 10) -> str:
+    """``names`` for an error line: the first ``limit``, then how many more."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")

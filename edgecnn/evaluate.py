@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgecnn import runs
-from edgecnn.errors import EdgeCNNError
+from edgecnn.errors import EdgeCNNError, short_list
 
 
 def load_run_data(run_dir, data: str | None = None, labelled: bool = True):
@@ -57,9 +57,8 @@ def match_classes(ds, model_classes: list[str], src: str):
     mapping = [lookup(n) for n in names]
     unknown = [n for n, m in zip(names, mapping) if m is None]
     if unknown:
-        shown = ", ".join(model_classes[:10]) + (f" and {len(model_classes) - 10} more" if len(model_classes) > 10 else "")
         raise EdgeCNNError(f"--data {src}: class {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
-                           + f" is not one of the model's classes ({shown})")
+                           + f" is not one of the model's classes ({short_list(model_classes)})")
     if len(set(mapping)) < len(mapping):
         twice = next(n for n, m in zip(names, mapping) if mapping.count(m) > 1)
         raise EdgeCNNError(f"--data {src}: classes {twice!r} and another name the same model class "

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.data.images import FORMATS, is_image_file, load_images
-from edgecnn.errors import EdgeCNNError
+from edgecnn.errors import EdgeCNNError, short_list
 
 SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 
@@ -39,8 +39,7 @@ def list_classes(root: Path) -> list[str]:
 def list_files(root: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
     extra = sorted(set(_subfolders(root)) - set(classes))
     if extra:  # a test/ or val/ class the training split lacks: its images would go unscored
-        shown = ", ".join(classes[:10]) + (f" and {len(classes) - 10} more" if len(classes) > 10 else "")
-        raise EdgeCNNError(f"{root / extra[0]}: class folder not in the training split (classes: {shown})")
+        raise EdgeCNNError(f"{root / extra[0]}: class folder not in the training split (classes: {short_list(classes)})")
     files, labels = [], []
     for i, name in enumerate(classes):
         folder = root / name
