@@ -137,6 +137,36 @@ def _print_summary(arch: str, image_size: int, channels: int, num_classes: int) 
     _log(model.summary_text(core))
 
 
+@app.command("import")
+def import_cmd(
+    model: str = typer.Argument(..., help="A .keras model trained elsewhere.", show_default=False),
+    data: str = typer.Option(..., "--data", "-d", help="The data it was trained for (any --data source): class "
+                             "names, the test split it is scored on, int8 calibration images."),
+    input_range: str = typer.Option("auto", help="The pixel range the model was trained on: 0..255, 0..1 or -1..1; "
+                                    "auto scores the training images under each."),
+    class_names: Optional[str] = typer.Option(None, help="Comma list in the model's output order (default: the "
+                                              "data's classes, sorted, as Keras' image_dataset_from_directory)."),
+    image_size: Optional[int] = typer.Option(None, help="Input size, for models that take any size."),
+    val_split: float = typer.Option(0.1, help="Validation fraction when the data has no val split."),
+    test_split: float = typer.Option(0.1, help="Test fraction when an image folder has no split."),
+    seed: int = typer.Option(0, help="Seed of the data split."),
+    skip_bad_images: bool = typer.Option(False, "--skip-bad-images/--no-skip-bad-images",
+                                         help="Skip unreadable images (counted) instead of failing."),
+    name: Optional[str] = typer.Option(None, help="Run name (default: run1, run2, ...)."),
+    runs_dir: str = RUNS_DIR_OPT,
+):
+    """Make a run of a Keras model trained elsewhere, for export, benchmark, evaluate and predict.
+
+    Augmentation layers are removed, mixed precision becomes float32, a Rescaling takes 0..255 pixels to the
+    model's input range and logits get a Softmax. Example: edgecnn import model.keras --data path/to/images
+    """
+    from edgecnn.importer import ImportConfig, import_model
+
+    import_model(ImportConfig(model=model, data=data, input_range=input_range, class_names=class_names,
+                              image_size=image_size, val_split=val_split, test_split=test_split, seed=seed,
+                              skip_bad_images=skip_bad_images, name=name, runs_dir=runs_dir), log=_log)
+
+
 @app.command()
 def summary(
     arch: str = typer.Argument("regularized", help="Preset name or architecture spec."),

@@ -40,6 +40,9 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
         raise EdgeCNNError(f"--lr must be in (0, 1), got {lr}")
     src = runs.resolve(run, runs_dir)
     cfg = runs.config(src)
+    if cfg.get("imported"):
+        raise EdgeCNNError(f"{src} was imported (edgecnn import), not built from an edgecnn architecture, so finetune "
+                           "cannot rebuild it for TensorFlow Model Optimization; export and benchmark work on it")
     if not cfg.get("arch"):
         raise EdgeCNNError(f"{src} has no config.json with its architecture; finetune needs a run made by edgecnn")
     if mode == "qat":

@@ -8,6 +8,7 @@ pipeline placed in front of ``core`` only in the training model; it never reache
 from __future__ import annotations
 
 import functools
+import math
 
 from edgecnn.errors import EdgeCNNError
 from edgecnn.spec import Spec, parse
@@ -479,18 +480,24 @@ def _batchnorms(core) -> list:
 
 
 def count_macs(core) -> int:
-    """Multiply-accumulates per image for Conv2D and Dense layers (what dominates the cost)."""
+    """Multiply-accumulates per image for convolutions and Dense layers (what dominates the cost), nested
+    models included."""
     from edgecnn._tf import keras
 
+    L = keras.layers
     total = 0
     for layer in core.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            out = layer.output.shape  # (None, H, W, C)
-            k = layer.kernel.shape  # (kh, kw, cin, cout)
-            total += int(out[1]) * int(out[2]) * int(k[0]) * int(k[1]) * int(k[2]) * int(k[3])
-        elif isinstance(layer, keras.layers.Dense):
-            k = layer.kernel.shape
-            total += int(k[0]) * int(k[1])
+        if isinstance(layer, keras.Model):
+            total += count_macs(layer)
+        elif isinstance(layer, (L.Conv2D, L.DepthwiseConv2D, L.SeparableConv2D)):
+            # Conv2D (kh, kw, cin / groups, cout) and depthwise (kh, kw, cin, multiplier) kernels: one MAC per
+            # kernel weight per output position; separable adds its 1x1 pointwise kernel.
+            kernels = ([layer.depthwise_kernel, layer.pointwise_kernel] if isinstance(layer, L.SeparableConv2D)
+                       else [layer.kernel])
+            positions = int(layer.output.shape[1]) * int(layer.output.shape[2])
+            total += positions * sum(math.prod(int(d) for d in k.shape) for k in kernels)
+        elif isinstance(layer, L.Dense):
+            total += math.prod(int(d) for d in layer.kernel.shape)
     return total
 
 

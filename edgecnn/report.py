@@ -74,8 +74,16 @@ def write(run_dir: Path) -> tuple[Path, Path]:
                                  f"{', last' if metrics.get('kept') == 'last' else ''})"],
                ["class balance", f"{metrics.get('class_balance', 'none')}"],
                ["training time", f"{metrics.get('train_seconds', 0):.1f} s on {metrics.get('device', '-')}"]]
-    sections.append(("Training", "", summary, None))
-    sections.append(("Learning curves", "", None, "curves.png"))
+    imported = cfg.get("imported")
+    if imported:  # edgecnn import: a model trained elsewhere, no training rows
+        summary[2] = ["architecture", f"imported from {imported.get('from', '-')}"]
+        summary = summary[:8] + [
+            ["input range (0..255 pixels mapped to)", str(imported.get("input_range", "-"))],
+            ["augmentation layers removed", ", ".join(imported.get("augmentation_removed") or []) or "none"],
+            ["softmax added (the model gave logits)", "yes" if imported.get("softmax_added") else "no"]]
+    sections.append(("Imported model" if imported else "Training", "", summary, None))
+    if (run_dir / "curves.png").is_file():
+        sections.append(("Learning curves", "", None, "curves.png"))
     sections.append(("Confusion matrix (test split)", "", None, "confusion_matrix.png"))
     if exports:
         sections.append(("Exports", "Each file was loaded in its own runtime and compared with Keras on held-out "

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import cli, run_main
 
-COMMANDS = ["train", "summary", "evaluate", "export", "inspect", "benchmark", "run", "predict", "doctor", "report"]
+COMMANDS = ["train", "import", "summary", "evaluate", "export", "inspect", "benchmark", "run", "predict", "doctor", "report"]
 
 
 def test_help_imports_no_tensorflow():

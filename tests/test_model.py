@@ -157,8 +157,12 @@ def test_squeeze_excitation_scales_each_channel_of_the_branch():
     """``r16se``: the branch's BN output times a per-image, per-channel gate in (0, 1), before the add."""
     from edgecnn._tf import keras
 
+    keras.utils.set_random_seed(0)  # initial weights independent of the tests that ran before
     core = model.build_core("C: 8n r16se gap", (16, 16, 3), 4)
     _randomize_batchnorm(core, np.random.default_rng(2))
+    squeeze = core.get_layer("gate13").input._keras_history[0]  # conv <- relu <- squeeze conv
+    squeeze = squeeze.input._keras_history[0].input._keras_history[0]
+    squeeze.bias.assign(np.ones(squeeze.bias.shape, np.float32))  # both bottleneck units alive whatever the init
     add = next(layer for layer in core.layers if type(layer).__name__ == "Add")
     assert type(add.input[0]._keras_history[0]).__name__ == "Multiply"
     bn = [layer for layer in core.layers if type(layer).__name__ == "BatchNormalization"][-1]
@@ -166,7 +170,7 @@ def test_squeeze_excitation_scales_each_channel_of_the_branch():
     probe = keras.Model(core.input, [bn.output, gate.output, excite.output])
     x = np.random.default_rng(3).integers(0, 256, (4, 16, 16, 3)).astype("float32")
     y, g, out = probe.predict(x, verbose=0)
-    assert g.shape == (4, 1, 1, 16) and np.all((g > 0) & (g < 1)) and np.ptp(g) > 0
+    assert g.shape == (4, 1, 1, 16) and np.all((g >= 0) & (g <= 1)) and np.ptp(g) > 0  # float32 sigmoid may reach 1
     np.testing.assert_allclose(out, y * g, rtol=1e-5, atol=1e-6)
     # The gate's bottleneck is 16 / 8 = 2 channels: two 1x1 convolutions with biases.
     plain = model.build_core("C: 8n r16 gap", (16, 16, 3), 4).count_params()
@@ -241,6 +245,19 @@ def test_mixed_precision_core_is_rebuilt_in_float32():
     assert clean.get_layer("conv1").compute_dtype == "float32"
     x = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3)).astype("float32")
     assert np.abs(clean.predict(x, verbose=0) - core.predict(x, verbose=0)).max() < 1e-2
+
+
+def test_macs_count_depthwise_separable_and_nested_layers():
+    """Models imported from elsewhere (MobileNet-like) are counted too: 8x8x3 input."""
+    import keras
+
+    L = keras.layers
+    inp = keras.Input((8, 8, 3))
+    x = L.DepthwiseConv2D(3, padding="same", depth_multiplier=2)(inp)  # 8*8 * 3*3*3*2 = 3456
+    x = L.SeparableConv2D(4, 3)(x)  # 6*6 * (3*3*6 + 6*4) = 2808
+    x = keras.Sequential([L.Conv2D(2, 1)])(x)  # nested: 6*6 * 4*2 = 288
+    out = L.Dense(3)(L.GlobalAveragePooling2D()(x))  # 2*3 = 6
+    assert model.count_macs(keras.Model(inp, out)) == 3456 + 2808 + 288 + 6
 
 
 def test_too_many_pools_for_the_image():

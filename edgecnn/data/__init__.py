@@ -207,6 +207,7 @@ def _from_folder(root, src, image_size, channels, val_split, test_split, seed, s
     splits = folder.find_splits(root) or {"all": root}
     unread = [p for path in splits.values() for p in folder.unread_entries(path, classes)]
     info = {"skipped_images": skipped, **({"cache": str(cache)} if cache else {}),
+            **({"test_split_made": True} if "all" in raw else {}),  # no test/ folder: split off by --test-split
             **({"unread": len(unread), "unread_example": str(unread[0])} if unread else {})}
     return Dataset(x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test,
                    class_names=classes, source=src, info=info)

@@ -93,7 +93,9 @@ def _source(cfg: ExportConfig) -> tuple[Path, Path, dict]:
         model_path = base / runs.MODEL_FILE
     labels_path = base / "labels.json"
     if not labels_path.is_file():
-        raise EdgeCNNError(f"{labels_path} is missing (needed for class names and input size)")
+        hint = (f"; for a model trained elsewhere, `edgecnn import {model_path} --data DATA` makes a run of it"
+                if model_path.name != runs.MODEL_FILE or not (base / "config.json").is_file() else "")
+        raise EdgeCNNError(f"{labels_path} is missing (needed for class names and input size){hint}")
     return base, model_path, read_json(labels_path, "labels file")
 
 

@@ -25,6 +25,8 @@ def preprocess(path, height, width, channels):
             side = 2 * max(height, width)
             img.draft(img.mode, (side, side))
         img.load()
+        if img.mode == "F":  # 32-bit float TIFF: no fixed range to map to 0..255
+            sys.exit(f"{path}: 32-bit floating-point image; scale it to 0..255 or 0..65535 integers")
         img = ImageOps.exif_transpose(img)
         if img.mode.startswith("I"):  # 16-bit grayscale: 0..65535 to 0..255
             img = Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))

@@ -1,0 +1,196 @@
+"""edgecnn import: a Keras model trained elsewhere becomes a run that export, benchmark and predict take."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_main
+from edgecnn.errors import EdgeCNNError
+
+# Three classes told apart by brightness alone, so a hand-set model's answer depends on the input range
+# it was made for: it takes 0..1 and picks the nearest of three brightness centres (logits
+# 2*c*m - c^2, m the mean pixel). Fed 0..255 it answers "bright" always (1/3 right); fed -1..1, 2/3.
+CLASSES = ("bright", "dark", "mid")  # sorted, as Keras' image_dataset_from_directory orders them
+CENTRES = (0.85, 0.15, 0.5)
+
+
+def brightness_folder(root, per_class=12, size=16):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("test", per_class // 2)):
+        for name, c in zip(CLASSES, CENTRES):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = np.clip(c * 255 + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(root / split / name / f"{i}.png")
+    return root
+
+
+def foreign_model(path, centres=CENTRES, size=16, mixed=False, extra=None):
+    """A Keras model as a notebook would save it: augmentation inside, 0..1 input, logits out."""
+    import keras
+
+    L = keras.layers
+    if mixed:
+        keras.config.set_dtype_policy("mixed_float16")
+    try:
+        inp = keras.Input((size, size, 3))
+        x = keras.Sequential([L.RandomFlip("horizontal", name="flip"), L.RandomTranslation(0.1, 0.1, name="shift")],
+                             name="augment")(inp)
+        x = L.GaussianNoise(0.01, name="noise")(x)
+        if extra is not None:
+            x = extra(x)
+        x = L.GlobalAveragePooling2D()(x)
+        x = L.Dense(1, use_bias=False, name="mean")(x)  # mean over channels
+        out = L.Dense(len(centres), name="logits", dtype="float32")(x)
+        model = keras.Model(inp, out)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.get_layer("mean").set_weights([np.full((3, 1), 1 / 3, np.float32)])
+    c = np.asarray(centres, np.float32)
+    model.get_layer("logits").set_weights([2 * c[None, :], -c ** 2])
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return brightness_folder(tmp_path_factory.mktemp("brightness"))
+
+
+@pytest.fixture(scope="module")
+def imported(folder, tmp_path_factory):
+    from edgecnn.importer import ImportConfig, import_model
+
+    tmp = tmp_path_factory.mktemp("imported")
+    path = foreign_model(tmp / "notebook.keras", mixed=True)
+    lines = []
+    run = import_model(ImportConfig(model=str(path), data=str(folder), runs_dir=str(tmp / "runs"), name="nb"),
+                       log=lines.append)
+    return run, path, "\n".join(lines)
+
+
+def test_import_finds_the_input_range_and_makes_the_model_deployable(imported, folder):
+    import keras
+
+    from edgecnn.model import load_keras
+
+    run, path, log = imported
+    cfg = json.loads((run / "config.json").read_text())["imported"]
+    assert cfg["input_range"] == "0..1"
+    assert cfg["input_range_accuracy"] == {"0..255": pytest.approx(1 / 3, abs=1e-4), "0..1": 1.0,
+                                           "-1..1": pytest.approx(2 / 3, abs=1e-4)}
+    assert cfg["augmentation_removed"] == ["flip (RandomFlip)", "shift (RandomTranslation)", "noise (GaussianNoise)"]
+    assert cfg["mixed_precision_layers"] > 0 and cfg["softmax_added"] is True
+    assert "input range: 0..1" in log and "Softmax was added" in log
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_accuracy"] == 1.0 and metrics["test_images"] == 18
+    assert json.loads((run / "labels.json").read_text())["class_names"] == list(CLASSES)
+    # model.keras takes raw 0..255 pixels, runs in float32 and gives the softmax of the original's logits.
+    core = load_keras(run / "model.keras")
+    assert all(layer.dtype_policy.name == "float32" for layer in core._flatten_layers())
+    x = np.random.default_rng(1).uniform(0, 255, (8, 16, 16, 3)).astype(np.float32)
+    original = keras.saving.load_model(path)
+    want = keras.ops.softmax(original(x / 255.0, training=False).numpy().astype(np.float32)).numpy()
+    np.testing.assert_allclose(core.predict(x, verbose=0), want, atol=2e-3)  # the original computes in float16
+
+
+def test_an_imported_run_exports_benchmarks_and_predicts(imported, folder, capsys):
+    from edgecnn.export import ExportConfig, export
+    from edgecnn.inspect import inspect
+
+    run, _, _ = imported
+    report = export(ExportConfig(run=str(run), formats="all", quantize="int8", calib_samples=20, verify_samples=18),
+                    log=lambda m: None)
+    assert [(e["file"], e["status"]) for e in report["exports"]] == [("model_int8.tflite", "ok"),
+                                                                      ("model_int8.onnx", "ok")]
+    info = inspect(run / "exports" / "model_int8.tflite")
+    assert info["all_builtin"] and info["inputs"][0]["dtype"] == "uint8"  # augmentation gone: no Flex ops
+    code, out, _ = run_main(capsys, "predict", str(run / "exports" / "model_int8.tflite"),
+                            str(folder / "test" / "dark" / "0.png"), "--json")
+    assert code == 0 and json.loads(out)["results"][0]["top"][0]["class"] == "dark"
+    code, _, _ = run_main(capsys, "benchmark", str(run), "--formats", "keras,tflite-int8,onnx-int8", "--runs", "5",
+                          "--warmup", "1", "--json", str(run / "b.json"))
+    rows = json.loads((run / "b.json").read_text())["rows"]
+    assert code == 0 and [(r["name"], r["status"], r["accuracy"]) for r in rows] == [
+        ("keras", "ok", 1.0), ("tflite-int8", "ok", 1.0), ("onnx-int8", "ok", 1.0)]
+    code, _, err = run_main(capsys, "finetune", str(run), "--qat")
+    assert code == 2 and "was imported" in err
+
+
+def test_import_names_classes_in_the_models_order(folder, tmp_path):
+    from edgecnn.importer import ImportConfig, import_model
+
+    order = ("dark", "mid", "bright")
+    path = foreign_model(tmp_path / "m.keras", centres=(0.15, 0.5, 0.85))
+    run = import_model(ImportConfig(model=str(path), data=str(folder), class_names=",".join(order),
+                                    runs_dir=str(tmp_path / "runs")), log=lambda m: None)
+    assert json.loads((run / "labels.json").read_text())["class_names"] == list(order)
+    assert json.loads((run / "metrics.json").read_text())["test_accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("text, key", [("0..1", "0..1"), ("0-255", "0..255"), ("-1,1", "-1..1"), ("-1-1", "-1..1"),
+                                       ("0 to 1", "0..1"), ("auto", "auto")])
+def test_input_range_spellings(text, key):
+    from edgecnn.importer import parse_range
+
+    assert parse_range(text) == key
+
+
+def test_bad_imports_are_one_line(folder, tmp_path, capsys):
+    import keras
+
+    L = keras.layers
+    wrong_order = foreign_model(tmp_path / "wrong.keras", centres=(0.15, 0.5, 0.85))  # outputs not in sorted order
+    inp = keras.Input((16, 16, 3))
+    two_out = keras.Model(inp, [L.Dense(3)(L.Flatten()(inp)), L.Dense(2)(L.Flatten()(inp))])
+    two_out.save(tmp_path / "two.keras")
+    binary = keras.Model(inp, L.Dense(1, activation="sigmoid")(L.GlobalAveragePooling2D()(inp)))
+    binary.save(tmp_path / "binary.keras")
+    four = keras.Model(inp, L.Dense(4)(L.GlobalAveragePooling2D()(inp)))
+    four.save(tmp_path / "four.keras")
+    crop = foreign_model(tmp_path / "crop.keras", extra=L.RandomCrop(12, 12))
+    cases = [
+        (wrong_order, [], "no better than guessing"),
+        (tmp_path / "two.keras", [], "1 inputs and 2 outputs"),
+        (tmp_path / "binary.keras", [], "one output unit"),
+        (tmp_path / "four.keras", [], "4 outputs but"),
+        (crop, [], "RandomCrop"),
+        (wrong_order, ["--input-range", "0..2"], "--input-range must be"),
+        (wrong_order, ["--class-names", "dark,mid"], "--class-names: 2 names"),
+        (wrong_order, ["--class-names", "dark,mid,wolf"], "'bright' is not one of the model's classes"),
+        (tmp_path / "none.keras", [], "model file not found"),
+    ]
+    for model, extra, message in cases:
+        code, _, err = run_main(capsys, "import", str(model), "--data", str(folder), "--runs-dir",
+                                str(tmp_path / "runs"), *extra)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1 and message in lines[0], (model, extra, err)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())  # nothing half-written
+
+
+def test_import_refuses_a_model_that_takes_any_size_without_image_size(folder, tmp_path):
+    import keras
+
+    from edgecnn.importer import ImportConfig, import_model
+
+    inp = keras.Input((None, None, 3))
+    keras.Model(inp, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(inp))).save(tmp_path / "any.keras")
+    with pytest.raises(EdgeCNNError, match="pass --image-size"):
+        import_model(ImportConfig(model=str(tmp_path / "any.keras"), data=str(folder), runs_dir=str(tmp_path)))
+
+
+def test_import_says_when_the_test_split_was_drawn_from_a_folder_without_one(folder, tmp_path):
+    import shutil
+
+    from edgecnn.importer import ImportConfig, import_model
+
+    for name in CLASSES:  # one folder of class folders, no train/test
+        shutil.copytree(folder / "train" / name, tmp_path / "flat" / name)
+    lines = []
+    run = import_model(ImportConfig(model=str(foreign_model(tmp_path / "m.keras")), data=str(tmp_path / "flat"),
+                                    runs_dir=str(tmp_path / "runs")), log=lines.append)
+    assert json.loads((run / "metrics.json").read_text())["test_split_made"] is True
+    assert any(line.startswith("note: ") and "may have been trained on those images" in line for line in lines)
