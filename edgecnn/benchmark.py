@@ -51,6 +51,9 @@ class BenchmarkConfig:
     min_seconds: float = 1.0
     max_drop: float | None = None
     min_agreement: float | None = None
+    max_size_kb: float | None = None  # file size of each export
+    max_latency_ms: float | None = None  # batch-1 median of each export (not the TFLite Micro host row)
+    max_arena_kb: float | None = None  # TFLite Micro tensor arena of the int8 TFLite file
     limit: int | None = None  # first N test images (quick looks); default: the whole test split
     row_timeout: float = 900.0
     runs_dir: str = "runs"
@@ -71,6 +74,12 @@ class BenchmarkConfig:
             raise EdgeCNNError(f"--max-drop is in percentage points, 0..100, got {self.max_drop}")
         if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
             raise EdgeCNNError(f"--min-agreement is a fraction, 0..1, got {self.min_agreement}")
+        for opt, v in (("--max-size", self.max_size_kb), ("--max-latency", self.max_latency_ms),
+                       ("--max-arena", self.max_arena_kb)):
+            if v is not None and not v > 0:
+                raise EdgeCNNError(f"{opt} must be positive, got {v}")
+        if self.max_arena_kb is not None and not _has_micro():
+            raise EdgeCNNError("--max-arena needs the tflite-micro package (pip install 'edgecnn[micro]')")
         if self.limit is not None and self.limit < 1:
             raise EdgeCNNError(f"--limit must be at least 1, got {self.limit}")
 
@@ -265,7 +274,8 @@ def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
         code = 2
     meta = {"run": str(run_dir), "data": ds.source, "images": int(len(x)), "threads": cfg.threads,
             "batch_sizes": sorted(cfg.batch_sizes), "machine": machine(),
-            "gate": {"max_drop_pp": cfg.max_drop, "min_agreement": cfg.min_agreement, "exit_code": code},
+            "gate": {"max_drop_pp": cfg.max_drop, "min_agreement": cfg.min_agreement, "max_size_kb": cfg.max_size_kb,
+                     "max_latency_ms": cfg.max_latency_ms, "max_arena_kb": cfg.max_arena_kb, "exit_code": code},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_outputs(rows, meta, run_dir, cfg)
     return rows, code
@@ -282,6 +292,21 @@ def gate(rows: list[dict], cfg: BenchmarkConfig, log) -> int:
         if cfg.min_agreement is not None and r["agreement"] < cfg.min_agreement:
             bad.append(f"{r['name']} ({r['device']}): agreement {r['agreement']:.4f} < {cfg.min_agreement} "
                        f"(by {cfg.min_agreement - r['agreement']:.4f})")
+        if r["name"] == "tflite-micro":
+            continue  # the int8 file's own row carries its size and arena; host timing of reference kernels
+        if cfg.max_size_kb is not None and r.get("size_bytes") and r["size_bytes"] / 1024 > cfg.max_size_kb:
+            bad.append(f"{r['name']}: file {r['size_bytes'] / 1024:.1f} KB > {cfg.max_size_kb:g} KB "
+                       f"(by {r['size_bytes'] / 1024 - cfg.max_size_kb:.1f} KB)")
+        if cfg.max_latency_ms is not None and r.get("latency_ms_p50") is not None \
+                and r["latency_ms_p50"] > cfg.max_latency_ms:
+            bad.append(f"{r['name']} ({r['device']}): batch-1 median {r['latency_ms_p50']:.3f} ms > "
+                       f"{cfg.max_latency_ms:g} ms (by {r['latency_ms_p50'] - cfg.max_latency_ms:.3f} ms)")
+        if cfg.max_arena_kb is not None and r.get("arena_kb") is not None and r["arena_kb"] > cfg.max_arena_kb:
+            bad.append(f"{r['name']}: TFLite Micro arena {r['arena_kb']} KB > {cfg.max_arena_kb:g} KB "
+                       f"(by {r['arena_kb'] - cfg.max_arena_kb:g} KB)")
+    if cfg.max_arena_kb is not None and not any(r.get("arena_kb") is not None for r in rows):
+        bad.append("--max-arena: no row has a TFLite Micro arena (benchmark the int8 TFLite file: "
+                   "--formats tflite-int8)")
     for line in bad:
         log(f"GATE FAILED: {line}")
     return 1 if bad else 0

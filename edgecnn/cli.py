@@ -299,6 +299,12 @@ def benchmark_cmd(
                                              "than this many percentage points."),
     min_agreement: Optional[float] = typer.Option(None, help="Gate: fail (exit 1) if an export agrees with Keras "
                                                   "on fewer than this fraction of images."),
+    max_size: Optional[float] = typer.Option(None, help="Gate: fail (exit 1) if an export file is larger than this "
+                                             "many KB (flash budget)."),
+    max_latency: Optional[float] = typer.Option(None, help="Gate: fail (exit 1) if an export's batch-1 median "
+                                                "latency exceeds this many ms."),
+    max_arena: Optional[float] = typer.Option(None, help="Gate: fail (exit 1) if the int8 TFLite file needs a "
+                                              "larger TFLite Micro tensor arena than this many KB (RAM budget)."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N test images."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Also write the results JSON here."),
     csv_path: Optional[str] = typer.Option(None, "--csv", help="Also write the results CSV here."),
@@ -307,7 +313,7 @@ def benchmark_cmd(
     """Benchmark every export against Keras: accuracy, agreement, McNemar, latency, memory.
 
     Exit codes: 0 all rows ran or were honestly skipped, 1 the gate failed, 2 a row failed.
-    Example: edgecnn benchmark --max-drop 1.0 --min-agreement 0.98
+    Example: edgecnn benchmark --max-drop 1.0 --min-agreement 0.98 --max-size 400
     """
     from edgecnn.benchmark import BenchmarkConfig, benchmark, table_markdown
 
@@ -319,7 +325,7 @@ def benchmark_cmd(
     cfg = BenchmarkConfig(run=run, data=data, formats=formats, device=device, threads=threads,
                           batch_sizes=_int_list(batch_sizes, "--batch-sizes"), warmup_runs=warm_runs,
                           warmup_seconds=warm_s, runs=runs_, max_drop=max_drop, min_agreement=min_agreement,
-                          limit=limit, runs_dir=runs_dir, json_path=json_path, csv_path=csv_path)
+                          max_size_kb=max_size, max_latency_ms=max_latency, max_arena_kb=max_arena, limit=limit, runs_dir=runs_dir, json_path=json_path, csv_path=csv_path)
     rows, code = benchmark(cfg, log=_log)
     _log("")
     _log(table_markdown(rows))
@@ -404,6 +410,8 @@ _RUN_EXTRA = {
     "threads": typer.Option(1, help="Benchmark threads per runtime."),
     "max_drop": typer.Option(None, help="Gate: max accuracy drop of an export, percentage points."),
     "min_agreement": typer.Option(None, help="Gate: min top-1 agreement of an export with Keras."),
+    "max_size": typer.Option(None, help="Gate: max file size of an export, KB."),
+    "max_latency": typer.Option(None, help="Gate: max batch-1 median latency of an export, ms."),
 }
 
 
@@ -421,7 +429,8 @@ def run(**kw):
     export_cfg = ExportConfig(formats=extra["formats"], calib_samples=extra["calib_samples"],
                               io_dtype=extra["io_dtype"], opset=extra["opset"], runs_dir=kw["runs_dir"])
     bench_cfg = BenchmarkConfig(device=extra["bench_device"], threads=extra["threads"], max_drop=extra["max_drop"],
-                                min_agreement=extra["min_agreement"], runs_dir=kw["runs_dir"])
+                                min_agreement=extra["min_agreement"], max_size_kb=extra["max_size"],
+                                max_latency_ms=extra["max_latency"], runs_dir=kw["runs_dir"])
     bench_cfg.check()
     _, code = run_pipeline(train_cfg, export_cfg, bench_cfg, log=_log)
     raise typer.Exit(code)
@@ -436,7 +445,8 @@ def _run_signature():
     params = [p.replace(default=typer.Option(5, help="Training epochs.")) if p.name == "epochs" else p
               for p in params]
     hints = {"formats": str, "calib_samples": int, "io_dtype": str, "opset": int, "bench_device": str,
-             "threads": int, "max_drop": Optional[float], "min_agreement": Optional[float]}
+             "threads": int, "max_drop": Optional[float], "min_agreement": Optional[float],
+             "max_size": Optional[float], "max_latency": Optional[float]}
     params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v, annotation=hints[k])
                for k, v in _RUN_EXTRA.items()]
     return inspect.Signature(params)

@@ -61,6 +61,29 @@ def test_gate_thresholds_around_the_measured_agreement(bench):
         assert gate(rows, BenchmarkConfig(max_drop=worst_drop - 0.01), lambda m: None) == 1
 
 
+def test_size_latency_and_arena_gates_around_the_measured_values(bench):
+    """Flash (file size), speed (batch-1 median) and RAM (TFLite Micro arena) budgets, as CI would set them."""
+    rows, _ = bench
+    ran = [r for r in rows if r["status"] == "ok" and r["name"] not in ("keras", "tflite-micro")]
+    int8 = next(r for r in ran if r["name"] == "tflite-int8")
+    largest = max(r["size_bytes"] for r in ran) / 1024
+    lines = []
+    assert gate(rows, BenchmarkConfig(max_size_kb=largest + 0.1), lambda m: None) == 0
+    assert gate(rows, BenchmarkConfig(max_size_kb=int8["size_bytes"] / 1024 - 0.1), lines.append) == 1
+    assert any(ln.startswith("GATE FAILED: tflite-int8: file ") for ln in lines)
+    slowest, fastest = max(r["latency_ms_p50"] for r in ran), min(r["latency_ms_p50"] for r in ran)
+    assert gate(rows, BenchmarkConfig(max_latency_ms=slowest * 1.01), lambda m: None) == 0
+    lines = []
+    assert gate(rows, BenchmarkConfig(max_latency_ms=fastest * 0.99), lines.append) == 1
+    assert len(lines) == len(ran), "every export row is over a budget below the fastest"
+    if int8.get("arena_kb") is not None:  # tflite-micro installed (the dev extra)
+        assert gate(rows, BenchmarkConfig(max_arena_kb=int8["arena_kb"]), lambda m: None) == 0
+        lines = []
+        assert gate(rows, BenchmarkConfig(max_arena_kb=int8["arena_kb"] - 0.5), lines.append) == 1
+        assert lines == [f"GATE FAILED: tflite-int8: TFLite Micro arena {int8['arena_kb']} KB > "
+                         f"{int8['arena_kb'] - 0.5:g} KB (by 0.5 KB)"]
+
+
 def test_cli_gate_exit_codes(tiny_exports, tiny_run, capsys):
     args = ["benchmark", str(tiny_run), "--formats", "tflite-int8", "--limit", "200", "--runs", "3",
             "--warmup", "0", "--batch-sizes", "1"]
@@ -71,6 +94,8 @@ def test_cli_gate_exit_codes(tiny_exports, tiny_run, capsys):
         assert code == 1 and "GATE FAILED: tflite-int8" in out
     code, out, _ = run_main(capsys, *args, "--min-agreement", f"{agreement - 1e-4:.6f}")
     assert code == 0
+    code, out, _ = run_main(capsys, *args, "--max-size", "0.5", "--max-latency", "1000")
+    assert code == 1 and "GATE FAILED: tflite-int8: file " in out and "median" not in out
 
 
 def test_a_failing_row_does_not_abort_the_table(tiny_exports, tiny_run, tmp_path):
@@ -91,6 +116,8 @@ def test_a_failing_row_does_not_abort_the_table(tiny_exports, tiny_run, tmp_path
     ({"device": "tpu"}, "--device"),
     ({"run": "absent"}, "not found"),
     ({"batch_sizes": (0,)}, "--batch-sizes"),
+    ({"max_size_kb": 0}, "--max-size must be positive"),
+    ({"max_latency_ms": -1}, "--max-latency must be positive"),
 ])
 def test_bad_benchmark_inputs(tiny_run, kwargs, needle):
     kwargs.setdefault("run", str(tiny_run))
