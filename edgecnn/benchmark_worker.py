@@ -14,6 +14,8 @@ import traceback
 
 import numpy as np
 
+from edgecnn.errors import first_line
+
 
 def _timed(fn, min_runs: int, min_seconds: float, max_seconds: float | None = None) -> list[float]:
     times: list[float] = []
@@ -97,8 +99,7 @@ def main(argv: list[str]) -> int:
     try:
         result = measure(job)
     except Exception as exc:  # reported as a failed row, never raised into the table
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        result = {"status": "failed", "reason": msg[:300], "traceback": traceback.format_exc()[-2000:]}
+        result = {"status": "failed", "reason": first_line(exc), "traceback": traceback.format_exc()[-2000:]}
     with open(job["result_out"], "w") as f:
         json.dump(result, f)
     return 0

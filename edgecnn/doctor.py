@@ -7,6 +7,8 @@ import os
 import platform
 from importlib import metadata
 
+from edgecnn.errors import first_line
+
 PACKAGES = ["tensorflow", "keras", "tf-keras", "tensorflow-model-optimization", "tf2onnx", "onnx",
             "onnxruntime-gpu", "onnxruntime", "ai-edge-litert", "numpy", "typer"]
 CUDA_LIBS = ["libcuda.so.1", "libcudart.so.13", "libcublasLt.so.13", "libcudnn.so.9", "libcudart.so.12",
@@ -65,7 +67,7 @@ def _probe_onnx_providers() -> dict[str, str]:
 
                 out[prov] = _reason(log.lines(), prov)
         except Exception as exc:
-            out[prov] = f"fails: {str(exc).splitlines()[0][:120]}"
+            out[prov] = f"fails: {first_line(exc, 120)}"
     return out
 
 

@@ -15,3 +15,10 @@ class EdgeCNNError(Exception):
 def short_list(names: list[str], limit: int = 10) -> str:
     """``names`` for an error line: the first ``limit``, then how many more."""
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of ``exc``'s message (at most ``limit`` characters), or its type's name when it has none:
+    a library's error inside one of ours."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

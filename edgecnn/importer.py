@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn import runs
-from edgecnn.errors import EdgeCNNError, short_list
+from edgecnn.errors import EdgeCNNError, first_line, short_list
 
 # Input ranges a model may have been trained on: name -> (scale, offset) applied to 0..255 pixels.
 RANGES = {"0..255": (1.0, 0.0), "0..1": (1.0 / 255.0, 0.0), "-1..1": (1.0 / 127.5, -1.0)}
@@ -119,8 +119,7 @@ def strip(model):
     except EdgeCNNError:
         raise
     except Exception as exc:  # subclassed models, graphs Keras cannot clone
-        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise EdgeCNNError(f"cannot rebuild the model for inference ({msg}); edgecnn imports Sequential and "
+        raise EdgeCNNError(f"cannot rebuild the model for inference ({first_line(exc, 200)}); edgecnn imports Sequential and "
                            "functional Keras models") from None
     return stripped, removed
 
@@ -228,8 +227,7 @@ def _import_into(run_dir: Path, path: Path, rng_key: str, cfg: ImportConfig, log
     try:
         model, rebuilt = to_float32(original)
     except Exception as exc:  # a config Keras cannot rebuild
-        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise EdgeCNNError(f"{path}: cannot rebuild its mixed-precision layers in float32 ({msg})") from None
+        raise EdgeCNNError(f"{path}: cannot rebuild its mixed-precision layers in float32 ({first_line(exc, 200)})") from None
     model, removed = strip(model)
 
     ds = data_mod.load(cfg.data, image_size=h, channels=c, val_split=cfg.val_split, test_split=cfg.test_split,

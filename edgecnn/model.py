@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 
-from edgecnn.errors import EdgeCNNError
+from edgecnn.errors import EdgeCNNError, first_line
 from edgecnn.spec import Spec, parse
 
 AUGMENTATIONS = ("flip", "altflip", "translate", "rotate", "zoom", "contrast", "cutout")
@@ -536,5 +536,4 @@ def load_keras(path) -> object:
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # keras raises ValueError, TypeError, OSError... on bad files
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgeCNNError(f"{path}: cannot load Keras model ({msg[:300]})") from None
+        raise EdgeCNNError(f"{path}: cannot load Keras model ({first_line(exc)})") from None

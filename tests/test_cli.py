@@ -196,3 +196,12 @@ def test_train_on_a_folder_of_large_non_square_jpegs(capsys, tmp_path):
     labels = json.loads((tmp_path / "runs" / "photos" / "labels.json").read_text())
     assert labels["class_names"] == ["a", "b", "c"] and labels["input_shape"] == [24, 24, 3]
     assert (tmp_path / "runs" / "photos" / "model.keras").is_file()
+
+
+def test_error_lines_quote_a_library_error_by_its_first_line():
+    from edgecnn.errors import first_line, short_list
+
+    assert first_line(ValueError("bad shape\n  at layer 3\n")) == "bad shape"
+    assert first_line(ValueError("x" * 500), 120) == "x" * 120
+    assert first_line(KeyError()) == "KeyError" and first_line(RuntimeError("  \n")) == "RuntimeError"
+    assert short_list(list("abcdef"), 3) == "a, b, c and 3 more" and short_list(["a"]) == "a"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.errors import EdgeCNNError
+from edgecnn.errors import EdgeCNNError, first_line
 from edgecnn.model import INPUT_NAME, OUTPUT_NAME
 
 DEFAULT_OPSET = 17
@@ -31,7 +31,7 @@ def convert_float(core, opset: int = DEFAULT_OPSET):
         with capture_fd2():
             proto, _ = tf2onnx.convert.from_keras(core, input_signature=spec, opset=opset)
     except Exception as exc:
-        raise EdgeCNNError(f"ONNX conversion failed: {str(exc).splitlines()[0][:300] if str(exc) else exc!r}") from None
+        raise EdgeCNNError(f"ONNX conversion failed: {first_line(exc)}") from None
     _rename_output(proto, OUTPUT_NAME)
     for value in (*proto.graph.input, *proto.graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
@@ -91,7 +91,7 @@ def quantize_int8(float_proto, calibration: np.ndarray):
                 quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
         except Exception as exc:
-            raise EdgeCNNError(f"ONNX int8 quantization failed: {str(exc).splitlines()[0][:300]}") from None
+            raise EdgeCNNError(f"ONNX int8 quantization failed: {first_line(exc)}") from None
         proto = onnx.load(str(out))
     proto.producer_name = "edgecnn (onnxruntime.quantization)"
     return proto
@@ -110,4 +110,4 @@ def check(proto) -> None:
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
-        raise EdgeCNNError(f"exported ONNX model fails onnx.checker: {str(exc).splitlines()[0][:300]}") from None
+        raise EdgeCNNError(f"exported ONNX model fails onnx.checker: {first_line(exc)}") from None

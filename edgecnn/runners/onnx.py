@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn.errors import EdgeCNNError
+from edgecnn.errors import EdgeCNNError, first_line
 from edgecnn.runners.base import Runner, RunnerUnavailable
 
 PROVIDERS = {
@@ -90,8 +90,7 @@ class OnnxRunner(Runner):
             with capture_fd2() as log:
                 self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EdgeCNNError(f"{self.path}: ONNX Runtime cannot load the model ({detail[:200]})") from None
+            raise EdgeCNNError(f"{self.path}: ONNX Runtime cannot load the model ({first_line(exc, 200)})") from None
         self.providers = self.session.get_providers()
         if self.providers[0] != wanted[0]:
             raise RunnerUnavailable(_reason(log.lines(), wanted[0]))
