@@ -203,6 +203,12 @@ def import_model(cfg: ImportConfig, log=print) -> Path:
     path = Path(cfg.model)
     if path.is_dir() and (path / runs.MODEL_FILE).is_file():
         raise EdgeCNNError(f"{path} is already a run directory")
+    if path.suffix.lower() in (".h5", ".hdf5") and path.is_file():
+        raise EdgeCNNError(f"{path}: a Keras 2 HDF5 file; edgecnn imports Keras 3 .keras files: build the same model "
+                           f"in Keras 3, model.load_weights('{path.name}'), then model.save('model.keras')")
+    if (path / "saved_model.pb").is_file():
+        raise EdgeCNNError(f"{path}: a SavedModel folder; edgecnn imports Keras 3 .keras files (a SavedModel has no "
+                           "Keras layers left to make deployable)")
     if not path.is_file():
         raise EdgeCNNError(f"model file not found: {path}")
     run_dir = runs.allocate(cfg.runs_dir, cfg.name)  # checks --name first; removed again if the import fails

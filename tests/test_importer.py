@@ -152,6 +152,9 @@ def test_bad_imports_are_one_line(folder, tmp_path, capsys):
     four = keras.Model(inp, L.Dense(4)(L.GlobalAveragePooling2D()(inp)))
     four.save(tmp_path / "four.keras")
     crop = foreign_model(tmp_path / "crop.keras", extra=L.RandomCrop(12, 12))
+    (tmp_path / "old.h5").write_bytes(b"\x89HDF\r\n\x1a\n")
+    (tmp_path / "sm").mkdir()
+    (tmp_path / "sm" / "saved_model.pb").write_bytes(b"")
     cases = [
         (wrong_order, [], "no better than guessing"),
         (tmp_path / "two.keras", [], "1 inputs and 2 outputs"),
@@ -162,6 +165,8 @@ def test_bad_imports_are_one_line(folder, tmp_path, capsys):
         (wrong_order, ["--class-names", "dark,mid"], "--class-names: 2 names"),
         (wrong_order, ["--class-names", "dark,mid,wolf"], "'bright' is not one of the model's classes"),
         (tmp_path / "none.keras", [], "model file not found"),
+        (tmp_path / "old.h5", [], "a Keras 2 HDF5 file"),
+        (tmp_path / "sm", [], "a SavedModel folder"),
     ]
     for model, extra, message in cases:
         code, _, err = run_main(capsys, "import", str(model), "--data", str(folder), "--runs-dir",
