@@ -135,9 +135,6 @@ def check_io(model, image_size: int | None, path) -> tuple[int, int, int]:
     out = tuple(model.outputs[0].shape)
     if len(out) != 2 or not out[1]:
         raise EdgeCNNError(f"{path}: output shape {out}; expected (batch, classes)")
-    if out[1] < 2:
-        raise EdgeCNNError(f"{path}: one output unit (a sigmoid binary classifier?); edgecnn needs one output "
-                           "per class (softmax or logits)")
     h, w = shape[1], shape[2]
     if h is None or w is None:
         if image_size is None:
@@ -181,6 +178,29 @@ def choose_range(scores: dict, labels: np.ndarray, path, data: str) -> str:
 def is_probability(outputs: np.ndarray) -> bool:
     return bool((outputs >= -1e-6).all() and (outputs <= 1 + 1e-6).all()
                 and np.abs(outputs.sum(-1) - 1).max() < 1e-3)
+
+
+def final_activation(model) -> str | None:
+    """The name of the activation of the layer that makes ``model``'s output (nested models followed)."""
+    from edgecnn._tf import keras
+
+    layer = model.layers[-1] if model.layers else None
+    while isinstance(layer, keras.Model) and layer.layers:
+        layer = layer.layers[-1]
+    act = layer.get_config().get("activation") if layer is not None else None
+    return act if isinstance(act, str) else None
+
+
+def two_classes(model, sigmoid: bool):
+    """A binary classifier's one output unit as two classes: [1 - p, p] for a sigmoid, logits [0, z] otherwise
+    (their softmax is [1 - sigmoid(z), sigmoid(z)]), as Keras' binary label mode numbers the classes."""
+    from edgecnn._tf import keras
+
+    L = keras.layers
+    inputs = keras.Input(model.inputs[0].shape[1:], dtype="float32")
+    z = model(inputs)
+    other = L.Rescaling(-1.0, 1.0, name="other_class")(z) if sigmoid else L.Rescaling(0.0, name="other_class")(z)
+    return keras.Model(inputs, L.Concatenate(name="two_classes")([other, z]))
 
 
 def deployable(model, input_shape, scale: float, offset: float, softmax: bool):
@@ -235,6 +255,13 @@ def _import_into(run_dir: Path, path: Path, rng_key: str, cfg: ImportConfig, log
     except Exception as exc:  # a config Keras cannot rebuild
         raise EdgeCNNError(f"{path}: cannot rebuild its mixed-precision layers in float32 ({first_line(exc, 200)})") from None
     model, removed = strip(model)
+    binary = None
+    if n_out > 1 and final_activation(model) == "sigmoid":
+        raise EdgeCNNError(f"{path}: {n_out} sigmoid outputs, a multi-label model; edgecnn imports single-label "
+                           "classifiers (softmax or logits, or one sigmoid unit)")
+    if n_out == 1:  # Dense(1, sigmoid) or one logit: Keras' binary label mode
+        binary = "sigmoid" if final_activation(model) == "sigmoid" else "logit"
+        model, n_out = two_classes(model, binary == "sigmoid"), 2
 
     ds = data_mod.load(cfg.data, image_size=h, channels=c, val_split=cfg.val_split, test_split=cfg.test_split,
                        seed=cfg.seed, skip_bad_images=cfg.skip_bad_images)
@@ -242,10 +269,11 @@ def _import_into(run_dir: Path, path: Path, rng_key: str, cfg: ImportConfig, log
         names = [n.strip() for n in cfg.class_names.split(",")]
         if len(names) != n_out or not all(names) or len(set(names)) != len(names):
             raise EdgeCNNError(f"--class-names: {len(names)} names (unique, non-empty) for a model with "
-                               f"{n_out} outputs")
+                               f"{n_out} classes")
         ds = match_classes(ds, names, cfg.data)
     elif ds.num_classes != n_out:
-        raise EdgeCNNError(f"{path} has {n_out} outputs but {cfg.data} has {ds.num_classes} classes "
+        outputs = "1 output (a binary classifier: two classes)" if binary else f"{n_out} outputs"
+        raise EdgeCNNError(f"{path} has {outputs} but {cfg.data} has {ds.num_classes} classes "
                            f"({short_list(ds.class_names)}); pass --class-names in the model's output order")
     if not len(ds.x_test):
         raise EdgeCNNError(f"--data {cfg.data}: no test images to score the model on")
@@ -271,6 +299,7 @@ def _import_into(run_dir: Path, path: Path, rng_key: str, cfg: ImportConfig, log
         "augmentation_removed": removed,
         "mixed_precision_layers": rebuilt,
         "softmax_added": softmax,
+        "binary_output": binary,  # one output unit made two classes: sigmoid or logit
     }
     m.update({"parameters": int(core.count_params()), "macs": model_mod.count_macs(core), "data": ds.source,
               "skipped_images": ds.info.get("skipped_images", 0), "imported": imported,
@@ -305,6 +334,9 @@ def _import_into(run_dir: Path, path: Path, rng_key: str, cfg: ImportConfig, log
             + short_list(removed, 5))
     if rebuilt:
         log(f"rebuilt in float32: {rebuilt} layer{'s' if rebuilt > 1 else ''} had a mixed-precision policy")
+    if binary:
+        log(f"one output unit ({binary}) made two classes, {ds.class_names[0]} and {ds.class_names[1]} "
+            f"({'1 - p, p' if binary == 'sigmoid' else 'softmax of 0 and the logit'})")
     if softmax:
         log("the model outputs logits: a Softmax was added, so every export gives probabilities")
     log(f"test accuracy {m['test_accuracy']:.4f}  loss {m['test_loss']:.4f}  on {m['test_images']} images of "

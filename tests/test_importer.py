@@ -149,6 +149,7 @@ def test_bad_imports_are_one_line(folder, tmp_path, capsys):
     two_out.save(tmp_path / "two.keras")
     binary = keras.Model(inp, L.Dense(1, activation="sigmoid")(L.GlobalAveragePooling2D()(inp)))
     binary.save(tmp_path / "binary.keras")
+    keras.Model(inp, L.Dense(3, activation="sigmoid")(L.GlobalAveragePooling2D()(inp))).save(tmp_path / "tags.keras")
     four = keras.Model(inp, L.Dense(4)(L.GlobalAveragePooling2D()(inp)))
     four.save(tmp_path / "four.keras")
     crop = foreign_model(tmp_path / "crop.keras", extra=L.RandomCrop(12, 12))
@@ -158,8 +159,9 @@ def test_bad_imports_are_one_line(folder, tmp_path, capsys):
     cases = [
         (wrong_order, [], "no better than guessing"),
         (tmp_path / "two.keras", [], "1 inputs and 2 outputs"),
-        (tmp_path / "binary.keras", [], "one output unit"),
+        (tmp_path / "binary.keras", [], "has 1 output (a binary classifier: two classes) but"),
         (tmp_path / "four.keras", [], "4 outputs but"),
+        (tmp_path / "tags.keras", [], "3 sigmoid outputs, a multi-label model"),
         (crop, [], "RandomCrop"),
         (wrong_order, ["--input-range", "0..2"], "--input-range must be"),
         (wrong_order, ["--class-names", "dark,mid"], "--class-names: 2 names"),
@@ -199,3 +201,40 @@ def test_import_says_when_the_test_split_was_drawn_from_a_folder_without_one(fol
                                     runs_dir=str(tmp_path / "runs")), log=lines.append)
     assert json.loads((run / "metrics.json").read_text())["test_split_made"] is True
     assert any(line.startswith("note: ") and "may have been trained on those images" in line for line in lines)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", None])
+def test_a_binary_classifier_with_one_output_unit_becomes_two_classes(folder, tmp_path, activation):
+    """Keras' binary label mode: one unit, p = P(second class); a sigmoid or a logit."""
+    import shutil
+
+    import keras
+
+    from edgecnn.export import ExportConfig, export
+    from edgecnn.importer import ImportConfig, import_model
+    from edgecnn.model import load_keras
+
+    for split in ("train", "test"):
+        for name in ("bright", "dark"):
+            shutil.copytree(folder / split / name, tmp_path / "two" / split / name)
+    inp = keras.Input((16, 16, 3))
+    m = keras.layers.Dense(1, use_bias=False, name="mean")(keras.layers.GlobalAveragePooling2D()(inp))
+    out = keras.layers.Dense(1, activation=activation, name="dark")(m)  # 20 * (0.5 - mean): dark is class 1
+    original = keras.Model(inp, out)
+    original.get_layer("mean").set_weights([np.full((3, 1), 1 / 3, np.float32)])
+    original.get_layer("dark").set_weights([np.full((1, 1), -20.0, np.float32), np.full(1, 10.0, np.float32)])
+    original.save(tmp_path / "binary.keras")
+    lines = []
+    run = import_model(ImportConfig(model=str(tmp_path / "binary.keras"), data=str(tmp_path / "two"),
+                                    input_range="0..1", runs_dir=str(tmp_path / "runs")), log=lines.append)
+    imported = json.loads((run / "config.json").read_text())["imported"]
+    assert imported["binary_output"] == ("sigmoid" if activation else "logit")
+    assert imported["softmax_added"] is (activation is None)
+    assert json.loads((run / "metrics.json").read_text())["test_accuracy"] == 1.0
+    x = np.random.default_rng(0).uniform(0, 255, (6, 16, 16, 3)).astype(np.float32)
+    z = original.predict(x / 255.0, verbose=0)[:, 0]
+    p = z if activation else 1 / (1 + np.exp(-z))
+    np.testing.assert_allclose(load_keras(run / "model.keras").predict(x, verbose=0), np.stack([1 - p, p], 1),
+                               atol=1e-5)
+    report = export(ExportConfig(run=str(run), calib_samples=16, verify_samples=12), log=lambda m: None)
+    assert all(e["status"] == "ok" for e in report["exports"])
