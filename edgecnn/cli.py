@@ -325,7 +325,8 @@ def benchmark_cmd(
     cfg = BenchmarkConfig(run=run, data=data, formats=formats, device=device, threads=threads,
                           batch_sizes=_int_list(batch_sizes, "--batch-sizes"), warmup_runs=warm_runs,
                           warmup_seconds=warm_s, runs=runs_, max_drop=max_drop, min_agreement=min_agreement,
-                          max_size_kb=max_size, max_latency_ms=max_latency, max_arena_kb=max_arena, limit=limit, runs_dir=runs_dir, json_path=json_path, csv_path=csv_path)
+                          max_size_kb=max_size, max_latency_ms=max_latency, max_arena_kb=max_arena, limit=limit,
+                          runs_dir=runs_dir, json_path=json_path, csv_path=csv_path)
     rows, code = benchmark(cfg, log=_log)
     _log("")
     _log(table_markdown(rows))

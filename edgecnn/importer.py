@@ -4,7 +4,8 @@ The run's ``model.keras`` is the imported model made deployable the way edgecnn'
 layers (identity at inference, but traced as random ops that TFLite cannot convert) become Identity,
 mixed-precision layers are rebuilt in float32 with their weights, a Rescaling in front takes raw 0..255
 pixels to the range the model was trained on (found by scoring the data's training images under each
-common range), and logits get a Softmax. Class names come from the data (or ``class_names``).
+common range), logits get a Softmax and a binary classifier's one output unit becomes two classes. Class
+names come from the data (or ``class_names``).
 """
 
 from __future__ import annotations
@@ -119,8 +120,8 @@ def strip(model):
     except EdgeCNNError:
         raise
     except Exception as exc:  # subclassed models, graphs Keras cannot clone
-        raise EdgeCNNError(f"cannot rebuild the model for inference ({first_line(exc, 200)}); edgecnn imports Sequential and "
-                           "functional Keras models") from None
+        raise EdgeCNNError(f"cannot rebuild the model for inference ({first_line(exc, 200)}); edgecnn imports "
+                           "Sequential and functional Keras models") from None
     return stripped, removed
 
 
@@ -253,7 +254,8 @@ def _import_into(run_dir: Path, path: Path, rng_key: str, cfg: ImportConfig, log
     try:
         model, rebuilt = to_float32(original)
     except Exception as exc:  # a config Keras cannot rebuild
-        raise EdgeCNNError(f"{path}: cannot rebuild its mixed-precision layers in float32 ({first_line(exc, 200)})") from None
+        raise EdgeCNNError(f"{path}: cannot rebuild its mixed-precision layers in float32 "
+                           f"({first_line(exc, 200)})") from None
     model, removed = strip(model)
     binary = None
     if n_out > 1 and final_activation(model) == "sigmoid":
