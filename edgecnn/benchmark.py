@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import io
 import json
 import os
@@ -30,7 +31,8 @@ KEYS = ["name", "format", "variant", "runtime", "device", "status", "reason", "a
         "agreement", "flips_bad", "flips_good", "mcnemar_p", "kl", "worst_class", "worst_class_delta_pp",
         "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "latency_ms_std", "latency_ms_min",
         "throughput_ips", "cold_start_ms", "peak_rss_mb", "size_bytes", "arena_kb", "flash_kb", "images", "threads",
-        "providers", "note", "seconds", "cpu_steal_percent"]
+        "providers", "note", "seconds", "cpu_steal_percent",
+        "baseline_accuracy", "accuracy_change_pp", "size_change_bytes", "latency_change"]
 EXPORT_NAMES = ["tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx-float32", "onnx-int8",
                 "tflite-micro"]
 ALL_NAMES = ["keras", *EXPORT_NAMES]
@@ -54,6 +56,8 @@ class BenchmarkConfig:
     max_size_kb: float | None = None  # file size of each export
     max_latency_ms: float | None = None  # batch-1 median of each export (not the TFLite Micro host row)
     max_arena_kb: float | None = None  # TFLite Micro tensor arena of the int8 TFLite file
+    baseline: str | None = None  # an earlier benchmark.json: each row compared with its namesake there
+    max_regression: float | None = None  # pp of accuracy a row may lose against the baseline
     limit: int | None = None  # first N test images (quick looks); default: the whole test split
     row_timeout: float = 900.0
     runs_dir: str = "runs"
@@ -80,6 +84,10 @@ class BenchmarkConfig:
                 raise EdgeCNNError(f"{opt} must be positive, got {v}")
         if self.max_arena_kb is not None and not _has_micro():
             raise EdgeCNNError("--max-arena needs the tflite-micro package (pip install 'edgecnn[micro]')")
+        if self.max_regression is not None and not 0 <= self.max_regression <= 100:
+            raise EdgeCNNError(f"--max-regression is in percentage points, 0..100, got {self.max_regression}")
+        if self.max_regression is not None and not self.baseline:
+            raise EdgeCNNError("--max-regression needs --baseline (an earlier benchmark.json)")
         if self.limit is not None and self.limit < 1:
             raise EdgeCNNError(f"--limit must be at least 1, got {self.limit}")
 
@@ -223,6 +231,7 @@ def _run_row(row: dict, cfg: BenchmarkConfig, images_path: Path, tmp: Path, i: i
 def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
     """Measure every row; write RUN/benchmark.{json,csv,md,png}. Returns (rows, exit code)."""
     cfg.check()
+    base = load_baseline(cfg.baseline) if cfg.baseline else None
     request = parse_format_request(cfg.formats)
     run_dir = runs.resolve(cfg.run, cfg.runs_dir)
     labels = runs.labels(run_dir)
@@ -269,16 +278,65 @@ def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
             log(_row_line(row))
     if ref_probs is None:
         rows[0].setdefault("reason", "reference failed")
+    test_labels = hashlib.sha256(np.asarray(y, np.int64).tobytes()).hexdigest()[:16]
+    if base is not None:
+        compare_baseline(rows, base, {"images": int(len(x)), "test_labels": test_labels}, cfg.baseline, log)
     code = gate(rows, cfg, log)
     if code == 0 and any(r["status"] == "failed" for r in rows):
         code = 2
-    meta = {"run": str(run_dir), "data": ds.source, "images": int(len(x)), "threads": cfg.threads,
+    meta = {"run": str(run_dir), "data": ds.source, "images": int(len(x)), "test_labels": test_labels,
+            "threads": cfg.threads, "baseline": cfg.baseline,
             "batch_sizes": sorted(cfg.batch_sizes), "machine": machine(),
             "gate": {"max_drop_pp": cfg.max_drop, "min_agreement": cfg.min_agreement, "max_size_kb": cfg.max_size_kb,
-                     "max_latency_ms": cfg.max_latency_ms, "max_arena_kb": cfg.max_arena_kb, "exit_code": code},
+                     "max_latency_ms": cfg.max_latency_ms, "max_arena_kb": cfg.max_arena_kb,
+                     "max_regression_pp": cfg.max_regression, "exit_code": code},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_outputs(rows, meta, run_dir, cfg)
     return rows, code
+
+
+def load_baseline(path: str) -> dict:
+    """An earlier ``benchmark.json``; one error line if it is not one."""
+    from edgecnn.fsutil import read_json
+
+    doc = read_json(path, "--baseline benchmark file")
+    if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list) or not isinstance(doc.get("meta"), dict):
+        raise EdgeCNNError(f"--baseline {path}: not a benchmark.json (no meta and rows)")
+    return doc
+
+
+def compare_baseline(rows: list[dict], base: dict, now: dict, path: str, log) -> None:
+    """Add each row's change against its namesake (same name and device) in ``base``, and log them.
+
+    The baseline must have scored the same test images: the same count and, where both record it, the
+    same labels in the same order (a fingerprint)."""
+    meta = base["meta"]
+    if meta.get("images") != now["images"] or (meta.get("test_labels") and meta["test_labels"] != now["test_labels"]):
+        raise EdgeCNNError(f"--baseline {path} scored {meta.get('images')} test images of {meta.get('data')}, other "
+                           f"images than these {now['images']}: accuracies would not compare")
+    old = {(r.get("name"), r.get("device")): r for r in base["rows"] if r.get("status") == "ok"}
+    log(f"against the baseline {path}:")
+    for r in rows:
+        b = old.get((r["name"], r["device"]))
+        if r["status"] != "ok" or b is None:
+            if b is not None:
+                log(f"  {r['name']} ({r['device']}): {r['status']} now, ok in the baseline")
+            continue
+        if r.get("accuracy") is not None and b.get("accuracy") is not None:
+            r["baseline_accuracy"] = b["accuracy"]
+            r["accuracy_change_pp"] = round((r["accuracy"] - b["accuracy"]) * 100, 4)
+        if r.get("size_bytes") and b.get("size_bytes"):
+            r["size_change_bytes"] = r["size_bytes"] - b["size_bytes"]
+        if r.get("latency_ms_p50") and b.get("latency_ms_p50"):
+            r["latency_change"] = round(r["latency_ms_p50"] / b["latency_ms_p50"], 4)
+        parts = []
+        if "accuracy_change_pp" in r:
+            parts.append(f"accuracy {r['accuracy'] * 100:.2f}% ({r['accuracy_change_pp']:+.2f} pp)")
+        if "size_change_bytes" in r:
+            parts.append(f"size {r['size_bytes'] / 1024:.1f} KB ({r['size_change_bytes'] / 1024:+.1f} KB)")
+        if "latency_change" in r:
+            parts.append(f"p50 {r['latency_ms_p50']:.3f} ms (x{r['latency_change']:.2f})")
+        log(f"  {r['name']} ({r['device']}): " + ", ".join(parts))
 
 
 def gate(rows: list[dict], cfg: BenchmarkConfig, log) -> int:
@@ -304,6 +362,12 @@ def gate(rows: list[dict], cfg: BenchmarkConfig, log) -> int:
         if cfg.max_arena_kb is not None and r.get("arena_kb") is not None and r["arena_kb"] > cfg.max_arena_kb:
             bad.append(f"{r['name']}: TFLite Micro arena {r['arena_kb']} KB > {cfg.max_arena_kb:g} KB "
                        f"(by {r['arena_kb'] - cfg.max_arena_kb:g} KB)")
+    if cfg.max_regression is not None:
+        for r in rows:
+            if r.get("accuracy_change_pp") is not None and -r["accuracy_change_pp"] > cfg.max_regression:
+                bad.append(f"{r['name']} ({r['device']}): accuracy {r['accuracy_change_pp']:+.2f} pp against the "
+                           f"baseline, more than {cfg.max_regression:g} pp lost "
+                           f"(by {-r['accuracy_change_pp'] - cfg.max_regression:.2f} pp)")
     if cfg.max_arena_kb is not None and not any(r.get("arena_kb") is not None for r in rows):
         bad.append("--max-arena: no row has a TFLite Micro arena (benchmark the int8 TFLite file: "
                    "--formats tflite-int8)")

@@ -305,6 +305,11 @@ def benchmark_cmd(
                                                 "latency exceeds this many ms."),
     max_arena: Optional[float] = typer.Option(None, help="Gate: fail (exit 1) if the int8 TFLite file needs a "
                                               "larger TFLite Micro tensor arena than this many KB (RAM budget)."),
+    baseline: Optional[str] = typer.Option(None, help="An earlier benchmark.json (e.g. the released model's): "
+                                           "each row is compared with its namesake there."),
+    max_regression: Optional[float] = typer.Option(None, help="Gate: fail (exit 1) if a row (Keras included) lost "
+                                                   "more than this many percentage points of accuracy against "
+                                                   "--baseline."),
     limit: Optional[int] = typer.Option(None, help="Use only the first N test images."),
     json_path: Optional[str] = typer.Option(None, "--json", help="Also write the results JSON here."),
     csv_path: Optional[str] = typer.Option(None, "--csv", help="Also write the results CSV here."),
@@ -325,8 +330,8 @@ def benchmark_cmd(
     cfg = BenchmarkConfig(run=run, data=data, formats=formats, device=device, threads=threads,
                           batch_sizes=_int_list(batch_sizes, "--batch-sizes"), warmup_runs=warm_runs,
                           warmup_seconds=warm_s, runs=runs_, max_drop=max_drop, min_agreement=min_agreement,
-                          max_size_kb=max_size, max_latency_ms=max_latency, max_arena_kb=max_arena, limit=limit,
-                          runs_dir=runs_dir, json_path=json_path, csv_path=csv_path)
+                          max_size_kb=max_size, max_latency_ms=max_latency, max_arena_kb=max_arena,
+                          baseline=baseline, max_regression=max_regression, limit=limit, runs_dir=runs_dir, json_path=json_path, csv_path=csv_path)
     rows, code = benchmark(cfg, log=_log)
     _log("")
     _log(table_markdown(rows))

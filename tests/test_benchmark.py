@@ -84,6 +84,27 @@ def test_size_latency_and_arena_gates_around_the_measured_values(bench):
                          f"{int8['arena_kb'] - 0.5:g} KB (by 0.5 KB)"]
 
 
+def test_baseline_comparison_gates_a_model_that_got_worse(bench, tiny_run, tmp_path, capsys):
+    """CI compares a candidate with the released model's benchmark.json: same rows, same test images."""
+    doc = json.loads((tiny_run / "benchmark.json").read_text())
+    for r in doc["rows"]:  # the released int8 file scored 2 points more than the candidate's
+        if r["name"] == "tflite-int8" and r["status"] == "ok":
+            r["accuracy"] += 0.02
+    (tmp_path / "base.json").write_text(json.dumps(doc))
+    args = ["benchmark", str(tiny_run), "--formats", "tflite-int8", "--limit", str(doc["meta"]["images"]), "--runs",
+            "3", "--warmup", "0", "--batch-sizes", "1", "--baseline", str(tmp_path / "base.json")]
+    code, out, _ = run_main(capsys, *args, "--max-regression", "1.5")
+    assert code == 1 and "GATE FAILED: tflite-int8 (cpu): accuracy -2.00 pp against the baseline" in out
+    assert "keras (cpu): accuracy" in out and "GATE FAILED: keras" not in out
+    rows = {r["name"]: r for r in json.loads((tiny_run / "benchmark.json").read_text())["rows"]}
+    assert rows["tflite-int8"]["accuracy_change_pp"] == pytest.approx(-2.0) and rows["keras"]["accuracy_change_pp"] == 0
+    assert rows["tflite-int8"]["size_change_bytes"] == 0
+    code, _, _ = run_main(capsys, *args, "--max-regression", "2.5")
+    assert code == 0
+    code, _, err = run_main(capsys, *args[:5], "100", *args[6:])  # other test images: no comparison
+    assert code == 2 and "other images than these 100" in err
+
+
 def test_cli_gate_exit_codes(tiny_exports, tiny_run, capsys):
     args = ["benchmark", str(tiny_run), "--formats", "tflite-int8", "--limit", "200", "--runs", "3",
             "--warmup", "0", "--batch-sizes", "1"]
@@ -118,6 +139,8 @@ def test_a_failing_row_does_not_abort_the_table(tiny_exports, tiny_run, tmp_path
     ({"batch_sizes": (0,)}, "--batch-sizes"),
     ({"max_size_kb": 0}, "--max-size must be positive"),
     ({"max_latency_ms": -1}, "--max-latency must be positive"),
+    ({"max_regression": 1.0}, "--max-regression needs --baseline"),
+    ({"baseline": "/no/such/benchmark.json"}, "benchmark.json"),
 ])
 def test_bad_benchmark_inputs(tiny_run, kwargs, needle):
     kwargs.setdefault("run", str(tiny_run))
