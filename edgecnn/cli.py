@@ -142,8 +142,9 @@ def import_cmd(
     model: str = typer.Argument(..., help="A .keras model trained elsewhere.", show_default=False),
     data: str = typer.Option(..., "--data", "-d", help="The data it was trained for (any --data source): class "
                              "names, the test split it is scored on, int8 calibration images."),
-    input_range: str = typer.Option("auto", help="The pixel range the model was trained on: 0..255, 0..1 or -1..1; "
-                                    "auto scores the training images under each."),
+    input_range: str = typer.Option("auto", help="The input the model was trained on: 0..255, 0..1, -1..1 (tf), "
+                                    "torch or caffe (keras.applications preprocess_input modes); auto scores the "
+                                    "training images under each."),
     class_names: Optional[str] = typer.Option(None, help="Comma list in the model's output order (default: the "
                                               "data's classes, sorted, as Keras' image_dataset_from_directory)."),
     image_size: Optional[int] = typer.Option(None, help="Input size, for models that take any size."),

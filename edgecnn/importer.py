@@ -24,6 +24,11 @@ from edgecnn.errors import EdgeCNNError, first_line, short_list
 
 # Input ranges a model may have been trained on: name -> (scale, offset) applied to 0..255 pixels.
 RANGES = {"0..255": (1.0, 0.0), "0..1": (1.0 / 255.0, 0.0), "-1..1": (1.0 / 127.5, -1.0)}
+# keras.applications' preprocess_input modes done outside the model (RGB only): "torch" is ImageNet's mean and
+# standard deviation on 0..1, "caffe" is BGR minus ImageNet's mean on 0..255 ("tf" is -1..1).
+IMAGENET_MEAN, IMAGENET_STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68])
+CONVENTIONS = (*RANGES, "torch", "caffe")
 RANGE_IMAGES = 1000  # training images scored under each range
 RANGE_MARGIN = 0.05  # the best range must beat the runner-up by this much accuracy, else it is ambiguous
 # Keras layers that are the identity at inference (RandomCrop is not: it centre-crops).
@@ -46,15 +51,27 @@ class ImportConfig:
 
 
 def parse_range(text: str) -> str:
-    """``auto`` or a RANGES key; ``0-255``, ``0,1``, ``-1:1`` and ``-1 to 1`` are accepted too."""
-    t = text.strip()
+    """``auto`` or a CONVENTIONS key; ``0-255``, ``0,1``, ``-1:1``, ``-1 to 1`` and ``tf`` (-1..1) too."""
+    t = text.strip().lower()
     if t == "auto":
         return t
     m = re.fullmatch(r"(-?\d+)\s*(?:\.\.|,|:|-|to)\s*(-?\d+)", t)
-    key = f"{m.group(1)}..{m.group(2)}" if m else t
-    if key not in RANGES:
-        raise EdgeCNNError(f"--input-range must be auto, {', '.join(RANGES)}, got {text!r}")
+    key = f"{m.group(1)}..{m.group(2)}" if m else {"tf": "-1..1"}.get(t, t)
+    if key not in CONVENTIONS:
+        raise EdgeCNNError(f"--input-range must be auto, {', '.join(CONVENTIONS)}, got {text!r}")
     return key
+
+
+def transform(key: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(matrix, bias) taking a pixel's 0..255 channel values ``x`` to ``x @ matrix + bias`` under ``key``."""
+    if key in RANGES:
+        scale, offset = RANGES[key]
+        return np.eye(channels) * scale, np.full(channels, offset)
+    if channels != 3:
+        raise EdgeCNNError(f"--input-range {key}: ImageNet preprocessing needs RGB (3-channel) input")
+    if key == "torch":
+        return np.diag(1.0 / (255.0 * IMAGENET_STD)), -IMAGENET_MEAN / IMAGENET_STD
+    return np.eye(3)[::-1].copy(), -CAFFE_MEAN_BGR  # caffe: channels reversed to BGR, then the mean subtracted
 
 
 def is_augmentation(layer) -> bool:
@@ -150,12 +167,17 @@ def check_io(model, image_size: int | None, path) -> tuple[int, int, int]:
     return int(h), int(w), int(shape[3])
 
 
+def apply(key: str, images: np.ndarray) -> np.ndarray:
+    """``images`` (uint8, NHWC) as a model trained under ``key`` takes them."""
+    matrix, bias = transform(key, images.shape[-1])
+    return (images.astype(np.float32) @ matrix.astype(np.float32) + bias.astype(np.float32)).astype(np.float32)
+
+
 def score_ranges(model, images: np.ndarray, labels: np.ndarray) -> dict[str, tuple[float, np.ndarray]]:
-    """Accuracy and predictions of ``model`` on ``images`` (uint8) under each input range."""
+    """Accuracy and predictions of ``model`` on ``images`` (uint8) under each input convention."""
     out = {}
-    x = images.astype(np.float32)
-    for key, (scale, offset) in RANGES.items():
-        pred = model.predict(x * scale + offset, batch_size=256, verbose=0).argmax(-1)
+    for key in CONVENTIONS if images.shape[-1] == 3 else RANGES:
+        pred = model.predict(apply(key, images), batch_size=256, verbose=0).argmax(-1)
         out[key] = (float((pred == labels).mean()), pred)
     return out
 
@@ -164,7 +186,7 @@ def choose_range(scores: dict, labels: np.ndarray, path, data: str) -> str:
     """The range whose accuracy is clearly the best; one error line when none is, or all look like chance."""
     ranked = sorted(scores, key=lambda k: -scores[k][0])
     best, second = ranked[0], ranked[1]
-    listing = ", ".join(f"{k}: {scores[k][0] * 100:.1f}%" for k in RANGES)
+    listing = ", ".join(f"{k}: {v[0] * 100:.1f}%" for k, v in scores.items())
     majority = np.bincount(labels).max() / len(labels)
     if scores[best][0] <= majority + 0.05:
         raise EdgeCNNError(f"{path} scores no better than guessing on the training images of {data} under every input "
@@ -204,18 +226,27 @@ def two_classes(model, sigmoid: bool):
     return keras.Model(inputs, L.Concatenate(name="two_classes")([other, z]))
 
 
-def deployable(model, input_shape, scale: float, offset: float, softmax: bool):
-    """image (0..255 float32) -> [Rescaling] -> model -> [Softmax] -> probabilities, as edgecnn's own cores."""
+def deployable(model, input_shape, key: str, softmax: bool):
+    """image (0..255 float32) -> [input transform] -> model -> [Softmax] -> probabilities, as edgecnn's own
+    cores. The transform is a Rescaling for a range, a fixed 1x1 convolution for ImageNet's per-channel ones."""
     from edgecnn._tf import keras
     from edgecnn.model import INPUT_NAME, OUTPUT_NAME
 
     inputs = keras.Input(input_shape, name=INPUT_NAME, dtype="float32")
     x = inputs
-    if (scale, offset) != (1.0, 0.0):
-        x = keras.layers.Rescaling(scale, offset, name="input_range")(x)
+    conv = None
+    if key in RANGES and key != "0..255":
+        x = keras.layers.Rescaling(*RANGES[key], name="input_range")(x)
+    elif key not in RANGES:
+        conv = keras.layers.Conv2D(input_shape[-1], 1, trainable=False, name="input_range")
+        x = conv(x)
     x = model(x)
     x = keras.layers.Activation("softmax" if softmax else "linear", name=OUTPUT_NAME, dtype="float32")(x)
-    return keras.Model(inputs, x, name="core")
+    core = keras.Model(inputs, x, name="core")
+    if conv is not None:
+        matrix, bias = transform(key, input_shape[-1])
+        conv.set_weights([matrix.reshape(1, 1, *matrix.shape).astype(np.float32), bias.astype(np.float32)])
+    return core
 
 
 def import_model(cfg: ImportConfig, log=print) -> Path:
@@ -286,10 +317,9 @@ def _import_into(run_dir: Path, path: Path, rng_key: str, cfg: ImportConfig, log
     if rng_key == "auto":
         scores = score_ranges(model, x_pick, y_pick)
         rng_key = choose_range(scores, y_pick, path, cfg.data)
-    scale, offset = RANGES[rng_key]
-    raw = model.predict(x_pick[:64].astype(np.float32) * scale + offset, verbose=0)
+    raw = model.predict(apply(rng_key, x_pick[:64]), verbose=0)
     softmax = not is_probability(raw)
-    core = deployable(model, (h, w, c), scale, offset, softmax)
+    core = deployable(model, (h, w, c), rng_key, softmax)
 
     probs = core.predict(ds.x_test.astype(np.float32), batch_size=256, verbose=0)
     m = metrics.evaluate(probs, ds.y_test, ds.class_names)
@@ -307,8 +337,8 @@ def _import_into(run_dir: Path, path: Path, rng_key: str, cfg: ImportConfig, log
               "skipped_images": ds.info.get("skipped_images", 0), "imported": imported,
               "test_split_made": bool(ds.info.get("test_split_made"))})
     labels = labels_info(ds, c)
-    labels["input"]["scaling"] = (f"edgecnn maps 0..255 to {rng_key} in front of the imported model (Rescaling layer)"
-                                  if rng_key != "0..255" else "the imported model takes 0..255 pixels")
+    labels["input"]["scaling"] = (f"edgecnn maps 0..255 pixels to the imported model's input ({rng_key}) in front "
+                                  "of it" if rng_key != "0..255" else "the imported model takes 0..255 pixels")
     config = {"data": cfg.data, "arch": None, "seed": cfg.seed, "image_size": h, "channels": c,
               "val_split": cfg.val_split, "test_split": cfg.test_split, "skip_bad_images": cfg.skip_bad_images,
               "name": cfg.name, "runs_dir": cfg.runs_dir, "imported": imported, "versions": versions(),

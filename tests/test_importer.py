@@ -80,8 +80,10 @@ def test_import_finds_the_input_range_and_makes_the_model_deployable(imported, f
     run, path, log = imported
     cfg = json.loads((run / "config.json").read_text())["imported"]
     assert cfg["input_range"] == "0..1"
-    assert cfg["input_range_accuracy"] == {"0..255": pytest.approx(1 / 3, abs=1e-4), "0..1": 1.0,
-                                           "-1..1": pytest.approx(2 / 3, abs=1e-4)}
+    acc = cfg["input_range_accuracy"]
+    assert list(acc) == ["0..255", "0..1", "-1..1", "torch", "caffe"]
+    assert (acc["0..255"], acc["0..1"], acc["-1..1"]) == (pytest.approx(1 / 3, abs=1e-4), 1.0,
+                                                          pytest.approx(2 / 3, abs=1e-4))
     assert cfg["augmentation_removed"] == ["flip (RandomFlip)", "shift (RandomTranslation)", "noise (GaussianNoise)"]
     assert cfg["mixed_precision_layers"] > 0 and cfg["softmax_added"] is True
     assert "input range: 0..1" in log and "Softmax was added" in log
@@ -238,3 +240,41 @@ def test_a_binary_classifier_with_one_output_unit_becomes_two_classes(folder, tm
                                atol=1e-5)
     report = export(ExportConfig(run=str(run), calib_samples=16, verify_samples=12), log=lambda m: None)
     assert all(e["status"] == "ok" for e in report["exports"])
+
+
+@pytest.mark.parametrize("mode", ["torch", "caffe", "tf"])
+def test_imagenet_conventions_are_keras_applications_preprocess_input(mode):
+    """A model fine-tuned from keras.applications with preprocess_input outside it: the deployable core's first
+    layer computes exactly that from 0..255 RGB pixels."""
+    import keras
+
+    from edgecnn.importer import apply, deployable, parse_range
+
+    key = parse_range(mode)
+    x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3)).astype(np.uint8)
+    want = keras.applications.imagenet_utils.preprocess_input(x.astype(np.float32), mode=mode)
+    np.testing.assert_allclose(apply(key, x), want, atol=1e-4)
+    inp = keras.Input((8, 8, 3))
+    classifier = keras.Model(inp, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(inp)))
+    core = deployable(classifier, (8, 8, 3), key, softmax=True)
+    probe = keras.Model(core.input, core.get_layer("input_range").output)
+    np.testing.assert_allclose(probe.predict(x.astype(np.float32), verbose=0), want, atol=1e-4)
+
+
+def test_import_finds_imagenet_torch_preprocessing(folder, tmp_path):
+    """The brightness model fed ImageNet-normalised input: the channel mean of (x - mean) / std, an affine map
+    a * c + d of the brightness c, so its centres move there; auto must find 'torch' among five conventions."""
+    from edgecnn.importer import IMAGENET_MEAN, IMAGENET_STD, ImportConfig, import_model
+
+    a, d = np.mean(1 / IMAGENET_STD), -np.mean(IMAGENET_MEAN / IMAGENET_STD)
+    path = foreign_model(tmp_path / "torch.keras", centres=tuple(a * c + d for c in CENTRES))
+    run = import_model(ImportConfig(model=str(path), data=str(folder), runs_dir=str(tmp_path / "runs")),
+                       log=lambda m: None)
+    imported = json.loads((run / "config.json").read_text())["imported"]
+    assert imported["input_range"] == "torch" and imported["input_range_accuracy"]["torch"] == 1.0
+    assert set(imported["input_range_accuracy"]) == {"0..255", "0..1", "-1..1", "torch", "caffe"}
+    assert json.loads((run / "metrics.json").read_text())["test_accuracy"] == 1.0
+    from edgecnn.export import ExportConfig, export  # the fixed 1x1 convolution quantizes like any other
+
+    report = export(ExportConfig(run=str(run), calib_samples=20, verify_samples=18), log=lambda m: None)
+    assert [e["status"] for e in report["exports"]] == ["ok", "ok"]
