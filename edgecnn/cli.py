@@ -158,8 +158,9 @@ def import_cmd(
 ):
     """Make a run of a Keras model trained elsewhere, for export, benchmark, evaluate and predict.
 
-    Augmentation layers are removed, mixed precision becomes float32, a Rescaling takes 0..255 pixels to the
-    model's input range and logits get a Softmax. Example: edgecnn import model.keras --data path/to/images
+    Augmentation layers are removed, mixed precision becomes float32, a layer in front takes 0..255 pixels to
+    the model's input, logits get a Softmax and one binary output unit two classes.
+    Example: edgecnn import model.keras --data path/to/images
     """
     from edgecnn.importer import ImportConfig, import_model
 
