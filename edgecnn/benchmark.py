@@ -391,6 +391,9 @@ def _row_line(r: dict) -> str:
 def table_markdown(rows: list[dict]) -> str:
     head = ["format", "runtime", "device", "status", "acc %", "drop pp", "agree %", "flips -/+", "McNemar p",
             "worst class (pp)", "p50 ms", "p99 ms", "img/s", "cold ms", "RSS MB", "size KB", "arena KB"]
+    versus = any(r.get("accuracy_change_pp") is not None for r in rows)  # benchmark --baseline
+    if versus:
+        head.insert(5, "vs baseline pp")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ok = r["status"] == "ok"
@@ -409,6 +412,8 @@ def table_markdown(rows: list[dict]) -> str:
             _fmt(r.get("peak_rss_mb"), ".0f"), _fmt(r["size_bytes"] / 1024 if r.get("size_bytes") else None, ".0f"),
             _fmt(r.get("arena_kb"), "d"),
         ]
+        if versus:
+            cells.insert(5, _fmt(r.get("accuracy_change_pp"), "+.2f"))
         if r["runtime"] == "tflite-micro":
             cells[0] = f"tflite-micro (first {r.get('images') or MICRO_SAMPLES} images, host reference kernels)"
         lines.append("| " + " | ".join(cells) + " |")

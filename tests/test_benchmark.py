@@ -99,6 +99,10 @@ def test_baseline_comparison_gates_a_model_that_got_worse(bench, tiny_run, tmp_p
     rows = {r["name"]: r for r in json.loads((tiny_run / "benchmark.json").read_text())["rows"]}
     assert rows["tflite-int8"]["accuracy_change_pp"] == pytest.approx(-2.0) and rows["keras"]["accuracy_change_pp"] == 0
     assert rows["tflite-int8"]["size_change_bytes"] == 0
+    table = (tiny_run / "benchmark.md").read_text()  # and in the table (report.md takes it from there)
+    assert "| vs baseline pp |" in table and "| tflite-int8 | litert | cpu | ok | " in table
+    assert [c.strip() for c in next(ln for ln in table.splitlines() if ln.startswith("| tflite-int8")).split("|")][6] \
+        == "-2.00"
     code, _, _ = run_main(capsys, *args, "--max-regression", "2.5")
     assert code == 0
     code, _, err = run_main(capsys, *args[:5], "100", *args[6:])  # other test images: no comparison
