@@ -88,6 +88,8 @@ class BenchmarkConfig:
             raise EdgeCNNError(f"--max-regression is in percentage points, 0..100, got {self.max_regression}")
         if self.max_regression is not None and not self.baseline:
             raise EdgeCNNError("--max-regression needs --baseline (an earlier benchmark.json)")
+        if self.baseline:
+            load_baseline(self.baseline)  # before `run` trains for minutes
         if self.limit is not None and self.limit < 1:
             raise EdgeCNNError(f"--limit must be at least 1, got {self.limit}")
 

@@ -420,6 +420,9 @@ _RUN_EXTRA = {
     "min_agreement": typer.Option(None, help="Gate: min top-1 agreement of an export with Keras."),
     "max_size": typer.Option(None, help="Gate: max file size of an export, KB."),
     "max_latency": typer.Option(None, help="Gate: max batch-1 median latency of an export, ms."),
+    "baseline": typer.Option(None, help="An earlier benchmark.json to compare every row with."),
+    "max_regression": typer.Option(None, help="Gate: max accuracy a row may lose against --baseline, "
+                                   "percentage points."),
 }
 
 
@@ -438,7 +441,8 @@ def run(**kw):
                               io_dtype=extra["io_dtype"], opset=extra["opset"], runs_dir=kw["runs_dir"])
     bench_cfg = BenchmarkConfig(device=extra["bench_device"], threads=extra["threads"], max_drop=extra["max_drop"],
                                 min_agreement=extra["min_agreement"], max_size_kb=extra["max_size"],
-                                max_latency_ms=extra["max_latency"], runs_dir=kw["runs_dir"])
+                                max_latency_ms=extra["max_latency"], baseline=extra["baseline"],
+                                max_regression=extra["max_regression"], runs_dir=kw["runs_dir"])
     bench_cfg.check()
     _, code = run_pipeline(train_cfg, export_cfg, bench_cfg, log=_log)
     raise typer.Exit(code)
@@ -454,7 +458,8 @@ def _run_signature():
               for p in params]
     hints = {"formats": str, "calib_samples": int, "io_dtype": str, "opset": int, "bench_device": str,
              "threads": int, "max_drop": Optional[float], "min_agreement": Optional[float],
-             "max_size": Optional[float], "max_latency": Optional[float]}
+             "max_size": Optional[float], "max_latency": Optional[float], "baseline": Optional[str],
+             "max_regression": Optional[float]}
     params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v, annotation=hints[k])
                for k, v in _RUN_EXTRA.items()]
     return inspect.Signature(params)
