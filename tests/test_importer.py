@@ -278,3 +278,23 @@ def test_import_finds_imagenet_torch_preprocessing(folder, tmp_path):
 
     report = export(ExportConfig(run=str(run), calib_samples=20, verify_samples=18), log=lambda m: None)
     assert [e["status"] for e in report["exports"]] == ["ok", "ok"]
+
+
+def test_the_range_check_tool_saves_models_that_take_each_convention(tiny_run):
+    """tools/check_import_ranges.py (the README's table): a model behind the undoing convolution, fed
+    ``apply(key, x)``, gives the original model's answer on ``x``."""
+    import importlib.util
+    from pathlib import Path
+
+    from edgecnn.importer import CONVENTIONS, apply
+    from edgecnn.model import load_keras
+
+    spec = importlib.util.spec_from_file_location(
+        "check_import_ranges", Path(__file__).parent.parent / "tools" / "check_import_ranges.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    core = load_keras(tiny_run / "model.keras")
+    x = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3)).astype(np.uint8)
+    want = core.predict(x.astype(np.float32), verbose=0)
+    for key in CONVENTIONS:
+        np.testing.assert_allclose(tool.behind(core, key).predict(apply(key, x), verbose=0), want, atol=1e-4)
