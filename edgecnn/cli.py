@@ -333,7 +333,8 @@ def benchmark_cmd(
                           batch_sizes=_int_list(batch_sizes, "--batch-sizes"), warmup_runs=warm_runs,
                           warmup_seconds=warm_s, runs=runs_, max_drop=max_drop, min_agreement=min_agreement,
                           max_size_kb=max_size, max_latency_ms=max_latency, max_arena_kb=max_arena,
-                          baseline=baseline, max_regression=max_regression, limit=limit, runs_dir=runs_dir, json_path=json_path, csv_path=csv_path)
+                          baseline=baseline, max_regression=max_regression, limit=limit, runs_dir=runs_dir,
+                          json_path=json_path, csv_path=csv_path)
     rows, code = benchmark(cfg, log=_log)
     _log("")
     _log(table_markdown(rows))
