@@ -10,7 +10,7 @@ from importlib import metadata
 from edgecnn.errors import first_line
 
 PACKAGES = ["tensorflow", "keras", "tf-keras", "tensorflow-model-optimization", "tf2onnx", "onnx",
-            "onnxruntime-gpu", "onnxruntime", "ai-edge-litert", "numpy", "typer"]
+            "onnxruntime-gpu", "onnxruntime", "ai-edge-litert", "tflite-micro", "numpy", "typer"]
 CUDA_LIBS = ["libcuda.so.1", "libcudart.so.13", "libcublasLt.so.13", "libcudnn.so.9", "libcudart.so.12",
              "libcudnn.so.8", "libnvinfer.so.10"]
 

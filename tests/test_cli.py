@@ -168,6 +168,9 @@ def test_doctor_reports_versions_and_providers(capsys):
     code, out, _ = run_main(capsys, "doctor", "--json")
     info = json.loads(out)
     assert code == 0 and info["packages"]["tensorflow"] and info["onnxruntime_providers"]["CPUExecutionProvider"] == "works"
+    import importlib.util  # the micro extra (TFLite Micro check, --max-arena) is reported when installed
+
+    assert bool(info["packages"]["tflite-micro"]) == (importlib.util.find_spec("tflite_micro") is not None)
     for prov, status in info["onnxruntime_providers"].items():
         if prov != "CPUExecutionProvider" and not info["tensorflow_gpus"]:
             assert status != "works" or prov == "AzureExecutionProvider"
