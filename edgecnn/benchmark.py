@@ -58,6 +58,7 @@ class BenchmarkConfig:
     max_arena_kb: float | None = None  # TFLite Micro tensor arena of the int8 TFLite file
     baseline: str | None = None  # an earlier benchmark.json: each row compared with its namesake there
     max_regression: float | None = None  # pp of accuracy a row may lose against the baseline
+    baseline_doc: dict | None = field(default=None, init=False, repr=False)  # read once, by check()
     limit: int | None = None  # first N test images (quick looks); default: the whole test split
     row_timeout: float = 900.0
     runs_dir: str = "runs"
@@ -88,8 +89,8 @@ class BenchmarkConfig:
             raise EdgeCNNError(f"--max-regression is in percentage points, 0..100, got {self.max_regression}")
         if self.max_regression is not None and not self.baseline:
             raise EdgeCNNError("--max-regression needs --baseline (an earlier benchmark.json)")
-        if self.baseline:
-            load_baseline(self.baseline)  # before `run` trains for minutes
+        if self.baseline and self.baseline_doc is None:
+            self.baseline_doc = load_baseline(self.baseline)  # before `run` trains for minutes
         if self.limit is not None and self.limit < 1:
             raise EdgeCNNError(f"--limit must be at least 1, got {self.limit}")
 
@@ -233,7 +234,7 @@ def _run_row(row: dict, cfg: BenchmarkConfig, images_path: Path, tmp: Path, i: i
 def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
     """Measure every row; write RUN/benchmark.{json,csv,md,png}. Returns (rows, exit code)."""
     cfg.check()
-    base = load_baseline(cfg.baseline) if cfg.baseline else None
+    base = cfg.baseline_doc
     request = parse_format_request(cfg.formats)
     run_dir = runs.resolve(cfg.run, cfg.runs_dir)
     labels = runs.labels(run_dir)
