@@ -64,6 +64,8 @@ def train(
                                     "image side (0.1: up to 3 px on 32x32)."),
     whiten: bool = typer.Option(False, "--whiten", help="Initialise the first convolution with the training "
                                 "images' whitened patch PCA and freeze it."),
+    ema: float = typer.Option(0.0, "--ema", help="Keep an exponential moving average of the weights with this "
+                              "momentum (e.g. 0.999) and save it, BatchNorm statistics recomputed; 0: off."),
     early_stopping: int = typer.Option(0, help="Stop after N epochs without val-accuracy gain (0: off)."),
     keep: str = typer.Option("best", help="Which epoch's weights to save: best (highest val accuracy) or last "
                              "(for schedules that anneal to the end; a small val split picks by noise)."),
@@ -104,7 +106,7 @@ def train(
         data=data, arch=arch, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, weight_decay=weight_decay,
         class_balance=class_balance, augment=augment,
-        translate=translate, whiten=whiten, early_stopping=early_stopping, keep=keep, time_budget=time_budget,
+        translate=translate, whiten=whiten, ema=ema, early_stopping=early_stopping, keep=keep, time_budget=time_budget,
         seed=seed,
         image_size=image_size, channels=channels, val_split=val_split, test_split=test_split,
         skip_bad_images=skip_bad_images, device=device, precision=precision,

@@ -315,7 +315,7 @@ def write_doc(b: Bench, stages: list[str], sweep: str | None, also: list[Path] =
 
 
 TRAIN_FLAGS = ("arch", "epochs", "batch_size", "optimizer", "lr", "schedule", "label_smoothing", "weight_decay",
-               "augment", "translate", "val_split", "time_budget", "keep", "seed")
+               "augment", "translate", "class_balance", "ema", "val_split", "time_budget", "keep", "seed")
 
 
 def _also_row(run: Path) -> str:
@@ -325,7 +325,7 @@ def _also_row(run: Path) -> str:
     cfg, m = load(run / "config.json") or {}, load(run / "metrics.json") or {}
     if cfg.get("arch_spec") and describe(parse(cfg.get("arch", ""))) != cfg["arch_spec"]:
         cfg["arch"] = cfg["arch_spec"]  # a preset name whose network has changed since: spell out the one used
-    defaults = {"time_budget": 0.0, "keep": "best", "translate": TRANSLATE, "seed": 0}
+    defaults = {"time_budget": 0.0, "keep": "best", "translate": TRANSLATE, "seed": 0, "class_balance": "none", "ema": 0.0}
     flags = " ".join(f"--{k.replace('_', '-')} {json.dumps(cfg[k]) if k == 'arch' else cfg[k]}" for k in TRAIN_FLAGS
                      if k in cfg and cfg[k] != defaults.get(k))
     flags += " --whiten" if cfg.get("whiten") else ""
