@@ -126,6 +126,7 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
         m["sparsity_per_layer"] = result["sparsity"]
     if mode == "qat":
         m["qat_exports"] = result["exports"]
+        m["qat_activation_ranges_set"] = result["activation_ranges_set"]
     write_json(dst / "metrics.json", m)
     write_json(dst / "config.json", cfg | {"finetune": {"mode": mode, "epochs": epochs, "lr": lr,
                                                         "sparsity": sparsity if mode == "prune" else None,

@@ -279,3 +279,43 @@ def test_sparse_int8_weights_compress_better_without_string_matching():
     assert s_dense["gz_bytes"] <= s_dense["gzip_bytes"]
     for name in compress.STRATEGIES:
         assert gzip.decompress(compress.gzip_blob(sparse, name)) == sparse
+
+
+def test_weights_on_an_int8_grid_are_stored_as_int8(tmp_path):
+    """What tf2onnx makes of a QAT model: float kernels equal to q * scale (per output channel for a
+    convolution, per tensor for a dense layer). They are stored as int8 and dequantize to the same
+    floats; a kernel off the grid stays float."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from edgecnn._tf import keras
+    from edgecnn.export import onnx as onx
+
+    rng = np.random.default_rng(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="grid_conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="float_conv")(x))
+    model = keras.Model(inputs, keras.layers.Dense(5, name="grid_dense")(x))
+    scales = np.array([0.01, 0.02, 0.005, 0.03], np.float32)
+    q = rng.integers(-127, 128, (3, 3, 3, 4))
+    q[0, 0, 0] = 127  # each channel reaches the grid's end, as a symmetric scale max|w| / 127 makes it
+    model.get_layer("grid_conv").kernel.assign((q * scales).astype(np.float32))
+    model.get_layer("grid_dense").kernel.assign((np.r_[[127] * 5, rng.integers(-127, 128, 15)].reshape(4, 5)
+                                                 * np.float32(0.004)).astype(np.float32))
+    proto = onx.convert_float(model)
+    before = proto.SerializeToString()
+    assert onx.store_int8_weights(proto) == 2
+    onnx.checker.check_model(proto)
+    int8 = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    kernels = sorted(a.size for name, a in int8.items() if not name.endswith("_zero_point"))
+    assert kernels == [20, 108]  # the dense and the first convolution's kernels
+    assert [n.op_type for n in proto.graph.node].count("DequantizeLinear") == 2
+    x = rng.integers(0, 256, (6, 8, 8, 3)).astype(np.float32)
+    plain = ort.SessionOptions()  # as written: ORT's optimizer would fuse the dense layer into integer kernels
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    run = [ort.InferenceSession(b, plain, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+           for b in (before, proto.SerializeToString())]
+    np.testing.assert_allclose(run[1], run[0], rtol=1e-5, atol=1e-4)
+    old = onx.convert_float(model, opset=12)
+    assert onx.store_int8_weights(old) == 0, "per-axis DequantizeLinear needs opset 13"

@@ -52,6 +52,20 @@ def test_qat_writes_verified_int8_tflite_and_qdq_onnx(tiny_run):
     assert tfl["inputs"][0]["dtype"] == "uint8" and tfl["all_builtin"]
     onx = inspect(dst / "exports" / "model_int8.onnx")
     assert {"QuantizeLinear", "DequantizeLinear"} <= set(onx["ops"])
+    # tf2onnx folds the weights' fake-quant into float constants: every kernel is stored as int8 again
+    kernels = sum(onx["ops"].get(op, 0) for op in ("Conv", "MatMul", "Gemm"))
+    assert next(e for e in m["qat_exports"] if e["format"] == "onnx")["int8_weights"] == kernels >= 2
+    # Activation ranges start from the float model's, so a ReLU's starts at 0 (tfmot's own start, -6,
+    # left zero points of 48-67 after a short fine-tune) and ONNX Runtime can fuse it into an integer conv.
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(dst / "exports" / "model_int8.onnx"))
+    made_by = {o: n.op_type for n in proto.graph.node for o in n.output}
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    relu_zero_points = [int(inits[n.input[2]]) for n in proto.graph.node
+                        if n.op_type == "QuantizeLinear" and made_by.get(n.input[0]) == "Relu"]
+    assert m["qat_activation_ranges_set"] >= len(relu_zero_points) >= 2 and set(relu_zero_points) == {0}
     # The parent process is still Keras 3 and the export command accepts the new run like any other.
     import keras
 

@@ -97,6 +97,60 @@ def quantize_int8(float_proto, calibration: np.ndarray):
     return proto
 
 
+GRID_TOLERANCE = 1e-3  # |w / scale - round(w / scale)| allowed: float32 round-off of weights already on the grid
+
+
+def store_int8_weights(proto) -> int:
+    """Store float weights that already lie on a symmetric int8 grid as int8 + DequantizeLinear.
+
+    tf2onnx folds a QAT model's weight fake-quant into float constants: each Conv kernel holds
+    ``q * scale`` per output channel, each MatMul/Gemm kernel ``q * scale`` per tensor (tfmot's
+    8-bit scheme: symmetric, -127..127). Written as int8 with their scale, the weights take a
+    quarter of the bytes and dequantize to the same floats (to float32 round-off). A weight not on
+    such a grid is left as it is. Returns how many weights were converted.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:  # per-axis DequantizeLinear
+        return 0
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    dq_nodes, done = [], set()
+    for node in graph.node:
+        if node.op_type not in ("Conv", "MatMul", "Gemm") or len(node.input) < 2:
+            continue
+        name = node.input[1]
+        if name not in inits or name in done or inits[name].data_type != onnx.TensorProto.FLOAT:
+            continue
+        w = numpy_helper.to_array(inits[name])
+        if node.op_type == "Conv" and w.ndim >= 3:
+            per_channel = np.abs(w).reshape(len(w), -1).max(axis=1)
+            scale, shaped = per_channel / 127, (per_channel / 127).reshape((-1,) + (1,) * (w.ndim - 1))
+        elif node.op_type != "Conv" and w.ndim == 2:
+            scale = shaped = np.asarray(np.abs(w).max() / 127)
+        else:
+            continue
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        shaped = np.where(shaped > 0, shaped, 1.0).astype(np.float32)
+        q = w / shaped
+        if not w.size or np.abs(q - np.rint(q)).max() > GRID_TOLERANCE:
+            continue
+        graph.initializer.remove(inits[name])
+        graph.initializer.extend([numpy_helper.from_array(np.rint(q).astype(np.int8), name + "_int8"),
+                                  numpy_helper.from_array(scale, name + "_scale"),
+                                  numpy_helper.from_array(np.zeros(scale.shape, np.int8), name + "_zero_point")])
+        dq_nodes.append(helper.make_node("DequantizeLinear", [name + "_int8", name + "_scale", name + "_zero_point"],
+                                         [name], name=name + "_dequantize", **({"axis": 0} if scale.ndim else {})))
+        done.add(name)
+    if dq_nodes:  # first, so the graph stays in topological order
+        nodes = dq_nodes + list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return len(dq_nodes)
+
+
 def finalize(proto, labels: dict, variant: str) -> bytes:
     """Metadata in, onnx.checker passed, serialized."""
     set_metadata(proto, labels, variant)
