@@ -74,6 +74,8 @@ def write(run_dir: Path) -> tuple[Path, Path]:
                                  f"{', last' if metrics.get('kept') == 'last' else ''})"],
                ["class balance", f"{metrics.get('class_balance', 'none')}"],
                ["training time", f"{metrics.get('train_seconds', 0):.1f} s on {metrics.get('device', '-')}"]]
+    if metrics.get("ema"):
+        summary.append(["weights", f"moving average (--ema {metrics['ema']:g}), BatchNorm statistics recomputed"])
     imported = cfg.get("imported")
     if imported:  # edgecnn import: a model trained elsewhere, no training rows
         summary[2] = ["architecture", f"imported from {imported.get('from', '-')}"]

@@ -81,8 +81,10 @@ def test_short_epochs_still_give_batchnorm_the_statistics_of_the_data(tmp_path):
                             augment="none", runs_dir=str(tmp_path / "runs")), log=lambda m: None)
     m = json.loads((run / "metrics.json").read_text())
     assert m["batchnorm_momentum"] < 0.99 and m["batchnorm_recalibration_images"] == 96
-    assert m["test_accuracy"] == 1.0, "the classes differ in colour: learned, and kept in inference mode"
-    assert read_history(run / "history.csv")[-1]["val_accuracy"] == 1.0
+    # 12 test and 12 validation images; runs scored 100% but once 11 of 12 in a full-suite run (TensorFlow's
+    # CPU kernels are not bit-reproducible under load), so one image of slack; chance is 33%
+    assert m["test_accuracy"] >= 11 / 12, "the classes differ in colour: learned, and kept in inference mode"
+    assert read_history(run / "history.csv")[-1]["val_accuracy"] >= 11 / 12
 
 
 def test_xla_is_reported_as_it_ran(tmp_path):
@@ -299,6 +301,9 @@ def test_ema_saves_the_moving_average_and_recomputes_batchnorm(tmp_path):
     assert np.abs(kernels[0.99999] - initial).max() < moved / 10
     m = json.loads((run / "metrics.json").read_text())
     assert m["ema"] == 0.99999 and m["batchnorm_recalibration_images"] > 0
+    from edgecnn import report
+
+    assert "| weights | moving average (--ema 0.99999)" in report.write(run)[0].read_text()
     with pytest.raises(EdgeCNNError, match="--ema"):
         TrainConfig(ema=1.0).check()
 
@@ -344,5 +349,5 @@ def test_ema_validation_scores_the_averaged_weights_with_their_own_batchnorm_sta
     folder = make_folder(tmp_path / "colours", classes=("red", "green", "blue"), per_class=40, size=(16, 16))
     run = train(TrainConfig(data=str(folder), image_size=16, arch="C: 8n p 16n gap", epochs=15, batch_size=32,
                             augment="none", ema=0.98, runs_dir=str(tmp_path / "runs")), log=lambda m: None)
-    assert read_history(run / "history.csv")[-1]["val_accuracy"] == 1.0
-    assert json.loads((run / "metrics.json").read_text())["test_accuracy"] == 1.0
+    assert read_history(run / "history.csv")[-1]["val_accuracy"] >= 11 / 12  # 12 images; slack as above
+    assert json.loads((run / "metrics.json").read_text())["test_accuracy"] >= 11 / 12
