@@ -61,7 +61,10 @@ def inspect_onnx(path: Path) -> dict:
         dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or -1) for d in t.shape.dim]
         return {"name": v.name, "shape": dims, "dtype": helper.tensor_dtype_to_np_dtype(t.elem_type).name}
 
-    params = sum(int(np.prod(t.dims)) for t in m.graph.initializer if len(t.dims) > 1)
+    by_dtype = Counter()  # kernels (initializers of 2+ dimensions) by stored type: int8 or float in a QDQ file
+    for t in m.graph.initializer:
+        if len(t.dims) > 1:
+            by_dtype[helper.tensor_dtype_to_np_dtype(t.data_type).name] += int(np.prod(t.dims))
     return {
         "format": "onnx",
         "inputs": [io(v) for v in m.graph.input if v.name not in init_names],
@@ -69,7 +72,8 @@ def inspect_onnx(path: Path) -> dict:
         "ops": dict(sorted(ops.items())),
         "opset": max((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), default=None),
         "producer": f"{m.producer_name} {m.producer_version}".strip(),
-        "parameters": params,
+        "parameters": sum(by_dtype.values()),
+        "parameter_dtypes": dict(sorted(by_dtype.items())),
         "metadata": {p.key: p.value for p in m.metadata_props},
     }
 
@@ -121,6 +125,8 @@ def format_text(info: dict) -> str:
         if info.get(key) is not None:
             v = info[key]
             lines.append(f"  {key}: {v:,}" if isinstance(v, int) else f"  {key}: {v}")
+            if key == "parameters" and info.get("parameter_dtypes"):
+                lines[-1] += " (" + ", ".join(f"{n:,} {k}" for k, n in info["parameter_dtypes"].items()) + ")"
     if "all_builtin" in info:
         lines.append("  all ops builtin: " + ("yes" if info["all_builtin"] else "NO: " + ", ".join(info["non_builtin_ops"])))
     lines.append("  ops: " + ", ".join(f"{k} x{v}" for k, v in info["ops"].items()))

@@ -82,6 +82,8 @@ def test_onnx_float_takes_any_batch_and_int8_is_qdq(tiny_exports, tiny_run):
     x = np.random.default_rng(0).integers(0, 256, (7, 16, 16, 3)).astype(np.float32)
     p = s.run(None, {"image": x})[0]
     assert p.shape == (7, 10) and np.allclose(p.sum(1), 1, atol=1e-5)
+    assert list(inspect(tiny_exports / "model_float32.onnx")["parameter_dtypes"]) == ["float32"]
+    assert list(inspect(tiny_exports / "model_int8.onnx")["parameter_dtypes"]) == ["int8"]  # every kernel
     m = onnx.load(str(tiny_exports / "model_int8.onnx"))
     ops = {n.op_type for n in m.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops

@@ -54,6 +54,7 @@ def test_qat_writes_verified_int8_tflite_and_qdq_onnx(tiny_run):
     assert {"QuantizeLinear", "DequantizeLinear"} <= set(onx["ops"])
     # tf2onnx folds the weights' fake-quant into float constants: every kernel is stored as int8 again
     kernels = sum(onx["ops"].get(op, 0) for op in ("Conv", "MatMul", "Gemm"))
+    assert onx["parameter_dtypes"] == {"int8": onx["parameters"]}
     assert next(e for e in m["qat_exports"] if e["format"] == "onnx")["int8_weights"] == kernels >= 2
     # Activation ranges start from the float model's, so a ReLU's starts at 0 (tfmot's own start, -6,
     # left zero points of 48-67 after a short fine-tune) and ONNX Runtime can fuse it into an integer conv.
