@@ -113,11 +113,10 @@ def init_activation_ranges(tf_keras, model, qat, images, seed: int) -> int:
         inner = getattr(wrapper, "layer", None)
         if inner is None:
             continue
+        own = {v.name.rsplit("/", 1)[-1].split(":")[0]: v for v in wrapper.weights}  # quant_relu3/output_min:0
         for prefix in ("output", "post_activation"):
-            found = {v.name.rsplit("/", 1)[-1].split(":")[0]: v for v in wrapper.weights
-                     if v.name.rsplit("/", 1)[-1].startswith(prefix + "_m")}
-            if {f"{prefix}_min", f"{prefix}_max"} <= set(found):
-                pairs.append((found[f"{prefix}_min"], found[f"{prefix}_max"], model.get_layer(inner.name)))
+            if f"{prefix}_min" in own and f"{prefix}_max" in own:
+                pairs.append((own[f"{prefix}_min"], own[f"{prefix}_max"], model.get_layer(inner.name)))
     if not pairs:
         return 0
     probe = tf_keras.Model(model.inputs, [layer.output for _, _, layer in pairs])

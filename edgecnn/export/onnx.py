@@ -125,16 +125,14 @@ def store_int8_weights(proto) -> int:
         if name not in inits or name in done or inits[name].data_type != onnx.TensorProto.FLOAT:
             continue
         w = numpy_helper.to_array(inits[name])
-        if node.op_type == "Conv" and w.ndim >= 3:
-            per_channel = np.abs(w).reshape(len(w), -1).max(axis=1)
-            scale, shaped = per_channel / 127, (per_channel / 127).reshape((-1,) + (1,) * (w.ndim - 1))
-        elif node.op_type != "Conv" and w.ndim == 2:
-            scale = shaped = np.asarray(np.abs(w).max() / 127)
+        if node.op_type == "Conv" and w.ndim >= 3:  # per output channel
+            scale, shape = np.abs(w).reshape(len(w), -1).max(axis=1) / 127, (-1,) + (1,) * (w.ndim - 1)
+        elif node.op_type != "Conv" and w.ndim == 2:  # per tensor
+            scale, shape = np.asarray(np.abs(w).max() / 127), ()
         else:
             continue
         scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-        shaped = np.where(shaped > 0, shaped, 1.0).astype(np.float32)
-        q = w / shaped
+        q = w / scale.reshape(shape)
         if not w.size or np.abs(q - np.rint(q)).max() > GRID_TOLERANCE:
             continue
         graph.initializer.remove(inits[name])
