@@ -321,3 +321,32 @@ def test_weights_on_an_int8_grid_are_stored_as_int8(tmp_path):
     np.testing.assert_allclose(run[1], run[0], rtol=1e-5, atol=1e-4)
     old = onx.convert_float(model, opset=12)
     assert onx.store_int8_weights(old) == 0, "per-axis DequantizeLinear needs opset 13"
+
+
+def test_int8_onnx_runs_a_residual_block_in_integer_kernels(tmp_path):
+    """A max-pool feeding both a residual branch and its Add: with int8 activations ONNX Runtime left that
+    pool, the branch's first convolution and the Add in float (dequantize, float op, quantize); with uint8
+    activations each becomes an integer kernel."""
+    from collections import Counter
+
+    import onnx
+    import onnxruntime as ort
+
+    from edgecnn import model as model_mod
+    from edgecnn.export import onnx as onx
+
+    core = model_mod.build_core("C: 8n p r8 gap", (16, 16, 3), 3)
+    rng = np.random.default_rng(0)
+    calib = rng.integers(0, 256, (64, 16, 16, 3)).astype(np.float32)
+    proto = onx.quantize_int8(onx.convert_float(core), calib)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+    assert ops["QLinearConv"] == 3 and ops["QLinearAdd"] == 1, dict(ops)
+    assert not {"Conv", "Add", "MaxPool", "Relu"} & set(ops), dict(ops)
+    x = rng.integers(0, 256, (32, 16, 16, 3)).astype(np.float32)
+    p = session.run(None, {"image": x})[0]
+    assert np.abs(p - core.predict(x, verbose=0)).mean() < 0.02

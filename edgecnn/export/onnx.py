@@ -66,8 +66,17 @@ def set_metadata(proto, labels: dict, variant: str) -> None:
         entry.key, entry.value = k, v
 
 
-def quantize_int8(float_proto, calibration: np.ndarray):
-    """Static QDQ quantization (int8 weights per channel, int8 activations) calibrated on ``calibration``."""
+def quantize_int8(float_proto, calibration: np.ndarray, activations: str = "uint8"):
+    """Static QDQ quantization calibrated on ``calibration``: int8 weights (symmetric, per output channel),
+    uint8 activations (asymmetric, per tensor).
+
+    ONNX Runtime's x86 integer kernels take uint8 activations. Given int8 ones, it converts each
+    Quantize/DequantizeLinear pair to uint8 when it loads the model, but not a pair whose output feeds two
+    nodes, as a max-pool's output feeding both a residual branch and its Add does: that pool, convolution
+    and Add then ran in float between Dequantize and QuantizeLinear (README, "Export variants"). uint8
+    activations are the same grid (int8 shifted by 128), and every node fuses into an integer kernel.
+    ``activations="int8"`` gives the old file (``tools/bench_onnx_int8.py`` compares the two).
+    """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -89,7 +98,8 @@ def quantize_int8(float_proto, calibration: np.ndarray):
             with capture_fd2():
                 quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
                 quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+                                activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+                                weight_type=QuantType.QInt8)
         except Exception as exc:
             raise EdgeCNNError(f"ONNX int8 quantization failed: {first_line(exc)}") from None
         proto = onnx.load(str(out))

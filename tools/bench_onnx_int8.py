@@ -1,0 +1,104 @@
+"""ONNX int8 with int8 or uint8 activations: the integer kernels ONNX Runtime fuses, accuracy and latency.
+
+    python tools/bench_onnx_int8.py RUN --data ../shared/data/cifar10-jpg.tar.gz [--rounds 5]
+
+Quantizes RUN's model as `edgecnn export --format onnx` does (tf2onnx, the same 500 calibration images,
+static QDQ, int8 weights per channel) twice: activations int8 (the old file) and uint8 (the exported one).
+For each file it counts the nodes of the graph ONNX Runtime runs after its optimizations (how many
+convolutions became QLinearConv, how many stayed float), scores the whole test split, and times batch-1
+inference on one thread; the two files are timed alternately, round after round, and the median of each
+round's median is reported. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+FLOAT_OPS = ("Conv", "Add", "MaxPool", "Mul")  # ops ONNX Runtime runs in float between Dequantize/QuantizeLinear
+
+
+def optimized_ops(path: Path, tmp: Path) -> Counter:
+    """Node types of the graph ONNX Runtime runs (CPU, all optimizations)."""
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.optimized_model_filepath = str(tmp / f"{path.stem}.optimized.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", help="a run directory (its model.keras and config.json)")
+    ap.add_argument("--data", help="data source (default: the run's own)")
+    ap.add_argument("--rounds", type=int, default=5, help="timing rounds, the two files alternately")
+    ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per file per round")
+    a = ap.parse_args()
+    if a.rounds < 1 or a.seconds <= 0:
+        ap.error("--rounds must be at least 1 and --seconds positive")
+    import onnx
+
+    from edgecnn import model as model_mod
+    from edgecnn import runs
+    from edgecnn.benchmark_worker import _timed
+    from edgecnn.errors import EdgeCNNError
+    from edgecnn.evaluate import load_run_data
+    from edgecnn.export import onnx as onx
+    from edgecnn.export import tflite as tfl
+    from edgecnn.runners.onnx import OnnxRunner
+
+    run_dir = Path(a.run)
+    try:
+        core = model_mod.load_keras(run_dir / "model.keras")
+        ds = load_run_data(run_dir, a.data)
+    except EdgeCNNError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    calib = tfl.calibration_images(ds.x_train, 500, runs.config(run_dir).get("seed", 0))
+    float_proto = onx.convert_float(model_mod.fold_pooled_batchnorm(core))
+    labels = np.asarray(ds.y_test)
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="edgecnn-bench-onnx-") as d:
+        tmp = Path(d)
+        runners = {}
+        for act in ("int8", "uint8"):
+            path = tmp / f"act_{act}.onnx"
+            onnx.save(onx.quantize_int8(float_proto, calib, activations=act), str(path))
+            ops = optimized_ops(path, tmp)
+            runner = OnnxRunner(path, "cpu", threads=1)
+            probs = np.concatenate([runner.predict_batch(ds.x_test[i:i + 256])
+                                    for i in range(0, len(ds.x_test), 256)])
+            rows[act] = {"ops": ops, "acc": float((probs.argmax(1) == labels).mean()), "ms": [],
+                         "kb": path.stat().st_size / 1024}
+            runners[act] = runner
+        one = ds.x_test[:1]
+        for act, runner in runners.items():
+            _timed(lambda: runner.predict_batch(one), 50, 1.0)  # warm-up
+        for r in range(a.rounds):
+            for act in (("int8", "uint8") if r % 2 == 0 else ("uint8", "int8")):
+                times = _timed(lambda: runners[act].predict_batch(one), 100, a.seconds)
+                rows[act]["ms"].append(statistics.median(times) * 1e3)
+    print(f"`{run_dir.name}`: {len(labels):,} test images; batch 1, one thread, {a.rounds} alternating rounds of "
+          f"{a.seconds:g} s per file (median of the rounds' medians).\n")
+    print("| activations | QLinearConv | float Conv | other float ops | test accuracy | p50 ms | size KB |")
+    print("|---|---:|---:|---|---:|---:|---:|")
+    for act, row in rows.items():
+        ops = row["ops"]
+        other = ", ".join(f"{ops[o]} {o}" for o in FLOAT_OPS[1:] if ops[o]) or "none"
+        print(f"| {act} | {ops['QLinearConv']} | {ops['Conv']} | {other} | {row['acc'] * 100:.2f}% | "
+              f"{statistics.median(row['ms']):.3f} | {row['kb']:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
