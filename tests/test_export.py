@@ -59,6 +59,7 @@ def test_int8_input_takes_raw_pixels_whatever_range_the_calibration_images_span(
     (q,) = [n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "image"]
     scale, zero = float(init[q.input[1]]), int(init[q.input[2]])
     assert scale * (np.iinfo(init[q.input[2]].dtype).max - zero) >= 255 - 1e-3, "255 does not saturate"
+    assert (scale, zero, init[q.input[2]].dtype) == (1.0, 0, np.uint8), "uint8 pixels are the quantized input"
     assert x.min() == 60 and x.max() == 180, "the caller's images are left as they were"
 
 
