@@ -1,6 +1,8 @@
 import gzip
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -351,3 +353,18 @@ def test_int8_onnx_runs_a_residual_block_in_integer_kernels(tmp_path):
     x = rng.integers(0, 256, (32, 16, 16, 3)).astype(np.float32)
     p = session.run(None, {"image": x})[0]
     assert np.abs(p - core.predict(x, verbose=0)).mean() < 0.02
+
+
+def test_bench_onnx_int8_tool_compares_both_activation_types(tiny_run):
+    """tools/bench_onnx_int8.py (the README's table) on a real run: a row per activation type, both files
+    fused into integer convolutions (this network has no residual block) and scoring the same."""
+    tool = Path(__file__).parent.parent / "tools" / "bench_onnx_int8.py"
+    out = subprocess.run([sys.executable, str(tool), str(tiny_run), "--rounds", "1", "--seconds", "0.2"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]]
+            for ln in out.stdout.splitlines() if ln.startswith("| int8") or ln.startswith("| uint8")}
+    assert set(rows) == {"int8", "uint8"}
+    for cells in rows.values():
+        assert cells[0] == "3" and cells[1] == "0", cells  # QLinearConv, float Conv
+    assert rows["uint8"][2] == "none" and rows["int8"][3] == rows["uint8"][3]  # no float op; same accuracy
