@@ -17,7 +17,9 @@ import numpy as np
 from edgecnn.errors import first_line
 
 
-def _timed(fn, min_runs: int, min_seconds: float, max_seconds: float | None = None) -> list[float]:
+def timed(fn, min_runs: int, min_seconds: float, max_seconds: float | None = None) -> list[float]:
+    """The seconds of each call of ``fn``, called at least ``min_runs`` times and for at least ``min_seconds``
+    (or, with ``max_seconds``, until that many seconds once it has 3 calls)."""
     times: list[float] = []
     start = time.perf_counter()
     while True:
@@ -75,8 +77,8 @@ def measure(job: dict) -> dict:
     np.save(job["probs_out"], probs)
 
     one = np.ascontiguousarray(images[:1])
-    _timed(lambda: runner.predict_batch(one), job["warmup_runs"], job["warmup_seconds"])
-    out.update(latency_summary(_timed(lambda: runner.predict_batch(one), job["runs"], job["min_seconds"])))
+    timed(lambda: runner.predict_batch(one), job["warmup_runs"], job["warmup_seconds"])
+    out.update(latency_summary(timed(lambda: runner.predict_batch(one), job["runs"], job["min_seconds"])))
     throughput = {}
     for bs in job["batch_sizes"]:
         if bs == 1:
@@ -84,7 +86,7 @@ def measure(job: dict) -> dict:
             continue
         x = np.ascontiguousarray(images[np.arange(bs) % len(images)])
         runner.predict_batch(x)
-        times = _timed(lambda: runner.predict_batch(x), 3, job["min_seconds"], max_seconds=10.0)
+        times = timed(lambda: runner.predict_batch(x), 3, job["min_seconds"], max_seconds=10.0)
         throughput[str(bs)] = bs / float(np.median(times))
     out["throughput_ips_by_batch"] = throughput
     out["throughput_ips"] = throughput[str(batch)]

@@ -51,7 +51,7 @@ def main() -> int:
 
     from edgecnn import model as model_mod
     from edgecnn import runs
-    from edgecnn.benchmark_worker import _timed
+    from edgecnn.benchmark_worker import timed
     from edgecnn.errors import EdgeCNNError
     from edgecnn.evaluate import load_run_data
     from edgecnn.export import onnx as onx
@@ -83,10 +83,10 @@ def main() -> int:
             runners[act] = runner
         one = ds.x_test[:1]
         for act, runner in runners.items():
-            _timed(lambda: runner.predict_batch(one), 50, 1.0)  # warm-up
+            timed(lambda: runner.predict_batch(one), 50, 1.0)  # warm-up
         for r in range(a.rounds):
             for act in (("int8", "uint8") if r % 2 == 0 else ("uint8", "int8")):
-                times = _timed(lambda: runners[act].predict_batch(one), 100, a.seconds)
+                times = timed(lambda: runners[act].predict_batch(one), 100, a.seconds)
                 rows[act]["ms"].append(statistics.median(times) * 1e3)
     print(f"`{run_dir.name}`: {len(labels):,} test images; batch 1, one thread, {a.rounds} alternating rounds of "
           f"{a.seconds:g} s per file (median of the rounds' medians).\n")

@@ -77,6 +77,8 @@ def quantize_int8(float_proto, calibration: np.ndarray, activations: str = "uint
     activations are the same grid (int8 shifted by 128), and every node fuses into an integer kernel.
     ``activations="int8"`` gives the old file (``tools/bench_onnx_int8.py`` compares the two).
     """
+    if activations not in ("uint8", "int8"):
+        raise ValueError(f"activations must be uint8 or int8, got {activations!r}")
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
