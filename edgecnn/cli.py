@@ -74,6 +74,9 @@ def train(
                                       "annealed. --epochs is then the most it may run. 0: off."),
     seed: int = typer.Option(0, help="Random seed (data split, init, shuffling)."),
     image_size: Optional[int] = typer.Option(None, help="Resize images to SIZE x SIZE (default: native, or 32)."),
+    resize: str = typer.Option("squash", help="Images of another shape: squash (the whole image, stretched) or "
+                               "crop (the centre, cut to the input's aspect ratio, then resized). predict, the "
+                               "standalone scripts and every other command follow the run."),
     channels: int = typer.Option(3, help="3 (RGB) or 1 (grayscale)."),
     val_split: float = typer.Option(0.1, help="Validation fraction when the data has no val split."),
     test_split: float = typer.Option(0.1, help="Test fraction when an image folder has no split."),
@@ -108,7 +111,7 @@ def train(
         class_balance=class_balance, augment=augment,
         translate=translate, whiten=whiten, ema=ema, early_stopping=early_stopping, keep=keep, time_budget=time_budget,
         seed=seed,
-        image_size=image_size, channels=channels, val_split=val_split, test_split=test_split,
+        image_size=image_size, resize=resize, channels=channels, val_split=val_split, test_split=test_split,
         skip_bad_images=skip_bad_images, device=device, precision=precision,
         cpu_replicas=cpu_replicas, jit_compile=jit_compile, deterministic=deterministic, name=name,
         runs_dir=runs_dir, preset=preset,
@@ -150,6 +153,8 @@ def import_cmd(
     class_names: Optional[str] = typer.Option(None, help="Comma list in the model's output order (default: the "
                                               "data's classes, sorted, as Keras' image_dataset_from_directory)."),
     image_size: Optional[int] = typer.Option(None, help="Input size, for models that take any size."),
+    resize: str = typer.Option("squash", help="How the data's images fit the model: squash or crop (as for "
+                               "train; say how the model was trained)."),
     val_split: float = typer.Option(0.1, help="Validation fraction when the data has no val split."),
     test_split: float = typer.Option(0.1, help="Test fraction when an image folder has no split."),
     seed: int = typer.Option(0, help="Seed of the data split."),
@@ -167,8 +172,8 @@ def import_cmd(
     from edgecnn.importer import ImportConfig, import_model
 
     import_model(ImportConfig(model=model, data=data, input_range=input_range, class_names=class_names,
-                              image_size=image_size, val_split=val_split, test_split=test_split, seed=seed,
-                              skip_bad_images=skip_bad_images, name=name, runs_dir=runs_dir), log=_log)
+                              image_size=image_size, resize=resize, val_split=val_split, test_split=test_split,
+                              seed=seed, skip_bad_images=skip_bad_images, name=name, runs_dir=runs_dir), log=_log)
 
 
 @app.command()
@@ -226,6 +231,9 @@ def export_cmd(
     calib_samples: int = typer.Option(500, help="Training images used to calibrate int8."),
     io_dtype: str = typer.Option("uint8", help="int8 TFLite input/output type: uint8, int8 or float32."),
     opset: int = typer.Option(17, help="ONNX opset."),
+    onnx_target: str = typer.Option("cpu", help="Who runs model_int8.onnx: cpu (ONNX Runtime's integer kernels, "
+                                    "uint8 activations) or tensorrt (int8 activations and weights with zero point 0, "
+                                    "what TensorRT builds as int8)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check each file against Keras."),
     verify_samples: int = typer.Option(512, help="Held-out (test) images used for verification."),
     min_agreement_int8: float = typer.Option(0.95, help="Required top-1 agreement for int8."),
@@ -252,8 +260,8 @@ def export_cmd(
         if not 0.0 <= v <= 1.0:
             raise EdgeCNNError(f"{opt} must be in [0, 1], got {v}")
     cfg = ExportConfig(run=run, formats=format, quantize=quantize, calib_samples=calib_samples, io_dtype=io_dtype,
-                       opset=opset, verify=verify, verify_samples=verify_samples, data=data, runs_dir=runs_dir,
-                       micro=micro, micro_samples=micro_samples, c_array=c_array, gzip=gzip,
+                       opset=opset, onnx_target=onnx_target, verify=verify, verify_samples=verify_samples, data=data,
+                       runs_dir=runs_dir, micro=micro, micro_samples=micro_samples, c_array=c_array, gzip=gzip,
                        thresholds=Thresholds(float32_max_diff=max_diff_float32,
                                              reduced_agreement=min_agreement_reduced,
                                              int8_agreement=min_agreement_int8))
@@ -390,6 +398,7 @@ def sweep_cmd(
     lr: float = typer.Option(5e-3, help="Peak learning rate."),
     augment: str = typer.Option("light", help="Augmentation (as for train)."),
     image_size: Optional[int] = typer.Option(None, help="Resize images (as for train)."),
+    resize: str = typer.Option("squash", help="squash or crop (as for train)."),
     seed: int = typer.Option(0, help="Seed (the same for every candidate)."),
     sweeps_dir: str = typer.Option("sweeps", help="Folder holding sweeps."),
 ):
@@ -402,7 +411,7 @@ def sweep_cmd(
     from edgecnn.train import TrainConfig
 
     cfg = TrainConfig(data=data, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, image_size=image_size,
-                      seed=seed)
+                      resize=resize, seed=seed)
     rows, winner = sweep(name, list(arch), list(preset), grid, target, cfg, sweeps_dir, log=_log)
     _log("")
     _log(table_markdown(rows, winner))
@@ -417,6 +426,7 @@ _RUN_EXTRA = {
     "calib_samples": typer.Option(500, help="Training images used to calibrate int8."),
     "io_dtype": typer.Option("uint8", help="int8 TFLite input/output type: uint8, int8 or float32."),
     "opset": typer.Option(17, help="ONNX opset."),
+    "onnx_target": typer.Option("cpu", help="model_int8.onnx for cpu (ONNX Runtime) or tensorrt (symmetric int8)."),
     "bench_device": typer.Option("cpu", help="Benchmark device: cpu, cuda, all or auto."),
     "threads": typer.Option(1, help="Benchmark threads per runtime."),
     "max_drop": typer.Option(None, help="Gate: max accuracy drop of an export, percentage points."),
@@ -441,11 +451,13 @@ def run(**kw):
     extra = {k: kw.pop(k) for k in list(_RUN_EXTRA)}
     train_cfg = _train_config(kw.pop("ctx"), kw)
     export_cfg = ExportConfig(formats=extra["formats"], calib_samples=extra["calib_samples"],
-                              io_dtype=extra["io_dtype"], opset=extra["opset"], runs_dir=kw["runs_dir"])
+                              io_dtype=extra["io_dtype"], opset=extra["opset"], onnx_target=extra["onnx_target"],
+                              runs_dir=kw["runs_dir"])
     bench_cfg = BenchmarkConfig(device=extra["bench_device"], threads=extra["threads"], max_drop=extra["max_drop"],
                                 min_agreement=extra["min_agreement"], max_size_kb=extra["max_size"],
                                 max_latency_ms=extra["max_latency"], baseline=extra["baseline"],
                                 max_regression=extra["max_regression"], runs_dir=kw["runs_dir"])
+    export_cfg.check()  # bad export options stop here, not after training
     bench_cfg.check()
     _, code = run_pipeline(train_cfg, export_cfg, bench_cfg, log=_log)
     raise typer.Exit(code)
@@ -459,7 +471,8 @@ def _run_signature():
               if p.name not in ("summary", "resume")]
     params = [p.replace(default=typer.Option(5, help="Training epochs.")) if p.name == "epochs" else p
               for p in params]
-    hints = {"formats": str, "calib_samples": int, "io_dtype": str, "opset": int, "bench_device": str,
+    hints = {"formats": str, "calib_samples": int, "io_dtype": str, "opset": int, "onnx_target": str,
+             "bench_device": str,
              "threads": int, "max_drop": Optional[float], "min_agreement": Optional[float],
              "max_size": Optional[float], "max_latency": Optional[float], "baseline": Optional[str],
              "max_regression": Optional[float]}

@@ -12,6 +12,7 @@ def load_run_data(run_dir, data: str | None = None, labelled: bool = True):
     ``labelled``: match ``data``'s classes to the model's (match_classes); export, which needs only images
     (calibration, verification against Keras), passes False and takes any classes."""
     from edgecnn import data as data_mod
+    from edgecnn.data.images import resize_mode
 
     cfg = runs.config(run_dir)
     lab = runs.labels(run_dir)
@@ -22,7 +23,8 @@ def load_run_data(run_dir, data: str | None = None, labelled: bool = True):
     try:
         ds = data_mod.load(src, image_size=h, channels=c, val_split=cfg.get("val_split", 0.1),
                            test_split=cfg.get("test_split", 0.1), seed=cfg.get("seed", 0),
-                           skip_bad_images=cfg.get("skip_bad_images", False))
+                           skip_bad_images=cfg.get("skip_bad_images", False),
+                           resize=resize_mode(lab.get("input", {}).get("resize")))
     except EdgeCNNError as exc:
         if data:
             raise

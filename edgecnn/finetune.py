@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn import balance, runs
+from edgecnn.data.images import resize_mode
 from edgecnn.errors import EdgeCNNError
 from edgecnn.fsutil import atomic_path, write_json, write_text
 
@@ -77,6 +78,7 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
             "mode": mode, "arch": cfg["arch"], "input_shape": labels["input_shape"], "num_classes": ds.num_classes,
             "data": cfg["data"], "val_split": cfg.get("val_split", 0.1), "test_split": cfg.get("test_split", 0.1),
             "seed": cfg.get("seed", 0), "skip_bad_images": cfg.get("skip_bad_images", False),
+            "resize": resize_mode(labels.get("input", {}).get("resize")),  # as load_run_data reads it
             "augment": cfg.get("augment", "none"), "translate": cfg.get("translate", model_mod.TRANSLATE),
             "batch_size": cfg.get("batch_size", 64), "epochs": epochs, "class_balance": cfg.get("class_balance", "none"),
             "lr": lr, "sparsity": sparsity, "schedule": schedule, "calib_samples": calib_samples,

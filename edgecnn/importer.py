@@ -46,6 +46,7 @@ class ImportConfig:
     test_split: float = 0.1
     seed: int = 0
     skip_bad_images: bool = False
+    resize: str = "squash"  # how the data's images fit the model: squash, or crop the centre first
     name: str | None = None
     runs_dir: str = "runs"
 
@@ -297,7 +298,7 @@ def _import_into(run_dir: Path, path: Path, rng_key: str, cfg: ImportConfig, log
         model, n_out = two_classes(model, binary == "sigmoid"), 2
 
     ds = data_mod.load(cfg.data, image_size=h, channels=c, val_split=cfg.val_split, test_split=cfg.test_split,
-                       seed=cfg.seed, skip_bad_images=cfg.skip_bad_images)
+                       seed=cfg.seed, skip_bad_images=cfg.skip_bad_images, resize=cfg.resize)
     if cfg.class_names:
         names = [n.strip() for n in cfg.class_names.split(",")]
         if len(names) != n_out or not all(names) or len(set(names)) != len(names):
@@ -336,11 +337,12 @@ def _import_into(run_dir: Path, path: Path, rng_key: str, cfg: ImportConfig, log
     m.update({"parameters": int(core.count_params()), "macs": model_mod.count_macs(core), "data": ds.source,
               "skipped_images": ds.info.get("skipped_images", 0), "imported": imported,
               "test_split_made": bool(ds.info.get("test_split_made"))})
-    labels = labels_info(ds, c)
+    labels = labels_info(ds, c, cfg.resize)
     labels["input"]["scaling"] = (f"edgecnn maps 0..255 pixels to the imported model's input ({rng_key}) in front "
                                   "of it" if rng_key != "0..255" else "the imported model takes 0..255 pixels")
     config = {"data": cfg.data, "arch": None, "seed": cfg.seed, "image_size": h, "channels": c,
               "val_split": cfg.val_split, "test_split": cfg.test_split, "skip_bad_images": cfg.skip_bad_images,
+              "resize": cfg.resize,
               "name": cfg.name, "runs_dir": cfg.runs_dir, "imported": imported, "versions": versions(),
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 

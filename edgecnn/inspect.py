@@ -49,6 +49,7 @@ def inspect_onnx(path: Path) -> dict:
     import onnx
     from onnx import helper
 
+    from edgecnn.export.onnx import tensorrt_int8_problems
     from edgecnn.runners.onnx import check_external_data
 
     check_external_data(path)
@@ -75,6 +76,7 @@ def inspect_onnx(path: Path) -> dict:
         "parameters": sum(by_dtype.values()),
         "parameter_dtypes": dict(sorted(by_dtype.items())),
         "metadata": {p.key: p.value for p in m.metadata_props},
+        "tensorrt_int8": tensorrt_int8_problems(m),  # None: no Q/DQ nodes; []: TensorRT can build it as int8
     }
 
 
@@ -129,6 +131,10 @@ def format_text(info: dict) -> str:
                 lines[-1] += " (" + ", ".join(f"{n:,} {k}" for k, n in info["parameter_dtypes"].items()) + ")"
     if "all_builtin" in info:
         lines.append("  all ops builtin: " + ("yes" if info["all_builtin"] else "NO: " + ", ".join(info["non_builtin_ops"])))
+    if info.get("tensorrt_int8") is not None:
+        problems = info["tensorrt_int8"]
+        lines.append("  TensorRT int8: " + ("yes (int8 Q/DQ, zero point 0)" if not problems else
+                                             "no: " + "; ".join(problems)))
     lines.append("  ops: " + ", ".join(f"{k} x{v}" for k, v in info["ops"].items()))
     for k, v in (info.get("metadata") or {}).items():
         lines.append(f"  metadata {k}: {v[:120]}")

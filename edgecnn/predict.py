@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn import runs
-from edgecnn.data.images import FORMATS, ImageError, is_image_file, load_image
+from edgecnn.data.images import FORMATS, ImageError, is_image_file, load_image, resize_mode
 from edgecnn.errors import EdgeCNNError
 from edgecnn.fsutil import read_json
 
@@ -25,7 +25,8 @@ def labels_for(model_path: Path) -> dict:
             meta = {p.key: p.value for p in onnx.load(str(model_path), load_external_data=False).metadata_props}
             if "class_names" in meta:
                 return {"class_names": json.loads(meta["class_names"]),
-                        "input_shape": json.loads(meta.get("input_shape", "null"))}
+                        "input_shape": json.loads(meta.get("input_shape", "null")),
+                        "input": json.loads(meta.get("input", "{}"))}
         except Exception:
             pass
     raise EdgeCNNError(f"no labels.json beside {model_path} (and no class names in the model)")
@@ -65,9 +66,10 @@ def predict(model_path: str | Path, images: list[str], top_k: int = 3,
     runner = open_runner(model_path)
     h, w, c = runner.input_shape
     names = labels["class_names"]
+    resize = resize_mode((labels.get("input") or {}).get("resize"))  # as the run was trained
     for path in expand(images):
         try:
-            x = load_image(path, (h, w), c)
+            x = load_image(path, (h, w), c, resize)
         except ImageError as exc:
             yield path, None, str(exc)
             continue

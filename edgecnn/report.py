@@ -25,7 +25,8 @@ def _export_table(report: dict) -> list[list[str]]:
         q = inp.get("quantization")
         v = e.get("verify") or {}
         rows.append([
-            e["file"], e["status"] if e["status"] == "ok" else f"failed: {e.get('error', '')}",
+            e["file"] + (" (for TensorRT)" if e.get("onnx_target") == "tensorrt" else ""),
+            e["status"] if e["status"] == "ok" else f"failed: {e.get('error', '')}",
             f"{e['size_bytes'] / 1024:.0f}" if e.get("size_bytes") else "-",
             f"{e['gzip_bytes'] / 1024:.0f}" if e.get("gzip_bytes") else "-",
             f"{e['gz_bytes'] / 1024:.0f} ({e['gz_strategy']})" if e.get("gz_bytes") else "-",

@@ -161,11 +161,12 @@ def _parse_float(s: str, what: str, text: str, lo: float, hi: float) -> float:
 
 def _parse_token(section: str, token: str, text: str, spec: Spec) -> Layer | None:
     t = token.strip()
+    lt = t.lower()  # tokens ignore case, as section names and presets do: 32N, R32SE, D0.1, GAP
     m = _L2.match(t)
     if m:
         spec.l2 = _parse_float(m.group(1), f"token {t!r}", text, 0.0, 1.0) if m.group(1) else DEFAULT_L2
         return None
-    m = _INT.match(t)
+    m = _INT.match(lt)
     if m:
         width = int(m.group(1))
         if not 1 <= width <= 4096:
@@ -173,21 +174,21 @@ def _parse_token(section: str, token: str, text: str, spec: Spec) -> Layer | Non
         if m.group(3) and section != "C":
             raise SpecError(f"bad token {t!r} in section {section}: of {text!r}: pooling (p) belongs to section C:")
         return Layer("conv" if section == "C" else "dense", width=width, bn=bool(m.group(2)), pool=bool(m.group(3)))
-    m = _DROP.match(t)
+    m = _DROP.match(lt)
     if m:
         rate = _parse_float(m.group(1), f"token {t!r}", text, 0.0, 1.0)
         return Layer("drop", rate=rate)
     if section == "C":
-        m = _RES.match(t)
+        m = _RES.match(lt)
         if m:
             width = int(m.group(2))
             if not 1 <= width <= 4096:
                 raise SpecError(f"bad token {t!r} in section C: of {text!r}: width must be 1..4096")
             return Layer("res", width=width, bn=True, relu_inside=m.group(1) == "rr", se=bool(m.group(3)))
-        if t.lower() == "p":
+        if lt == "p":
             return Layer("pool")
-        if t.lower() in GLOBAL_POOLS:
-            return Layer(t.lower())
+        if lt in GLOBAL_POOLS:
+            return Layer(lt)
         expected = "WIDTH[n][p], r[r]WIDTH[se], p, dRATE, gap, gmp or L2"
     else:
         expected = "WIDTH[n], dRATE or L2"

@@ -150,7 +150,7 @@ def run(job: dict) -> dict:
 
     ds = data_mod.load(job["data"], image_size=job["input_shape"][0], channels=job["input_shape"][2],
                        val_split=job["val_split"], test_split=job["test_split"], seed=job["seed"],
-                       skip_bad_images=job["skip_bad_images"])
+                       skip_bad_images=job["skip_bad_images"], resize=job.get("resize", "squash"))
     names = parse_augment(job["augment"])
     augment = (build_augment(names, tuple(job["input_shape"]), job["seed"], keras_module=tf_keras,
                              translate=job["translate"]) if names else None)

@@ -70,6 +70,7 @@ class TrainConfig:
     val_split: float = 0.1
     test_split: float = 0.1
     skip_bad_images: bool = False
+    resize: str = "squash"  # images of another shape: squash them whole, or crop the centre first
     device: str = "auto"
     precision: str = "auto"
     cpu_replicas: int = 1
@@ -86,6 +87,9 @@ class TrainConfig:
 
         if self.epochs < 1:
             bad("--epochs", f"must be at least 1, got {self.epochs}")
+        from edgecnn.data.images import check_resize
+
+        check_resize(self.resize)
         if not 1 <= self.batch_size <= 65536:
             bad("--batch-size", f"must be 1..65536, got {self.batch_size}")
         if self.optimizer not in OPTIMIZERS:
@@ -376,8 +380,8 @@ def read_history(path: Path) -> list[dict]:
         return [{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
 
 
-def labels_info(ds, channels: int) -> dict:
-    from edgecnn.data.images import DECODE, RESIZE
+def labels_info(ds, channels: int, resize: str = "squash") -> dict:
+    from edgecnn.data.images import DECODE, RESIZE_MODES
 
     h, w, c = ds.input_shape
     return {
@@ -386,7 +390,7 @@ def labels_info(ds, channels: int) -> dict:
         "image_size": h,
         "channels": c,
         "input": {"dtype": "uint8", "range": [0, 255], "layout": "NHWC", "color": "RGB" if c == 3 else "L",
-                  "resize": RESIZE, "decode": DECODE, "scaling": "the model divides by 255 itself (Rescaling layer)"},
+                  "resize": RESIZE_MODES[resize], "decode": DECODE, "scaling": "the model divides by 255 itself (Rescaling layer)"},
     }
 
 
@@ -466,7 +470,7 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
     from edgecnn._tf import keras, tf
 
     ds = dataset or data_mod.load(cfg.data, cfg.image_size, cfg.channels, cfg.val_split, cfg.test_split,
-                                  cfg.seed, cfg.skip_bad_images)
+                                  cfg.seed, cfg.skip_bad_images, cfg.resize)
     log(f"data: {ds.summary()}")
     ratio, biggest, smallest = balance.imbalance(ds.y_train, ds.class_names)
     if cfg.class_balance != "none":
@@ -499,7 +503,7 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
                                   "train_iterator": "repeated",  # one endless iterator (older runs: per epoch)
                                   "device_used": setup.description}
         write_json(run_dir / "config.json", cfg_dict)
-        write_json(run_dir / "labels.json", labels_info(ds, cfg.channels))
+        write_json(run_dir / "labels.json", labels_info(ds, cfg.channels, cfg.resize))
     log(f"run: {run_dir}  device: {setup.description}")
 
     global_batch = cfg.batch_size * setup.replicas

@@ -88,3 +88,11 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
         main(list(args))
     out = capsys.readouterr()
     return int(exc.value.code or 0), out.out, out.err
+
+
+# Runs a script (argv[1:]) with TensorFlow, Keras and edgecnn made unimportable: the standalone scripts' test.
+NO_TF_BLOCK = ("import runpy, sys\n"
+               "for name in ('tensorflow', 'keras', 'tf_keras', 'edgecnn'):\n"
+               "    sys.modules[name] = None  # importing any of them now fails\n"
+               "sys.argv = sys.argv[1:]\n"
+               "runpy.run_path(sys.argv[0], run_name='__main__')\n")

@@ -2,9 +2,10 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from conftest import cli, run_main
+from conftest import NO_TF_BLOCK, cli, run_main
 
 COMMANDS = ["train", "import", "summary", "evaluate", "export", "inspect", "benchmark", "run", "predict", "doctor", "report"]
 
@@ -69,12 +70,22 @@ def _one_line_error(code, err):
     ["benchmark", "--baseline", "/no/such/benchmark.json", "--runs-dir", "/no/runs"],
     ["predict", "model.h5", "x.png"],
     ["export", "--opset", "99", "--runs-dir", "/no/runs"],
+    ["export", "--onnx-target", "gpu", "--runs-dir", "/no/runs"],
     ["frobnicate"],
     ["train", "--no-such-option"],
 ])
 def test_bad_input_is_one_line_and_non_zero(capsys, args):
     code, _, err = run_main(capsys, *args)
     _one_line_error(code, err)
+
+
+@pytest.mark.parametrize("option, value", [("--onnx-target", "gpu"), ("--io-dtype", "int16"), ("--opset", "99")])
+def test_run_refuses_a_bad_export_option_before_training(capsys, tmp_path, option, value):
+    """A bad export option is one line before any training: no run directory, no minutes lost."""
+    code, _, err = run_main(capsys, "run", "--data", "shapes:200", "--image-size", "16", "--epochs", "1",
+                            "--runs-dir", str(tmp_path / "runs"), option, value)
+    _one_line_error(code, err)
+    assert option in err and not (tmp_path / "runs").exists()
 
 
 def test_a_run_whose_data_has_moved_says_to_pass_data(capsys, run_copy, tmp_path):
@@ -211,3 +222,49 @@ def test_error_lines_quote_a_library_error_by_its_first_line():
     assert first_line(ValueError("x" * 500), 120) == "x" * 120
     assert first_line(KeyError()) == "KeyError" and first_line(RuntimeError("  \n")) == "RuntimeError"
     assert short_list(list("abcdef"), 3) == "a, b, c and 3 more" and short_list(["a"]) == "a"
+
+
+def test_a_run_trained_with_crop_is_cropped_by_predict_and_the_standalone_scripts(capsys, tmp_path):
+    """train --resize crop records bilinear-center-crop in labels.json (and the ONNX metadata); predict and
+    both standalone scripts then cut the centre of a wide photo as training did, so they give the Keras
+    model's probabilities on the cropped image, not on the squashed one."""
+    from PIL import Image
+
+    from edgecnn.data.images import load_image
+    from edgecnn.export import ExportConfig, export
+    from edgecnn.model import load_keras
+    from edgecnn.train import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "wide"
+    for k, cls in enumerate(("red", "green", "blue")):
+        for j in range(24):  # the class colour in the centre, noise on the sides
+            arr = rng.integers(0, 256, (12, 36, 3), dtype=np.uint8)
+            arr[:, 12:24] = np.roll((230, 20, 20), k)
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(root / cls / f"{j}.png")
+    run = train(TrainConfig(data=str(root), image_size=12, resize="crop", arch="C: 4n p 8n gap", epochs=2,
+                            batch_size=16, augment="none", runs_dir=str(tmp_path / "runs")), log=lambda m: None)
+    assert json.loads((run / "labels.json").read_text())["input"]["resize"] == "bilinear-center-crop"
+    export(ExportConfig(run=str(run), formats="all", verify_samples=16, calib_samples=32), log=lambda m: None)
+    photo = tmp_path / "photo.png"
+    arr = rng.integers(0, 256, (30, 90, 3), dtype=np.uint8)
+    arr[:, 30:60] = (20, 20, 230)
+    Image.fromarray(arr).save(photo)
+    core = load_keras(run / "model.keras")
+    cropped, squashed = (core.predict(load_image(photo, 12, 3, mode)[None].astype(np.float32), verbose=0)[0]
+                         for mode in ("crop", "squash"))
+    assert np.abs(cropped - squashed).max() > 1e-3, "the test image must tell the two apart"
+    capsys.readouterr()  # training's epoch lines
+    code, out, err = run_main(capsys, "predict", str(run), str(photo), "--json", "--top-k", "3")
+    assert code == 0, err
+    got = {t["class"]: t["probability"] for t in json.loads(out)["results"][0]["top"]}
+    names = json.loads((run / "labels.json").read_text())["class_names"]
+    np.testing.assert_allclose([got[n] for n in names], cropped, atol=1e-5)
+    for script, model in (("infer_tflite.py", "model_float32.tflite"), ("infer_onnx.py", "model_float32.onnx")):
+        res = subprocess.run([sys.executable, "-c", NO_TF_BLOCK, str(run / "exports" / script),
+                              str(run / "exports" / model), str(photo)], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr[-2000:]
+        first = res.stdout.split(": ")[1].split(",")[0].split()
+        best = int(np.argmax(cropped))
+        assert first == [names[best], f"{cropped[best]:.3f}"], (script, res.stdout)

@@ -40,6 +40,100 @@ def test_folder_without_split_is_stratified_and_resized(tmp_path):
     assert (len(other.x_train), len(other.x_val), len(other.x_test)) == (18, 3, 9) and "cache" in other.info
 
 
+def _thirds(path: Path, size: tuple[int, int], colors) -> Path:
+    """An image cut in three bands of ``colors``: left to right when wide, top to bottom when tall."""
+    from PIL import Image
+
+    w, h = size
+    arr = np.zeros((h, w, 3), np.uint8)
+    for k, c in enumerate(colors):
+        if w >= h:
+            arr[:, k * w // 3:(k + 1) * w // 3] = c
+        else:
+            arr[k * h // 3:(k + 1) * h // 3] = c
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def test_crop_resize_keeps_the_centre_and_squash_the_whole_image(tmp_path):
+    """--resize crop cuts the centre to the input's aspect ratio before resizing: a 48x16 image of red, green
+    and blue thirds becomes all green; squash keeps all three. Folder loads follow the mode (and cache it
+    apart), and the arrays of an .npz are cut the same way."""
+    from edgecnn.data.images import load_image
+
+    red, green, blue = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+    for size in ((48, 16), (16, 48)):
+        f = _thirds(tmp_path / f"{size[0]}x{size[1]}.png", size, (red, green, blue))
+        crop = load_image(f, 8, 3, "crop")
+        assert (crop == green).all(), crop[..., 1]
+        squash = load_image(f, 8, 3)
+        corner = squash[0, 0] if size[0] > size[1] else squash[0, 3]
+        assert tuple(corner) == red and tuple(squash[-1, -1]) == blue
+    root = tmp_path / "folder"
+    for cls, colors in (("g", (red, green, blue)), ("b", (green, blue, red))):
+        for j in range(10):
+            _thirds(root / cls / f"{j}.png", (30 + j, 10), colors)
+    by_crop = data.load(str(root), image_size=8, resize="crop", val_split=0.0, test_split=0.2)
+    by_squash = data.load(str(root), image_size=8, val_split=0.0, test_split=0.2)
+    centre = {by_crop.class_names[y]: tuple(x[4, 4]) for x, y in zip(by_crop.x_train, by_crop.y_train)}
+    assert centre == {"g": green, "b": blue}
+    assert all(len(set(map(tuple, x.reshape(-1, 3)))) == 1 for x in by_crop.x_train), "one colour each"
+    assert all(len(set(map(tuple, x.reshape(-1, 3)))) >= 3 for x in by_squash.x_train), "all three bands"
+    wide = np.zeros((6, 8, 24, 3), np.uint8)
+    wide[:, :, 8:16] = green
+    np.savez(tmp_path / "wide.npz", x_train=wide, y_train=np.arange(6) % 2, x_test=wide[:2], y_test=np.arange(2))
+    assert (data.load(str(tmp_path / "wide.npz"), image_size=8, resize="crop").x_test == green).all()
+    with pytest.raises(EdgeCNNError, match="--resize must be one of squash, crop"):
+        data.load(str(root), resize="fit")
+
+
+def test_heic_photos_decode_upright_like_a_jpeg_and_name_the_extra_when_it_is_missing(tmp_path, tiny_exports, capsys):
+    """An iPhone-style HEIC stored sideways (EXIF orientation 6) decodes upright, as the same JPEG does; a folder
+    of them loads; predict and the standalone ONNX script read it alike; without pillow-heif it is one line
+    naming the extra."""
+    pytest.importorskip("pillow_heif").register_heif_opener()  # to write the test files
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from conftest import NO_TF_BLOCK, run_main
+    from edgecnn.data.images import load_image
+
+    arr = np.zeros((48, 64, 3), np.uint8)  # stored 64 wide, 48 tall; four quadrants
+    arr[:24, :32], arr[:24, 32:], arr[24:, :32], arr[24:, 32:] = (250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    heic, jpeg = tmp_path / "photo.HEIC", tmp_path / "photo.jpg"
+    Image.fromarray(arr).save(heic, quality=95, exif=exif.tobytes())
+    Image.fromarray(arr).save(jpeg, quality=95, exif=exif)
+    h_img, j_img = load_image(heic, (32, 24)), load_image(jpeg, (32, 24))
+    assert h_img.shape == (32, 24, 3) and np.abs(h_img.astype(int) - j_img.astype(int)).mean() < 12
+    assert np.abs(h_img[2, 2].astype(int) - (0, 0, 250)).max() < 40, h_img[2, 2]  # bottom-left comes to the top
+    root = tmp_path / "folder"
+    for cls, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        (root / cls).mkdir(parents=True)
+        for j in range(6):
+            Image.fromarray(np.full((20, 30, 3), colour, np.uint8)).save(root / cls / f"{j}.heic", quality=90)
+    ds = data.load(str(root), image_size=8, val_split=0.0, test_split=0.34)
+    assert len(ds.x_train) + len(ds.x_test) == 12 and "not read" not in ds.summary()
+    code, out, _ = run_main(capsys, "predict", str(tiny_exports / "model_float32.onnx"), str(heic), "--json")
+    assert code == 0
+    top = json.loads(out)["results"][0]["top"][0]
+    res = subprocess.run([sys.executable, "-c", NO_TF_BLOCK, str(tiny_exports / "infer_onnx.py"),
+                          str(tiny_exports / "model_float32.onnx"), str(heic)], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and res.stdout.split(": ")[1].split(",")[0].split() == [
+        top["class"], f"{top['probability']:.3f}"], res.stdout + res.stderr[-1000:]
+    missing = subprocess.run([sys.executable, "-c", "import sys; sys.modules['pillow_heif'] = None\n"
+                              "from edgecnn.data.images import load_image, ImageError\n"
+                              "try:\n    load_image(sys.argv[1], 8)\nexcept ImageError as e:\n    print(e)",
+                              str(heic)], capture_output=True, text=True, timeout=120)
+    assert missing.stdout.strip() == f"{heic}: HEIC/HEIF images need pillow-heif: pip install 'edgecnn[heic]'"
+
+
 def test_split_folder_cache_honours_val_split(tmp_path):
     root = tmp_path / "ds"
     make_folder(root / "train", per_class=10, ext=".png")
@@ -64,7 +158,7 @@ def test_folder_with_train_test_split_and_modes(tmp_path):
     ds = data.load(str(root), val_split=0.25)
     assert len(ds.x_test) == 6 and len(ds.x_train) + len(ds.x_val) == 19
     assert ds.info["unread"] == 2 and ds.info["unread_example"].endswith("notes.txt")
-    assert "; not read: 2 entries of class folders that are not JPEG, PNG, BMP, WebP, GIF or TIFF images" in ds.summary()
+    assert "; not read: 2 entries of class folders that are not JPEG, PNG, BMP, WebP, GIF, TIFF or HEIC images" in ds.summary()
     gray = data.load(str(root), channels=1, image_size=16)
     assert gray.input_shape == (16, 16, 1)
 

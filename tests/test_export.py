@@ -198,6 +198,7 @@ def test_residual_block_forms_export(run_copy, block, int8_ops):
     (lambda r: None, {"calib_samples": 0}, "--calib-samples"),
     (lambda r: None, {"io_dtype": "int16"}, "--io-dtype"),
     (lambda r: None, {"formats": "onnx", "opset": 99}, "--opset"),
+    (lambda r: None, {"formats": "onnx", "onnx_target": "gpu"}, "--onnx-target"),
     (lambda r: (r / "labels.json").unlink(), {}, "labels.json is missing"),
 ])
 def test_bad_export_inputs(run_copy, mutate, kwargs, needle):
@@ -355,16 +356,93 @@ def test_int8_onnx_runs_a_residual_block_in_integer_kernels(tmp_path):
     assert np.abs(p - core.predict(x, verbose=0)).mean() < 0.02
 
 
-def test_bench_onnx_int8_tool_compares_both_activation_types(tiny_run):
-    """tools/bench_onnx_int8.py (the README's table) on a real run: a row per activation type, both files
-    fused into integer convolutions (this network has no residual block) and scoring the same."""
+def test_tensorrt_target_writes_symmetric_int8_and_inspect_tells_the_files_apart(run_copy, tiny_exports):
+    """--onnx-target tensorrt: every Quantize/DequantizeLinear int8 with zero point 0 and weights in -127..127
+    (what TensorRT takes), verified against Keras like the CPU file; inspect and the benchmark's TensorRT
+    row say the CPU file (uint8 activations with zero points) is not such a file."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    from edgecnn.export import onnx as onx
+    from edgecnn.inspect import format_text
+    from edgecnn.runners.onnx import tensorrt_note
+
+    lines = []
+    report = export(ExportConfig(run=str(run_copy), formats="onnx", quantize="int8", onnx_target="tensorrt",
+                                 calib_samples=50, verify_samples=64), log=lines.append)
+    assert any("model_int8.onnx" in ln and "for TensorRT" in ln for ln in lines), lines
+    from edgecnn import report as report_mod
+
+    assert "| model_int8.onnx (for TensorRT) | ok |" in report_mod.write(run_copy)[0].read_text()
+    entry = report["exports"][0]
+    assert entry["status"] == "ok" and entry["onnx_target"] == "tensorrt", entry
+    trt_file = run_copy / "exports" / "model_int8.onnx"
+    proto = onnx.load(str(trt_file))
+    inits = {t.name: t for t in proto.graph.initializer}
+    qdq = [n for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq) > 6
+    for n in qdq:
+        zp = inits[n.input[2]]
+        assert zp.data_type == TensorProto.INT8 and not numpy_helper.to_array(zp).any(), n.name
+    kernels = [numpy_helper.to_array(t) for t in proto.graph.initializer
+               if t.data_type == TensorProto.INT8 and len(t.dims) == 4]
+    assert kernels and all(k.min() >= -127 for k in kernels)
+    assert onx.tensorrt_int8_problems(proto) == [] and tensorrt_note(trt_file) is None
+    cpu_file = tiny_exports / "model_int8.onnx"
+    problems = onx.tensorrt_int8_problems(onnx.load(str(cpu_file)))
+    assert problems and "not int8" in problems[0] and any("zero point" in p for p in problems), problems
+    assert "--onnx-target tensorrt" in tensorrt_note(cpu_file)
+    assert onx.tensorrt_int8_problems(onnx.load(str(tiny_exports / "model_float32.onnx"))) is None
+    assert "TensorRT int8: yes" in format_text(inspect(trt_file))
+    assert "TensorRT int8: no: " in format_text(inspect(cpu_file))
+    assert "TensorRT int8" not in format_text(inspect(tiny_exports / "model_float32.onnx"))
+
+
+def test_tensorrt_problems_of_hand_made_qdq_graphs():
+    """A QuantizeLinear without a zero point is uint8 by the ONNX spec; a weight using -128 is outside
+    TensorRT's weight range; a zero point computed in the graph cannot be judged."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgecnn.export.onnx import tensorrt_int8_problems
+
+    def graph(nodes, inits):
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    scale = numpy_helper.from_array(np.array(0.1, np.float32), "s")
+    zp = numpy_helper.from_array(np.array(0, np.int8), "z")
+    ok = graph([helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+                helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], [scale, zp])
+    onnx.checker.check_model(ok)
+    assert tensorrt_int8_problems(ok) == []
+    no_zp = graph([helper.make_node("QuantizeLinear", ["x", "s"], ["q"]),
+                   helper.make_node("DequantizeLinear", ["q", "s"], ["y"])], [scale])
+    assert tensorrt_int8_problems(no_zp) == ["2 of 2 Quantize/DequantizeLinear nodes are not int8"]
+    w = numpy_helper.from_array(np.array([[-128, 5], [3, 127]], np.int8), "w")
+    wide = graph([helper.make_node("DequantizeLinear", ["w", "s", "z"], ["wf"]),
+                  helper.make_node("MatMul", ["x", "wf"], ["y"])], [scale, zp, w])
+    assert tensorrt_int8_problems(wide) == ["1 weight tensors use -128"]
+    computed = graph([helper.make_node("Identity", ["z"], ["z2"]),
+                      helper.make_node("QuantizeLinear", ["x", "s", "z2"], ["q"]),
+                      helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], [scale, zp])
+    assert tensorrt_int8_problems(computed) == ["1 take a zero point computed in the graph"]
+    assert tensorrt_int8_problems(graph([helper.make_node("Relu", ["x"], ["y"])], [])) is None
+
+
+def test_bench_onnx_int8_tool_compares_the_activation_types(tiny_run):
+    """tools/bench_onnx_int8.py (the README's table) on a real run: a row per activation type, the int8 and
+    uint8 files fused into integer convolutions (this network has no residual block) and scoring the same;
+    only the symmetric file is one TensorRT can build as int8."""
     tool = Path(__file__).parent.parent / "tools" / "bench_onnx_int8.py"
     out = subprocess.run([sys.executable, str(tool), str(tiny_run), "--rounds", "1", "--seconds", "0.2"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]]
             for ln in out.stdout.splitlines() if ln.startswith("| int8") or ln.startswith("| uint8")}
-    assert set(rows) == {"int8", "uint8"}
-    for cells in rows.values():
-        assert cells[0] == "3" and cells[1] == "0", cells  # QLinearConv, float Conv
-    assert rows["uint8"][2] == "none" and rows["int8"][3] == rows["uint8"][3]  # no float op; same accuracy
+    assert set(rows) == {"int8", "uint8", "int8-symmetric"}
+    assert [rows[a][0] for a in ("int8", "uint8", "int8-symmetric")] == ["no", "no", "yes"]
+    for act in ("int8", "uint8"):
+        assert rows[act][1] == "3" and rows[act][2] == "0", rows[act]  # QLinearConv, float Conv
+    assert rows["uint8"][3] == "none" and rows["int8"][4] == rows["uint8"][4]  # no float op; same accuracy

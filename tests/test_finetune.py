@@ -77,6 +77,12 @@ def test_qat_writes_verified_int8_tflite_and_qdq_onnx(tiny_run):
                     log=lambda m: None)
     int8 = next(e for e in report["exports"] if e["variant"] == "int8")
     assert int8["source"] == "qat", "a QAT run keeps its QAT int8 file, not a post-training one"
+    # tf2onnx writes the fake-quant graph with uint8 activations: not a file TensorRT builds as int8,
+    # and the export says so instead of handing back the QAT file under --onnx-target tensorrt.
+    assert onx["tensorrt_int8"], onx["tensorrt_int8"]
+    with pytest.raises(EdgeCNNError, match="--onnx-target tensorrt: this run's model_int8.onnx comes from"):
+        export(ExportConfig(run=str(dst), formats="onnx", onnx_target="tensorrt", verify_samples=64,
+                            calib_samples=50), log=lambda m: None)
 
 
 @pytest.mark.slow

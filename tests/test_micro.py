@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import run_main
+from conftest import NO_TF_BLOCK as BLOCK, run_main
 from edgecnn.errors import EdgeCNNError
 
 pytest.importorskip("tflite_micro")
@@ -74,11 +74,6 @@ def test_micro_without_an_int8_export(run_copy):
                log=lambda m: None)
 
 
-BLOCK = ("import runpy, sys\n"
-         "for name in ('tensorflow', 'keras', 'tf_keras', 'edgecnn'):\n"
-         "    sys.modules[name] = None  # importing any of them now fails\n"
-         "sys.argv = sys.argv[1:]\n"
-         "runpy.run_path(sys.argv[0], run_name='__main__')\n")
 
 
 @pytest.mark.parametrize("script, model", [("infer_tflite.py", "model_int8.tflite"),

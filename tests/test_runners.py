@@ -68,3 +68,16 @@ def test_quantize_round_trip():
     assert q.tolist() == [-128, -127, -1, 0, 127]
     assert dequantize(q, 1.0, -128).tolist() == [0, 1, 127, 128, 255]
     assert quantize(np.array([300.0]), np.uint8, 1.0, 0).tolist() == [255]  # saturates
+
+
+def test_tensorrt_gets_its_int8_mode_for_qdq_files_only(tiny_exports):
+    """TensorRT refuses to build a Q/DQ model with its int8 mode off ("int8 is not configured in the builder",
+    onnxruntime#13381): the int8 ONNX file asks for it, the float file and the other devices do not. (The
+    TensorRT row itself never ran here: no GPU.)"""
+    from edgecnn.runners.onnx import providers_for
+
+    int8, f32 = tiny_exports / "model_int8.onnx", tiny_exports / "model_float32.onnx"
+    assert providers_for("tensorrt", int8)[0] == ("TensorrtExecutionProvider", {"trt_int8_enable": True})
+    assert providers_for("tensorrt", f32)[0] == "TensorrtExecutionProvider"
+    assert providers_for("cuda", int8) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert providers_for("cpu", int8) == ["CPUExecutionProvider"]

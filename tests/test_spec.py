@@ -54,6 +54,13 @@ def test_squeeze_excitation_suffix_on_residual_blocks():
         (False, True), (True, True), (False, False)]
 
 
+def test_tokens_ignore_case_like_sections_and_presets():
+    """32N, R16SE, RR16, D0.1, P, GAP parse as their lower-case forms (they were refused while p, gap and
+    the section names already ignored case)."""
+    upper = spec.parse("c: 8N 16NP R16SE RR16 D0.1 P 32n GAP | d: 16N D0.5 | l2: 1E-4")
+    assert spec.describe(upper) == "C: 8n 16np r16se rr16 d0.1 p 32n gap | D: 16n d0.5 | L2: 0.0001"
+
+
 @pytest.mark.parametrize(
     "bad, needle",
     [

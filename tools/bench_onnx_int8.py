@@ -1,13 +1,15 @@
-"""ONNX int8 with int8 or uint8 activations: the integer kernels ONNX Runtime fuses, accuracy and latency.
+"""ONNX int8 with int8, uint8 or symmetric int8 activations: integer kernels ONNX Runtime fuses, accuracy, latency.
 
     python tools/bench_onnx_int8.py RUN --data ../shared/data/cifar10-jpg.tar.gz [--rounds 5]
 
 Quantizes RUN's model as `edgecnn export --format onnx` does (tf2onnx, the same 500 calibration images,
-static QDQ, int8 weights per channel) twice: activations int8 (the old file) and uint8 (the exported one).
-For each file it counts the nodes of the graph ONNX Runtime runs after its optimizations (how many
-convolutions became QLinearConv, how many stayed float), scores the whole test split, and times batch-1
-inference on one thread; the two files are timed alternately, round after round, and the median of each
-round's median is reported. Prints a markdown table.
+static QDQ, int8 weights per channel) three times: activations int8 (the old file), uint8 (what
+`--onnx-target cpu` exports) and symmetric int8 (zero point 0, what `--onnx-target tensorrt` exports;
+TensorRT itself is not run here). For each file it counts the nodes of the graph ONNX Runtime runs after
+its optimizations (how many convolutions became QLinearConv, how many stayed float), says whether
+TensorRT could build it as int8, scores the whole test split, and times batch-1 inference on one thread;
+the files are timed in turn, the order rotating round after round, and the median of each round's
+median is reported. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-FLOAT_OPS = ("Conv", "Add", "MaxPool", "Mul")  # ops ONNX Runtime runs in float between Dequantize/QuantizeLinear
+ACTIVATIONS = ("int8", "uint8", "int8-symmetric")
+FLOAT_OPS = ("Conv", "Add", "MaxPool", "Mul", "Relu")  # ops ONNX Runtime runs in float between Dequantize/QuantizeLinear
 
 
 def optimized_ops(path: Path, tmp: Path) -> Counter:
@@ -42,7 +45,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="a run directory (its model.keras and config.json)")
     ap.add_argument("--data", help="data source (default: the run's own)")
-    ap.add_argument("--rounds", type=int, default=5, help="timing rounds, the two files alternately")
+    ap.add_argument("--rounds", type=int, default=5, help="timing rounds, the files in rotating order")
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per file per round")
     a = ap.parse_args()
     if a.rounds < 1 or a.seconds <= 0:
@@ -71,31 +74,34 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="edgecnn-bench-onnx-") as d:
         tmp = Path(d)
         runners = {}
-        for act in ("int8", "uint8"):
+        for act in ACTIVATIONS:
             path = tmp / f"act_{act}.onnx"
-            onnx.save(onx.quantize_int8(float_proto, calib, activations=act), str(path))
+            proto = onx.quantize_int8(float_proto, calib, activations=act)
+            onnx.save(proto, str(path))
             ops = optimized_ops(path, tmp)
             runner = OnnxRunner(path, "cpu", threads=1)
             probs = np.concatenate([runner.predict_batch(ds.x_test[i:i + 256])
                                     for i in range(0, len(ds.x_test), 256)])
             rows[act] = {"ops": ops, "acc": float((probs.argmax(1) == labels).mean()), "ms": [],
-                         "kb": path.stat().st_size / 1024}
+                         "kb": path.stat().st_size / 1024,
+                         "trt": "yes" if not onx.tensorrt_int8_problems(proto) else "no"}
             runners[act] = runner
         one = ds.x_test[:1]
         for act, runner in runners.items():
             timed(lambda: runner.predict_batch(one), 50, 1.0)  # warm-up
         for r in range(a.rounds):
-            for act in (("int8", "uint8") if r % 2 == 0 else ("uint8", "int8")):
+            for act in ACTIVATIONS[r % len(ACTIVATIONS):] + ACTIVATIONS[:r % len(ACTIVATIONS)]:
                 times = timed(lambda: runners[act].predict_batch(one), 100, a.seconds)
                 rows[act]["ms"].append(statistics.median(times) * 1e3)
-    print(f"`{run_dir.name}`: {len(labels):,} test images; batch 1, one thread, {a.rounds} alternating rounds of "
+    print(f"`{run_dir.name}`: {len(labels):,} test images; batch 1, one thread, {a.rounds} rotating rounds of "
           f"{a.seconds:g} s per file (median of the rounds' medians).\n")
-    print("| activations | QLinearConv | float Conv | other float ops | test accuracy | p50 ms | size KB |")
-    print("|---|---:|---:|---|---:|---:|---:|")
+    print("| activations | TensorRT int8 | QLinearConv | float Conv | other float ops | test accuracy | p50 ms | "
+          "size KB |")
+    print("|---|---|---:|---:|---|---:|---:|---:|")
     for act, row in rows.items():
         ops = row["ops"]
         other = ", ".join(f"{ops[o]} {o}" for o in FLOAT_OPS[1:] if ops[o]) or "none"
-        print(f"| {act} | {ops['QLinearConv']} | {ops['Conv']} | {other} | {row['acc'] * 100:.2f}% | "
+        print(f"| {act} | {row['trt']} | {ops['QLinearConv']} | {ops['Conv']} | {other} | {row['acc'] * 100:.2f}% | "
               f"{statistics.median(row['ms']):.3f} | {row['kb']:.0f} |")
     return 0
 

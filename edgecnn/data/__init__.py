@@ -69,17 +69,21 @@ def stratified_split(y: np.ndarray, fractions: tuple[float, ...], seed: int) -> 
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
-def _convert(x: np.ndarray, image_size: int | None, channels: int) -> np.ndarray:
-    """Resize/convert already-decoded images exactly like files are (Pillow, bilinear)."""
+def _convert(x: np.ndarray, image_size: int | None, channels: int, resize: str = "squash") -> np.ndarray:
+    """Resize/convert already-decoded images exactly like files are (Pillow, bilinear, squashed or cropped)."""
     if (image_size is None or x.shape[1:3] == (image_size, image_size)) and x.shape[-1] == channels:
         return x
     from PIL import Image
+
+    from edgecnn.data.images import crop_box
 
     size = image_size or x.shape[1]
     out = np.empty((len(x), size, size, channels), dtype=np.uint8)
     for i, img in enumerate(x):
         im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
         im = im.convert("L" if channels == 1 else "RGB")
+        if resize == "crop":
+            im = im.crop(crop_box(im.width, im.height, size, size))
         if im.size != (size, size):
             im = im.resize((size, size), Image.BILINEAR)
         out[i] = np.asarray(im, dtype=np.uint8).reshape(size, size, channels)
@@ -102,9 +106,15 @@ def load(
     test_split: float = 0.1,
     seed: int = 0,
     skip_bad_images: bool = False,
+    resize: str = "squash",
 ) -> Dataset:
-    """Load ``source`` into a Dataset. Raises EdgeCNNError with one clear line on bad input."""
+    """Load ``source`` into a Dataset. Raises EdgeCNNError with one clear line on bad input.
+
+    ``resize``: how images of another shape are made to fit (squash, or crop the centre first)."""
+    from edgecnn.data.images import check_resize
+
     _check_split_args(val_split, test_split)
+    check_resize(resize)
     if channels not in (1, 3):
         raise EdgeCNNError(f"--channels must be 1 or 3, got {channels}")
     if image_size is not None and not 8 <= image_size <= 512:
@@ -131,7 +141,8 @@ def load(
         from edgecnn.data import cifar10
 
         x_train, y_train, x_test, y_test, classes = cifar10.load(None)
-        return _from_arrays(x_train, y_train, x_test, y_test, classes, src, image_size, channels, val_split, seed)
+        return _from_arrays(x_train, y_train, x_test, y_test, classes, src, image_size, channels, val_split, seed,
+                            resize)
 
     path = Path(src).expanduser()
     if not path.exists():
@@ -142,25 +153,30 @@ def load(
 
     if cifar10.is_cifar_source(path):
         x_train, y_train, x_test, y_test, classes = cifar10.load(path)
-        return _from_arrays(x_train, y_train, x_test, y_test, classes, src, image_size, channels, val_split, seed)
+        return _from_arrays(x_train, y_train, x_test, y_test, classes, src, image_size, channels, val_split, seed,
+                            resize)
     if path.is_file() and path.suffix.lower() == ".npz":
         from edgecnn.data import npz
 
         x_train, y_train, x_test, y_test, classes = npz.load(path)
-        return _from_arrays(x_train, y_train, x_test, y_test, classes, src, image_size, channels, val_split, seed)
+        return _from_arrays(x_train, y_train, x_test, y_test, classes, src, image_size, channels, val_split, seed,
+                            resize)
     if archive.is_archive(path):
         path = archive.single_root(archive.extract(path))
         if cifar10.is_cifar_source(path):
             x_train, y_train, x_test, y_test, classes = cifar10.load(path)
-            return _from_arrays(x_train, y_train, x_test, y_test, classes, src, image_size, channels, val_split, seed)
+            return _from_arrays(x_train, y_train, x_test, y_test, classes, src, image_size, channels, val_split, seed,
+                                resize)
     if path.is_dir():
-        return _from_folder(path, src, image_size or 32, channels, val_split, test_split, seed, skip_bad_images)
+        return _from_folder(path, src, image_size or 32, channels, val_split, test_split, seed, skip_bad_images,
+                            resize)
     raise EdgeCNNError(f"--data {src}: unsupported file type (expected a folder, .tar.gz, .zip or .npz)")
 
 
-def _from_arrays(x_train, y_train, x_test, y_test, classes, src, image_size, channels, val_split, seed) -> Dataset:
-    x_train = _convert(x_train, image_size, channels)
-    x_test = _convert(x_test, image_size, channels)
+def _from_arrays(x_train, y_train, x_test, y_test, classes, src, image_size, channels, val_split, seed,
+                 resize="squash") -> Dataset:
+    x_train = _convert(x_train, image_size, channels, resize)
+    x_test = _convert(x_test, image_size, channels, resize)
     if len(np.unique(y_train)) < 2:
         raise EdgeCNNError(f"--data {src}: training split has fewer than two classes")
     if len(x_test) == 0:
@@ -171,10 +187,10 @@ def _from_arrays(x_train, y_train, x_test, y_test, classes, src, image_size, cha
     )
 
 
-def _folder_cache_key(root: Path, image_size: int, channels: int, skip_bad: bool) -> str:
-    from edgecnn.data.images import IMAGE_EXTENSIONS, RESIZE
+def _folder_cache_key(root: Path, image_size: int, channels: int, skip_bad: bool, resize: str = "squash") -> str:
+    from edgecnn.data.images import IMAGE_EXTENSIONS, RESIZE_MODES
 
-    h = hashlib.sha256(f"{root.resolve()}|{image_size}|{channels}|{skip_bad}|{RESIZE}|v4".encode())
+    h = hashlib.sha256(f"{root.resolve()}|{image_size}|{channels}|{skip_bad}|{RESIZE_MODES[resize]}|v4".encode())
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
@@ -184,8 +200,8 @@ def _folder_cache_key(root: Path, image_size: int, channels: int, skip_bad: bool
     return h.hexdigest()[:24]
 
 
-def _from_folder(root, src, image_size, channels, val_split, test_split, seed, skip_bad) -> Dataset:
-    raw, classes, skipped, cache = _read_folder_cached(root, image_size, channels, skip_bad)
+def _from_folder(root, src, image_size, channels, val_split, test_split, seed, skip_bad, resize="squash") -> Dataset:
+    raw, classes, skipped, cache = _read_folder_cached(root, image_size, channels, skip_bad, resize)
     if "all" in raw:  # one folder of class folders: split it here
         x, y = raw["all"]
         test_idx, val_idx, train_idx = stratified_split(y, (test_split, val_split), seed)
@@ -213,7 +229,7 @@ def _from_folder(root, src, image_size, channels, val_split, test_split, seed, s
                    class_names=classes, source=src, info=info)
 
 
-def _read_folder_cached(root, image_size, channels, skip_bad):
+def _read_folder_cached(root, image_size, channels, skip_bad, resize="squash"):
     """Decoded images per split folder (``train``/``val``/``test``, or ``all``), before any random split.
 
     The decode is cached under the edgecnn cache keyed on the files' names, sizes and times; the
@@ -223,7 +239,7 @@ def _read_folder_cached(root, image_size, channels, skip_bad):
     from edgecnn.data import folder
     from edgecnn.data.archive import cache_root
 
-    key = _folder_cache_key(root, image_size, channels, skip_bad)
+    key = _folder_cache_key(root, image_size, channels, skip_bad, resize)
     cache = cache_root() / "folders" / f"{key}.npz"
     if cache.is_file():
         try:
@@ -246,7 +262,7 @@ def _read_folder_cached(root, image_size, channels, skip_bad):
         classes = folder.list_classes(root)
         parts = {"all": root}
     for part, path in parts.items():
-        x, y, s = folder.read_split(path, classes, image_size, channels, skip_bad)
+        x, y, s = folder.read_split(path, classes, image_size, channels, skip_bad, resize)
         raw[part] = (x, y)
         skipped += s
     try:

@@ -62,9 +62,10 @@ def unread_entries(root: Path, classes: list[str]) -> list[Path]:
     return sorted(out)
 
 
-def read_split(root: Path, classes: list[str], image_size: int, channels: int, skip_bad: bool):
+def read_split(root: Path, classes: list[str], image_size: int, channels: int, skip_bad: bool,
+               resize: str = "squash"):
     files, labels = list_files(root, classes)
-    x, errors, good = load_images(files, image_size, channels)
+    x, errors, good = load_images(files, image_size, channels, resize=resize)
     if errors:
         if not skip_bad:
             more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""

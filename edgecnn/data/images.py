@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -9,18 +10,22 @@ import numpy as np
 
 from edgecnn.errors import EdgeCNNError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-FORMATS = "JPEG, PNG, BMP, WebP, GIF or TIFF"  # for messages
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".heic", ".heif")
+FORMATS = "JPEG, PNG, BMP, WebP, GIF, TIFF or HEIC"  # for messages
+HEIF_EXTENSIONS = (".heic", ".heif")  # iPhone photos; decoded by pillow-heif (the heic extra) when installed
 # Refuse decompression bombs. Other formats decode whole; a JPEG decodes at up to 1/8 scale (below), so a
 # 200-megapixel phone photo costs what a 3-megapixel one does.
 MAX_PIXELS = 40_000_000
 MAX_JPEG_PIXELS = 250_000_000
+MAX_HEIF_PIXELS = 64_000_000  # a 48-megapixel iPhone HEIC (8064x6048) decodes whole: no reduced-scale decode
 # A JPEG at least this many times the model input on both sides decodes at 1/2, 1/4 or 1/8 scale (DCT
 # scaling, Pillow's draft), never below this multiple, as Pillow's own thumbnail() does; the bilinear resize
 # to the input follows. Measured on a 4032x3024 photo to 32x32: 4x faster, pixels within 1 of a full decode.
 REDUCING_GAP = 2
-# How images are made to fit the model; recorded in labels.json, used by predict.
-RESIZE = "bilinear-squash"
+# How images are made to fit the model (--resize): the whole image squashed to the input's shape, or its
+# centre cropped to the input's aspect ratio first. labels.json records the name on the right; predict,
+# evaluate, export and the standalone scripts resize as the run was trained.
+RESIZE_MODES = {"squash": "bilinear-squash", "crop": "bilinear-center-crop"}
 DECODE = (f"first frame of animated GIFs and multi-page TIFFs; EXIF orientation applied; 16-bit grayscale scaled to 8 bits (/257); a JPEG at least {REDUCING_GAP}x the input decodes at 1/2-1/8 scale "
           f"(Pillow draft) down to no less than {REDUCING_GAP}x the input, then the bilinear resize")
 
@@ -29,12 +34,46 @@ class ImageError(EdgeCNNError):
     """One image file that cannot be read."""
 
 
+def check_resize(resize: str) -> str:
+    if resize not in RESIZE_MODES:
+        raise EdgeCNNError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    return resize
+
+
+def resize_mode(recorded: str | None) -> str:
+    """The --resize mode a labels.json ``input.resize`` names (runs made before --resize squashed)."""
+    return next((mode for mode, name in RESIZE_MODES.items() if name == recorded), "squash")
+
+
+def crop_box(width: int, height: int, out_width: int, out_height: int) -> tuple[int, int, int, int]:
+    """The centred box (left, top, right, bottom) of a width x height image with the output's aspect ratio,
+    in whole pixels; the image is cut to it, then resized (no pixel outside it blends in)."""
+    if width * out_height > height * out_width:  # wider than the output: cut the sides
+        w = round(height * out_width / out_height)
+        return ((width - w) // 2, 0, (width - w) // 2 + w, height)
+    h = round(width * out_height / out_width)
+    return (0, (height - h) // 2, width, (height - h) // 2 + h)
+
+
+@functools.cache
+def heif_available() -> bool:
+    """Register pillow-heif's HEIC/HEIF opener with Pillow; False when it is not installed."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()  # applies the file's rotation itself and resets EXIF orientation to 1
+    return True
+
+
 def is_image_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def load_image(path: str | Path, image_size: int | tuple[int, int], channels: int = 3) -> np.ndarray:
-    """Decode ``path`` to a uint8 array (H, W, channels), resized exactly as training does.
+def load_image(path: str | Path, image_size: int | tuple[int, int], channels: int = 3,
+               resize: str = "squash") -> np.ndarray:
+    """Decode ``path`` to a uint8 array (H, W, channels), resized exactly as training does (``resize``:
+    squash the whole image, or crop its centre to the output's aspect ratio first).
 
     Raises ImageError naming the file for anything Pillow cannot decode completely
     (missing, truncated, corrupt, not an image, or over MAX_PIXELS).
@@ -43,13 +82,16 @@ def load_image(path: str | Path, image_size: int | tuple[int, int], channels: in
 
     Image.MAX_IMAGE_PIXELS = MAX_JPEG_PIXELS
     path = Path(path)
+    if path.suffix.lower() in HEIF_EXTENSIONS and not heif_available():
+        raise ImageError(f"{path}: HEIC/HEIF images need pillow-heif: pip install 'edgecnn[heic]'")
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 jpeg = isinstance(img, JpegImagePlugin.JpegImageFile)  # MPO (many phone photos) included
-                if img.width * img.height > (MAX_JPEG_PIXELS if jpeg else MAX_PIXELS):
+                heif = img.format == "HEIF"
+                if img.width * img.height > (MAX_JPEG_PIXELS if jpeg else MAX_HEIF_PIXELS if heif else MAX_PIXELS):
                     raise ImageError(f"{path}: image too large ({img.width}x{img.height} pixels)")
                 if jpeg:  # the larger side of the input is the one both sides must keep
                     side = REDUCING_GAP * max(size)
@@ -63,6 +105,8 @@ def load_image(path: str | Path, image_size: int | tuple[int, int], channels: in
                     img = Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257).clip(0, 255)
                                           .astype(np.uint8))
                 img = img.convert("L" if channels == 1 else "RGB")
+                if resize == "crop":
+                    img = img.crop(crop_box(img.width, img.height, size[1], size[0]))
                 if img.size != (size[1], size[0]):
                     img = img.resize((size[1], size[0]), Image.BILINEAR)
                 arr = np.asarray(img, dtype=np.uint8)
@@ -83,13 +127,13 @@ def load_image(path: str | Path, image_size: int | tuple[int, int], channels: in
     return arr
 
 
-def load_images(paths: list[Path], image_size: int, channels: int, workers: int = 4):
+def load_images(paths: list[Path], image_size: int, channels: int, workers: int = 4, resize: str = "squash"):
     """Decode many files in parallel. Returns (array of good images, list of errors, index of good)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(p):
         try:
-            return load_image(p, image_size, channels), None
+            return load_image(p, image_size, channels, resize), None
         except ImageError as exc:
             return None, str(exc)
 

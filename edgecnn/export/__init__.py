@@ -37,6 +37,7 @@ class ExportConfig:
     calib_samples: int = 500
     io_dtype: str = "uint8"
     opset: int = 17
+    onnx_target: str = "cpu"  # model_int8.onnx for ONNX Runtime's CPU kernels (uint8) or TensorRT (symmetric int8)
     verify: bool = True
     verify_samples: int = 512
     data: str | None = None
@@ -46,6 +47,24 @@ class ExportConfig:
     micro_samples: int = 1000
     c_array: bool = False  # model_data.h / model_data.cc for TFLite Micro projects
     gzip: bool = False  # also write <file>.gz (the smallest standard gzip stream) next to each export
+
+    def check(self) -> list[tuple[str, str]]:
+        """Refuse bad options before anything is loaded (``run`` calls it before training); return the plan."""
+        pairs = plan(self.formats, self.quantize)
+        if any(v == "int8" for _, v in pairs) and self.calib_samples < 1:
+            raise EdgeCNNError(f"--calib-samples must be at least 1, got {self.calib_samples}")
+        if self.verify_samples < 1:
+            raise EdgeCNNError(f"--verify-samples must be at least 1, got {self.verify_samples}")
+        from edgecnn.export.onnx import TARGETS
+        from edgecnn.export.tflite import IO_DTYPES
+
+        if self.io_dtype not in IO_DTYPES:
+            raise EdgeCNNError(f"--io-dtype must be one of {', '.join(IO_DTYPES)}, got {self.io_dtype!r}")
+        if any(f == "onnx" for f, _ in pairs) and not 9 <= self.opset <= 21:
+            raise EdgeCNNError(f"--opset must be 9..21, got {self.opset}")
+        if self.onnx_target not in TARGETS:
+            raise EdgeCNNError(f"--onnx-target must be one of {', '.join(TARGETS)}, got {self.onnx_target!r}")
+        return pairs
 
 
 def plan(formats: str, quantize: str | None) -> list[tuple[str, str]]:
@@ -109,17 +128,7 @@ def _data(base: Path, cfg: ExportConfig):
 
 def export(cfg: ExportConfig, log=print) -> dict:
     """Run the export plan; return the report. Raises EdgeCNNError if any export failed."""
-    pairs = plan(cfg.formats, cfg.quantize)
-    if any(v == "int8" for _, v in pairs) and cfg.calib_samples < 1:
-        raise EdgeCNNError(f"--calib-samples must be at least 1, got {cfg.calib_samples}")
-    if cfg.verify_samples < 1:
-        raise EdgeCNNError(f"--verify-samples must be at least 1, got {cfg.verify_samples}")
-    from edgecnn.export.tflite import IO_DTYPES
-
-    if cfg.io_dtype not in IO_DTYPES:
-        raise EdgeCNNError(f"--io-dtype must be one of {', '.join(IO_DTYPES)}, got {cfg.io_dtype!r}")
-    if any(f == "onnx" for f, _ in pairs) and not 9 <= cfg.opset <= 21:
-        raise EdgeCNNError(f"--opset must be 9..21, got {cfg.opset}")
+    pairs = cfg.check()
     base, model_path, labels = _source(cfg)
     out_dir = ensure_dir(base / "exports")
     from edgecnn import model as model_mod
@@ -145,6 +154,10 @@ def export(cfg: ExportConfig, log=print) -> dict:
         metrics = json.loads((base / "metrics.json").read_text()) if (base / "metrics.json").is_file() else {}
         qat_entries = {e["file"]: e for e in metrics.get("qat_exports", []) if e.get("status") == "ok"
                        and (out_dir / e["file"]).is_file()}
+        if cfg.onnx_target != "cpu" and filename("onnx", "int8") in qat_entries and ("onnx", "int8") in pairs:
+            raise EdgeCNNError(f"--onnx-target {cfg.onnx_target}: this run's model_int8.onnx comes from "
+                               "quantization-aware training (tf2onnx writes uint8 activations with zero points); "
+                               "export the run it was fine-tuned from, or leave out --onnx-target")
     with tempfile.TemporaryDirectory(prefix="edgecnn-export-") as tmp:
         saved = None
         float_onnx = None
@@ -157,6 +170,8 @@ def export(cfg: ExportConfig, log=print) -> dict:
                 continue
             entry = {"file": filename(fmt, variant), "format": fmt, "variant": variant, "status": "ok",
                      "calib_samples": int(len(calib)) if variant == "int8" else 0}
+            if (fmt, variant) == ("onnx", "int8"):
+                entry["onnx_target"] = cfg.onnx_target
 
             def make_blob(fmt=fmt, variant=variant):
                 nonlocal saved, float_onnx
@@ -168,7 +183,8 @@ def export(cfg: ExportConfig, log=print) -> dict:
 
                 if float_onnx is None:
                     float_onnx = onx.convert_float(deploy, cfg.opset)
-                proto = float_onnx if variant == "float32" else onx.quantize_int8(float_onnx, calib)
+                proto = float_onnx if variant == "float32" else \
+                    onx.quantize_int8(float_onnx, calib, activations=onx.ACTIVATIONS[cfg.onnx_target])
                 return onx.finalize(proto, labels, variant)
 
             export_one(entry, out_dir, make_blob, x_verify, ref, cfg)
@@ -311,4 +327,5 @@ def _log_entry(e: dict, log) -> None:
         f" in {e['inputs'][0]['dtype']}"
     vs = f"  agreement {v['agreement']:.4f} (all {v['agreement_all']:.4f}), max|dp| {v['max_abs_diff']:.2e}" if v else \
         "  (not verified)"
-    log(f"  ok {e['file']:<22} {e['size_bytes']:>10,} B{qs}{vs}")
+    target = "  (for TensorRT: symmetric int8)" if e.get("onnx_target") == "tensorrt" else ""
+    log(f"  ok {e['file']:<22} {e['size_bytes']:>10,} B{qs}{vs}{target}")

@@ -66,19 +66,30 @@ def set_metadata(proto, labels: dict, variant: str) -> None:
         entry.key, entry.value = k, v
 
 
+TARGETS = ("cpu", "tensorrt")  # who runs model_int8.onnx: ONNX Runtime's CPU kernels, or TensorRT
+ACTIVATIONS = {"cpu": "uint8", "tensorrt": "int8-symmetric"}
+# For TensorRT: symmetric int8 activations; biases stay float (as NVIDIA's quantization toolkits leave them;
+# its Q/DQ types are 8 bits or fewer); a Q/DQ pair of its own for each consumer (ONNX Runtime's quantizer
+# notes TensorRT cannot share one).
+TENSORRT_OPTIONS = {"ActivationSymmetric": True, "QuantizeBias": False, "DedicatedQDQPair": True}
+
+
 def quantize_int8(float_proto, calibration: np.ndarray, activations: str = "uint8"):
-    """Static QDQ quantization calibrated on ``calibration``: int8 weights (symmetric, per output channel),
-    uint8 activations (asymmetric, per tensor).
+    """Static QDQ quantization calibrated on ``calibration``: int8 weights (symmetric, per output channel) and
+    ``activations`` (per tensor): uint8 (asymmetric, for ONNX Runtime's CPU kernels), int8-symmetric (zero point
+    0, for TensorRT) or int8 (asymmetric: the old file, kept for ``tools/bench_onnx_int8.py``).
 
     ONNX Runtime's x86 integer kernels take uint8 activations. Given int8 ones, it converts each
     Quantize/DequantizeLinear pair to uint8 when it loads the model, but not a pair whose output feeds two
     nodes, as a max-pool's output feeding both a residual branch and its Add does: that pool, convolution
     and Add then ran in float between Dequantize and QuantizeLinear (README, "Export variants"). uint8
     activations are the same grid (int8 shifted by 128), and every node fuses into an integer kernel.
-    ``activations="int8"`` gives the old file (``tools/bench_onnx_int8.py`` compares the two).
+    TensorRT takes int8 Q/DQ with zero point 0 only (``tensorrt_int8_problems``) and float biases; a ReLU's
+    output then uses half the int8 range, and ONNX Runtime's quantizer keeps the ReLU nodes instead of
+    folding them into the ranges.
     """
-    if activations not in ("uint8", "int8"):
-        raise ValueError(f"activations must be uint8 or int8, got {activations!r}")
+    if activations not in ("uint8", "int8", "int8-symmetric"):
+        raise ValueError(f"activations must be uint8, int8 or int8-symmetric, got {activations!r}")
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -93,6 +104,7 @@ def quantize_int8(float_proto, calibration: np.ndarray, activations: str = "uint
             x = next(self.it, None)
             return None if x is None else {INPUT_NAME: x}
 
+    symmetric = activations == "int8-symmetric"
     with tempfile.TemporaryDirectory(prefix="edgecnn-onnx-") as d:
         src, pre, out = Path(d) / "float.onnx", Path(d) / "pre.onnx", Path(d) / "int8.onnx"
         onnx.save(float_proto, str(src))
@@ -101,12 +113,52 @@ def quantize_int8(float_proto, calibration: np.ndarray, activations: str = "uint
                 quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
                 quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
-                                weight_type=QuantType.QInt8)
+                                weight_type=QuantType.QInt8,
+                                extra_options=TENSORRT_OPTIONS if symmetric else None)
         except Exception as exc:
             raise EdgeCNNError(f"ONNX int8 quantization failed: {first_line(exc)}") from None
         proto = onnx.load(str(out))
     proto.producer_name = "edgecnn (onnxruntime.quantization)"
     return proto
+
+
+def tensorrt_int8_problems(proto) -> list[str] | None:
+    """Why TensorRT cannot build this QDQ model as int8: [] when it can, None for a model without Q/DQ nodes.
+
+    TensorRT's explicit quantization takes QuantizeLinear/DequantizeLinear in int8 with zero point 0 only
+    (symmetric; an int32 bias is not int8 either), and weights in -127..127. A node it cannot take runs
+    outside its engine.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    qdq = [n for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    if not qdq:
+        return None
+    unsigned = nonzero = unknown = wide = 0
+    for n in qdq:
+        zp = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if len(n.input) > 2 and n.input[2] and zp is None:
+            unknown += 1  # a zero point computed in the graph: cannot tell
+            continue
+        if zp is None or zp.data_type != TensorProto.INT8:  # no zero point: uint8 by the ONNX spec
+            unsigned += 1
+        if zp is not None and np.any(numpy_helper.to_array(zp) != 0):
+            nonzero += 1
+        w = inits.get(n.input[0]) if n.op_type == "DequantizeLinear" else None
+        if w is not None and w.data_type == TensorProto.INT8 and len(w.dims) > 1 \
+                and np.any(numpy_helper.to_array(w) == -128):
+            wide += 1
+    problems = []
+    if unsigned:
+        problems.append(f"{unsigned} of {len(qdq)} Quantize/DequantizeLinear nodes are not int8")
+    if nonzero:
+        problems.append(f"{nonzero} have a zero point other than 0")
+    if unknown:
+        problems.append(f"{unknown} take a zero point computed in the graph")
+    if wide:
+        problems.append(f"{wide} weight tensors use -128")
+    return problems
 
 
 GRID_TOLERANCE = 1e-3  # |w / scale - round(w / scale)| allowed: float32 round-off of weights already on the grid

@@ -64,6 +64,29 @@ def _reason(log_lines: list[str], provider: str) -> str:
     return f"{provider} unavailable (ONNX Runtime fell back to CPU)"
 
 
+def providers_for(device: str, path: Path) -> list:
+    """ONNX Runtime's provider list for ``device``. TensorRT builds a Q/DQ model only with its int8 mode on
+    (no calibration table: the scales are in the file); otherwise it fails to build the engine."""
+    wanted = list(PROVIDERS[device])
+    if device == "tensorrt" and has_qdq(path):
+        wanted[0] = (wanted[0], {"trt_int8_enable": True})
+    return wanted
+
+
+def graph_nodes(path: Path) -> list:
+    """The nodes of an ONNX file's main graph ([] when it cannot be read)."""
+    import onnx
+
+    try:
+        return list(onnx.load(str(path), load_external_data=False).graph.node)
+    except Exception:
+        return []
+
+
+def has_qdq(path: Path) -> bool:
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph_nodes(path))
+
+
 class OnnxRunner(Runner):
     format = "onnx"
     runtime = "onnxruntime"
@@ -88,7 +111,8 @@ class OnnxRunner(Runner):
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
             with capture_fd2() as log:
-                self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=wanted)
+                self.session = ort.InferenceSession(str(self.path), sess_options=opts,
+                                                    providers=providers_for(device, self.path))
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise EdgeCNNError(f"{self.path}: ONNX Runtime cannot load the model ({first_line(exc, 200)})") from None
         self.providers = self.session.get_providers()
@@ -113,14 +137,25 @@ class OnnxRunner(Runner):
         import onnxruntime as ort
 
         note = None
-        if self.device != "cpu" and any(n.op_type in ("QLinearConv", "QuantizeLinear") for n in self._nodes()):
+        quantized = any(n.op_type in ("QLinearConv", "QuantizeLinear") for n in graph_nodes(self.path))
+        if self.device == "cuda" and quantized:
             note = "quantized convolutions fall back to the CPU provider on CUDA"
+        elif self.device == "tensorrt":
+            note = tensorrt_note(self.path)
         return super().info() | {"providers": self.providers, "version": ort.__version__, "note": note}
 
-    def _nodes(self):
-        import onnx
 
-        try:
-            return onnx.load(str(self.path), load_external_data=False).graph.node
-        except Exception:
-            return []
+def tensorrt_note(path: Path) -> str | None:
+    """What the benchmark's TensorRT row of ``path`` should say when TensorRT cannot build its Q/DQ nodes as int8."""
+    import onnx
+
+    from edgecnn.export.onnx import tensorrt_int8_problems
+
+    try:
+        problems = tensorrt_int8_problems(onnx.load(str(path), load_external_data=False))
+    except Exception:
+        return None
+    if not problems:
+        return None
+    return ("not a TensorRT int8 file (" + "; ".join(problems) + "): those nodes run outside the TensorRT "
+            "engine; export with --onnx-target tensorrt")

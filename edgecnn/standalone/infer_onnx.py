@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Classify images with model_float32.onnx or model_int8.onnx using only ONNX Runtime, numpy and Pillow.
 
-    pip install onnxruntime numpy pillow
+    pip install onnxruntime numpy pillow   # and pillow-heif for HEIC photos
     python infer_onnx.py model_int8.onnx photo.jpg [more.jpg ...]
 
 Written by edgecnn beside the exports; needs neither TensorFlow nor edgecnn.
@@ -15,11 +15,18 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, ImageOps, JpegImagePlugin
 
+try:  # HEIC/HEIF photos, as edgecnn reads them (pip install pillow-heif)
+    import pillow_heif
 
-def preprocess(path, height, width, channels):
+    pillow_heif.register_heif_opener()
+except ImportError:
+    pass
+
+
+def preprocess(path, height, width, channels, crop=False):
     """Exactly what training did: a large JPEG decoded at a reduced scale (Pillow draft) no smaller than
     twice the input, EXIF orientation applied, 16-bit grayscale scaled to 8 bits, RGB (or L), bilinear
-    resize of the whole image, uint8 0..255."""
+    resize of the whole image (``crop``: of its centre, cut to the input's aspect ratio), uint8 0..255."""
     with Image.open(path) as img:
         if isinstance(img, JpegImagePlugin.JpegImageFile):
             side = 2 * max(height, width)
@@ -31,6 +38,13 @@ def preprocess(path, height, width, channels):
         if img.mode.startswith("I"):  # 16-bit grayscale: 0..65535 to 0..255
             img = Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
         img = img.convert("L" if channels == 1 else "RGB")
+        if crop:  # cut the centre to the input's aspect ratio, in whole pixels
+            if img.width * height > img.height * width:
+                w = round(img.height * width / height)
+                img = img.crop(((img.width - w) // 2, 0, (img.width - w) // 2 + w, img.height))
+            else:
+                h = round(img.width * height / width)
+                img = img.crop((0, (img.height - h) // 2, img.width, (img.height - h) // 2 + h))
         if img.size != (width, height):
             img = img.resize((width, height), Image.BILINEAR)
         x = np.asarray(img, dtype=np.uint8)
@@ -41,12 +55,13 @@ def main(model_path, images, top_k=3):
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
     labels_file = Path(model_path).parent / "labels.json"
-    labels = json.loads(meta["class_names"]) if "class_names" in meta else \
-        json.loads(labels_file.read_text())["class_names"]
+    info = json.loads(labels_file.read_text()) if labels_file.is_file() else {}
+    labels = json.loads(meta["class_names"]) if "class_names" in meta else info["class_names"]
+    crop = "crop" in json.loads(meta.get("input", "{}")).get("resize", info.get("input", {}).get("resize", ""))
     inp = session.get_inputs()[0]
     _, h, w, c = inp.shape
     for path in images:
-        x = preprocess(path, h, w, c).astype(np.float32)  # the model divides by 255 itself
+        x = preprocess(path, h, w, c, crop).astype(np.float32)  # the model divides by 255 itself
         y = session.run(None, {inp.name: x})[0][0]
         best = np.argsort(-y)[:top_k]
         print(f"{path}: " + ", ".join(f"{labels[i]} {y[i]:.3f}" for i in best))

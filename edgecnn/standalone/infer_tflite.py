@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Classify images with model_int8.tflite (or any edgecnn .tflite) using only LiteRT, numpy and Pillow.
 
-    pip install ai-edge-litert numpy pillow
+    pip install ai-edge-litert numpy pillow   # and pillow-heif for HEIC photos
     python infer_tflite.py model_int8.tflite photo.jpg [more.jpg ...]
 
 Written by edgecnn beside the exports; needs neither TensorFlow nor edgecnn.
@@ -13,13 +13,20 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin
+
+try:  # HEIC/HEIF photos, as edgecnn reads them (pip install pillow-heif)
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:
+    pass
 from ai_edge_litert.interpreter import Interpreter
 
 
-def preprocess(path, height, width, channels):
+def preprocess(path, height, width, channels, crop=False):
     """Exactly what training did: a large JPEG decoded at a reduced scale (Pillow draft) no smaller than
     twice the input, EXIF orientation applied, 16-bit grayscale scaled to 8 bits, RGB (or L), bilinear
-    resize of the whole image, uint8 0..255."""
+    resize of the whole image (``crop``: of its centre, cut to the input's aspect ratio), uint8 0..255."""
     with Image.open(path) as img:
         if isinstance(img, JpegImagePlugin.JpegImageFile):
             side = 2 * max(height, width)
@@ -31,6 +38,13 @@ def preprocess(path, height, width, channels):
         if img.mode.startswith("I"):  # 16-bit grayscale: 0..65535 to 0..255
             img = Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
         img = img.convert("L" if channels == 1 else "RGB")
+        if crop:  # cut the centre to the input's aspect ratio, in whole pixels
+            if img.width * height > img.height * width:
+                w = round(img.height * width / height)
+                img = img.crop(((img.width - w) // 2, 0, (img.width - w) // 2 + w, img.height))
+            else:
+                h = round(img.width * height / width)
+                img = img.crop((0, (img.height - h) // 2, img.width, (img.height - h) // 2 + h))
         if img.size != (width, height):
             img = img.resize((width, height), Image.BILINEAR)
         x = np.asarray(img, dtype=np.uint8)
@@ -38,13 +52,15 @@ def preprocess(path, height, width, channels):
 
 
 def main(model_path, images, top_k=3):
-    labels = json.loads((Path(model_path).parent / "labels.json").read_text())["class_names"]
+    info = json.loads((Path(model_path).parent / "labels.json").read_text())
+    labels = info["class_names"]
+    crop = "crop" in info.get("input", {}).get("resize", "")  # how training made images fit
     it = Interpreter(model_path=str(model_path))
     it.allocate_tensors()
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     _, h, w, c = inp["shape"]
     for path in images:
-        x = preprocess(path, h, w, c).astype(np.float32)
+        x = preprocess(path, h, w, c, crop).astype(np.float32)
         if inp["dtype"] in (np.uint8, np.int8):  # integer input: quantize the raw pixels
             scale, zero = inp["quantization"]
             info = np.iinfo(inp["dtype"])
