@@ -1,5 +1,6 @@
 # edgecnn on NVIDIA GPUs: TensorFlow (CUDA 12 wheels via tensorflow[and-cuda]) for training,
-# onnxruntime-gpu (CUDA 13 + cuDNN 9 from this base image) for the ONNX CUDA/TensorRT rows.
+# onnxruntime-gpu (CUDA 13 + cuDNN 9 from this base image) for the ONNX CUDA/TensorRT rows,
+# pillow-heif for HEIC photos.
 # Build:  docker build -t edgecnn .
 # Run:    docker run --gpus all --rm -v "$PWD/runs:/work/runs" edgecnn run --data cifar10
 FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
@@ -24,7 +25,7 @@ COPY edgecnn ./edgecnn
 # The project's own dependency ranges live in pyproject.toml.
 # hadolint ignore=DL3013
 RUN pip install "pip==25.3" \
-    && pip install ".[gpu]"
+    && pip install ".[gpu,heic]"
 
 RUN useradd --create-home --uid 1000 edge \
     && mkdir -p /work/runs \

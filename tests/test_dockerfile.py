@@ -28,7 +28,7 @@ def test_dockerfile_structure():
     users = [v for k, v in ins if k == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
     assert any(k == "VOLUME" and "/work/runs" in v for k, v in ins)
-    assert any(k == "RUN" and 'pip install ".[gpu]"' in v for k, v in ins)
+    assert any(k == "RUN" and 'pip install ".[gpu,heic]"' in v for k, v in ins)
 
 
 @pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint not installed (dev extra, Linux x86_64)")
