@@ -74,9 +74,10 @@ def train(
                                       "annealed. --epochs is then the most it may run. 0: off."),
     seed: int = typer.Option(0, help="Random seed (data split, init, shuffling)."),
     image_size: Optional[int] = typer.Option(None, help="Resize images to SIZE x SIZE (default: native, or 32)."),
-    resize: str = typer.Option("squash", help="Images of another shape: squash (the whole image, stretched) or "
-                               "crop (the centre, cut to the input's aspect ratio, then resized). predict, the "
-                               "standalone scripts and every other command follow the run."),
+    resize: str = typer.Option("squash", help="Images of another shape: squash (the whole image, stretched), "
+                               "crop (the centre, cut to the input's aspect ratio, then resized) or pad (the whole "
+                               "image scaled to fit, centred on black: letterbox). predict, the standalone "
+                               "scripts and every other command follow the run."),
     channels: int = typer.Option(3, help="3 (RGB) or 1 (grayscale)."),
     val_split: float = typer.Option(0.1, help="Validation fraction when the data has no val split."),
     test_split: float = typer.Option(0.1, help="Test fraction when an image folder has no split."),
@@ -153,8 +154,8 @@ def import_cmd(
     class_names: Optional[str] = typer.Option(None, help="Comma list in the model's output order (default: the "
                                               "data's classes, sorted, as Keras' image_dataset_from_directory)."),
     image_size: Optional[int] = typer.Option(None, help="Input size, for models that take any size."),
-    resize: str = typer.Option("squash", help="How the data's images fit the model: squash or crop (as for "
-                               "train; say how the model was trained)."),
+    resize: str = typer.Option("squash", help="How the data's images fit the model: squash, crop or pad (as "
+                               "for train; say how the model was trained)."),
     val_split: float = typer.Option(0.1, help="Validation fraction when the data has no val split."),
     test_split: float = typer.Option(0.1, help="Test fraction when an image folder has no split."),
     seed: int = typer.Option(0, help="Seed of the data split."),
@@ -398,7 +399,7 @@ def sweep_cmd(
     lr: float = typer.Option(5e-3, help="Peak learning rate."),
     augment: str = typer.Option("light", help="Augmentation (as for train)."),
     image_size: Optional[int] = typer.Option(None, help="Resize images (as for train)."),
-    resize: str = typer.Option("squash", help="squash or crop (as for train)."),
+    resize: str = typer.Option("squash", help="squash, crop or pad (as for train)."),
     seed: int = typer.Option(0, help="Seed (the same for every candidate)."),
     sweeps_dir: str = typer.Option("sweeps", help="Folder holding sweeps."),
 ):

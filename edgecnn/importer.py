@@ -46,7 +46,7 @@ class ImportConfig:
     test_split: float = 0.1
     seed: int = 0
     skip_bad_images: bool = False
-    resize: str = "squash"  # how the data's images fit the model: squash, or crop the centre first
+    resize: str = "squash"  # how the data's images fit the model: squash, crop the centre first, or pad
     name: str | None = None
     runs_dir: str = "runs"
 

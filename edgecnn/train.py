@@ -70,7 +70,7 @@ class TrainConfig:
     val_split: float = 0.1
     test_split: float = 0.1
     skip_bad_images: bool = False
-    resize: str = "squash"  # images of another shape: squash them whole, or crop the centre first
+    resize: str = "squash"  # images of another shape: squash them whole, crop the centre first, or pad (letterbox)
     device: str = "auto"
     precision: str = "auto"
     cpu_replicas: int = 1

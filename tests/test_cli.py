@@ -224,10 +224,12 @@ def test_error_lines_quote_a_library_error_by_its_first_line():
     assert short_list(list("abcdef"), 3) == "a, b, c and 3 more" and short_list(["a"]) == "a"
 
 
-def test_a_run_trained_with_crop_is_cropped_by_predict_and_the_standalone_scripts(capsys, tmp_path):
-    """train --resize crop records bilinear-center-crop in labels.json (and the ONNX metadata); predict and
-    both standalone scripts then cut the centre of a wide photo as training did, so they give the Keras
-    model's probabilities on the cropped image, not on the squashed one."""
+@pytest.mark.parametrize("mode,recorded", [("crop", "bilinear-center-crop"), ("pad", "bilinear-letterbox-black")])
+def test_a_run_trained_with_crop_or_pad_is_fitted_so_by_predict_and_the_standalone_scripts(capsys, tmp_path, mode,
+                                                                                          recorded):
+    """train --resize crop (pad) records its name in labels.json (and the ONNX metadata); predict and both
+    standalone scripts then cut the centre of a wide photo (letterbox it) as training did, so they give the
+    Keras model's probabilities on that image, not on the squashed one."""
     from PIL import Image
 
     from edgecnn.data.images import load_image
@@ -243,28 +245,28 @@ def test_a_run_trained_with_crop_is_cropped_by_predict_and_the_standalone_script
             arr[:, 12:24] = np.roll((230, 20, 20), k)
             (root / cls).mkdir(parents=True, exist_ok=True)
             Image.fromarray(arr).save(root / cls / f"{j}.png")
-    run = train(TrainConfig(data=str(root), image_size=12, resize="crop", arch="C: 4n p 8n gap", epochs=2,
+    run = train(TrainConfig(data=str(root), image_size=12, resize=mode, arch="C: 4n p 8n gap", epochs=2,
                             batch_size=16, augment="none", runs_dir=str(tmp_path / "runs")), log=lambda m: None)
-    assert json.loads((run / "labels.json").read_text())["input"]["resize"] == "bilinear-center-crop"
+    assert json.loads((run / "labels.json").read_text())["input"]["resize"] == recorded
     export(ExportConfig(run=str(run), formats="all", verify_samples=16, calib_samples=32), log=lambda m: None)
     photo = tmp_path / "photo.png"
     arr = rng.integers(0, 256, (30, 90, 3), dtype=np.uint8)
     arr[:, 30:60] = (20, 20, 230)
     Image.fromarray(arr).save(photo)
     core = load_keras(run / "model.keras")
-    cropped, squashed = (core.predict(load_image(photo, 12, 3, mode)[None].astype(np.float32), verbose=0)[0]
-                         for mode in ("crop", "squash"))
-    assert np.abs(cropped - squashed).max() > 1e-3, "the test image must tell the two apart"
+    fitted, squashed = (core.predict(load_image(photo, 12, 3, m)[None].astype(np.float32), verbose=0)[0]
+                         for m in (mode, "squash"))
+    assert np.abs(fitted - squashed).max() > 1e-3, "the test image must tell the two apart"
     capsys.readouterr()  # training's epoch lines
     code, out, err = run_main(capsys, "predict", str(run), str(photo), "--json", "--top-k", "3")
     assert code == 0, err
     got = {t["class"]: t["probability"] for t in json.loads(out)["results"][0]["top"]}
     names = json.loads((run / "labels.json").read_text())["class_names"]
-    np.testing.assert_allclose([got[n] for n in names], cropped, atol=1e-5)
+    np.testing.assert_allclose([got[n] for n in names], fitted, atol=1e-5)
     for script, model in (("infer_tflite.py", "model_float32.tflite"), ("infer_onnx.py", "model_float32.onnx")):
         res = subprocess.run([sys.executable, "-c", NO_TF_BLOCK, str(run / "exports" / script),
                               str(run / "exports" / model), str(photo)], capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, res.stderr[-2000:]
         first = res.stdout.split(": ")[1].split(",")[0].split()
-        best = int(np.argmax(cropped))
-        assert first == [names[best], f"{cropped[best]:.3f}"], (script, res.stdout)
+        best = int(np.argmax(fitted))
+        assert first == [names[best], f"{fitted[best]:.3f}"], (script, res.stdout)

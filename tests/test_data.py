@@ -56,10 +56,10 @@ def _thirds(path: Path, size: tuple[int, int], colors) -> Path:
     return path
 
 
-def test_crop_resize_keeps_the_centre_and_squash_the_whole_image(tmp_path):
+def test_crop_resize_keeps_the_centre_squash_the_whole_image_and_pad_letterboxes_it(tmp_path):
     """--resize crop cuts the centre to the input's aspect ratio before resizing: a 48x16 image of red, green
-    and blue thirds becomes all green; squash keeps all three. Folder loads follow the mode (and cache it
-    apart), and the arrays of an .npz are cut the same way."""
+    and blue thirds becomes all green; squash keeps all three; pad scales it to fit inside, on black bands.
+    Folder loads follow the mode (and cache it apart), and the arrays of an .npz are fitted the same way."""
     from edgecnn.data.images import load_image
 
     red, green, blue = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -70,6 +70,10 @@ def test_crop_resize_keeps_the_centre_and_squash_the_whole_image(tmp_path):
         squash = load_image(f, 8, 3)
         corner = squash[0, 0] if size[0] > size[1] else squash[0, 3]
         assert tuple(corner) == red and tuple(squash[-1, -1]) == blue
+        pad = load_image(f, 8, 3, "pad")  # scaled to 8x3 (or 3x8), on black rows 2..4 (or columns)
+        band = pad if size[0] > size[1] else pad.transpose(1, 0, 2)
+        assert not band[:2].any() and not band[5:].any(), band.max(axis=(1, 2))
+        assert tuple(band[3, 0]) == red and tuple(band[3, -1]) == blue, band[3]
     root = tmp_path / "folder"
     for cls, colors in (("g", (red, green, blue)), ("b", (green, blue, red))):
         for j in range(10):
@@ -80,10 +84,14 @@ def test_crop_resize_keeps_the_centre_and_squash_the_whole_image(tmp_path):
     assert centre == {"g": green, "b": blue}
     assert all(len(set(map(tuple, x.reshape(-1, 3)))) == 1 for x in by_crop.x_train), "one colour each"
     assert all(len(set(map(tuple, x.reshape(-1, 3)))) >= 3 for x in by_squash.x_train), "all three bands"
+    by_pad = data.load(str(root), image_size=8, resize="pad", val_split=0.0, test_split=0.2)
+    assert all(not x[:2].any() and x[3].any() for x in by_pad.x_train), "black bands above and below"
     wide = np.zeros((6, 8, 24, 3), np.uint8)
     wide[:, :, 8:16] = green
     np.savez(tmp_path / "wide.npz", x_train=wide, y_train=np.arange(6) % 2, x_test=wide[:2], y_test=np.arange(2))
     assert (data.load(str(tmp_path / "wide.npz"), image_size=8, resize="crop").x_test == green).all()
+    padded = data.load(str(tmp_path / "wide.npz"), image_size=8, resize="pad").x_test
+    assert not padded[:, :2].any() and not padded[:, 5:].any() and (padded[:, 3, 3:5] == green).all()
     with pytest.raises(EdgeCNNError, match="--resize must be one of squash, crop"):
         data.load(str(root), resize="fit")
 

@@ -70,22 +70,18 @@ def stratified_split(y: np.ndarray, fractions: tuple[float, ...], seed: int) -> 
 
 
 def _convert(x: np.ndarray, image_size: int | None, channels: int, resize: str = "squash") -> np.ndarray:
-    """Resize/convert already-decoded images exactly like files are (Pillow, bilinear, squashed or cropped)."""
+    """Resize/convert already-decoded images exactly like files are (Pillow, bilinear, squash/crop/pad)."""
     if (image_size is None or x.shape[1:3] == (image_size, image_size)) and x.shape[-1] == channels:
         return x
     from PIL import Image
 
-    from edgecnn.data.images import crop_box
+    from edgecnn.data.images import fit_image
 
     size = image_size or x.shape[1]
     out = np.empty((len(x), size, size, channels), dtype=np.uint8)
     for i, img in enumerate(x):
         im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-        im = im.convert("L" if channels == 1 else "RGB")
-        if resize == "crop":
-            im = im.crop(crop_box(im.width, im.height, size, size))
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
+        im = fit_image(im.convert("L" if channels == 1 else "RGB"), size, size, resize)
         out[i] = np.asarray(im, dtype=np.uint8).reshape(size, size, channels)
     return out
 
@@ -110,7 +106,7 @@ def load(
 ) -> Dataset:
     """Load ``source`` into a Dataset. Raises EdgeCNNError with one clear line on bad input.
 
-    ``resize``: how images of another shape are made to fit (squash, or crop the centre first)."""
+    ``resize``: how images of another shape are made to fit (squash, crop the centre first, or pad)."""
     from edgecnn.data.images import check_resize
 
     _check_split_args(val_split, test_split)

@@ -22,10 +22,11 @@ MAX_HEIF_PIXELS = 64_000_000  # a 48-megapixel iPhone HEIC (8064x6048) decodes w
 # scaling, Pillow's draft), never below this multiple, as Pillow's own thumbnail() does; the bilinear resize
 # to the input follows. Measured on a 4032x3024 photo to 32x32: 4x faster, pixels within 1 of a full decode.
 REDUCING_GAP = 2
-# How images are made to fit the model (--resize): the whole image squashed to the input's shape, or its
-# centre cropped to the input's aspect ratio first. labels.json records the name on the right; predict,
-# evaluate, export and the standalone scripts resize as the run was trained.
-RESIZE_MODES = {"squash": "bilinear-squash", "crop": "bilinear-center-crop"}
+# How images are made to fit the model (--resize): the whole image squashed to the input's shape, its
+# centre cropped to the input's aspect ratio first, or the whole image scaled to fit inside and centred on
+# black (letterbox). labels.json records the name on the right; predict, evaluate, export and the standalone
+# scripts resize as the run was trained.
+RESIZE_MODES = {"squash": "bilinear-squash", "crop": "bilinear-center-crop", "pad": "bilinear-letterbox-black"}
 DECODE = (f"first frame of animated GIFs and multi-page TIFFs; EXIF orientation applied; 16-bit grayscale scaled to 8 bits (/257); a JPEG at least {REDUCING_GAP}x the input decodes at 1/2-1/8 scale "
           f"(Pillow draft) down to no less than {REDUCING_GAP}x the input, then the bilinear resize")
 
@@ -55,6 +56,36 @@ def crop_box(width: int, height: int, out_width: int, out_height: int) -> tuple[
     return (0, (height - h) // 2, width, (height - h) // 2 + h)
 
 
+def letterbox_box(width: int, height: int, out_width: int, out_height: int) -> tuple[int, int, int, int]:
+    """Where (left, top, right, bottom) a width x height image lands, scaled to fit inside the output with
+    its aspect ratio kept, in whole pixels, centred; the rest of the output is black."""
+    if width * out_height > height * out_width:  # wider than the output: bands above and below
+        h = max(1, round(height * out_width / width))
+        return (0, (out_height - h) // 2, out_width, (out_height - h) // 2 + h)
+    w = max(1, round(width * out_height / height))
+    return ((out_width - w) // 2, 0, (out_width - w) // 2 + w, out_height)
+
+
+def fit_image(img, width: int, height: int, resize: str = "squash"):
+    """A Pillow image resized (bilinear) to width x height as ``resize`` says: squash the whole image, crop
+    its centre to the output's aspect ratio first, or pad (letterbox) it on black."""
+    from PIL import Image
+
+    if resize == "crop":
+        img = img.crop(crop_box(img.width, img.height, width, height))
+    elif resize == "pad":
+        left, top, right, bottom = letterbox_box(img.width, img.height, width, height)
+        if (right - left, bottom - top) != img.size:
+            img = img.resize((right - left, bottom - top), Image.BILINEAR)
+        if img.size != (width, height):
+            canvas = Image.new(img.mode, (width, height))  # zeros: black
+            canvas.paste(img, (left, top))
+            img = canvas
+    if img.size != (width, height):
+        img = img.resize((width, height), Image.BILINEAR)
+    return img
+
+
 @functools.cache
 def heif_available() -> bool:
     """Register pillow-heif's HEIC/HEIF opener with Pillow; False when it is not installed."""
@@ -73,7 +104,7 @@ def is_image_file(path: Path) -> bool:
 def load_image(path: str | Path, image_size: int | tuple[int, int], channels: int = 3,
                resize: str = "squash") -> np.ndarray:
     """Decode ``path`` to a uint8 array (H, W, channels), resized exactly as training does (``resize``:
-    squash the whole image, or crop its centre to the output's aspect ratio first).
+    squash, crop or pad; see fit_image).
 
     Raises ImageError naming the file for anything Pillow cannot decode completely
     (missing, truncated, corrupt, not an image, or over MAX_PIXELS).
@@ -105,10 +136,7 @@ def load_image(path: str | Path, image_size: int | tuple[int, int], channels: in
                     img = Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257).clip(0, 255)
                                           .astype(np.uint8))
                 img = img.convert("L" if channels == 1 else "RGB")
-                if resize == "crop":
-                    img = img.crop(crop_box(img.width, img.height, size[1], size[0]))
-                if img.size != (size[1], size[0]):
-                    img = img.resize((size[1], size[0]), Image.BILINEAR)
+                img = fit_image(img, size[1], size[0], resize)
                 arr = np.asarray(img, dtype=np.uint8)
     except ImageError:
         raise

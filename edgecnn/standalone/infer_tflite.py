@@ -23,10 +23,11 @@ except ImportError:
 from ai_edge_litert.interpreter import Interpreter
 
 
-def preprocess(path, height, width, channels, crop=False):
+def preprocess(path, height, width, channels, fit="squash"):
     """Exactly what training did: a large JPEG decoded at a reduced scale (Pillow draft) no smaller than
     twice the input, EXIF orientation applied, 16-bit grayscale scaled to 8 bits, RGB (or L), bilinear
-    resize of the whole image (``crop``: of its centre, cut to the input's aspect ratio), uint8 0..255."""
+    resize of the whole image (``fit`` "crop": of its centre, cut to the input's aspect ratio; "pad": scaled
+    to fit inside, aspect ratio kept, centred on black), uint8 0..255."""
     with Image.open(path) as img:
         if isinstance(img, JpegImagePlugin.JpegImageFile):
             side = 2 * max(height, width)
@@ -38,29 +39,45 @@ def preprocess(path, height, width, channels, crop=False):
         if img.mode.startswith("I"):  # 16-bit grayscale: 0..65535 to 0..255
             img = Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
         img = img.convert("L" if channels == 1 else "RGB")
-        if crop:  # cut the centre to the input's aspect ratio, in whole pixels
+        if fit == "crop":  # cut the centre to the input's aspect ratio, in whole pixels
             if img.width * height > img.height * width:
                 w = round(img.height * width / height)
                 img = img.crop(((img.width - w) // 2, 0, (img.width - w) // 2 + w, img.height))
             else:
                 h = round(img.width * height / width)
                 img = img.crop((0, (img.height - h) // 2, img.width, (img.height - h) // 2 + h))
+        elif fit == "pad":  # scale to fit inside (whole pixels), centre on black
+            if img.width * height > img.height * width:
+                w, h = width, max(1, round(img.height * width / img.width))
+            else:
+                w, h = max(1, round(img.width * height / img.height)), height
+            if img.size != (w, h):
+                img = img.resize((w, h), Image.BILINEAR)
+            if (w, h) != (width, height):
+                canvas = Image.new(img.mode, (width, height))
+                canvas.paste(img, ((width - w) // 2, (height - h) // 2))
+                img = canvas
         if img.size != (width, height):
             img = img.resize((width, height), Image.BILINEAR)
         x = np.asarray(img, dtype=np.uint8)
     return x.reshape(1, height, width, channels)
 
 
+def fit_mode(recorded):
+    """squash, crop or pad from the resize name labels.json (or the ONNX metadata) records."""
+    return "crop" if "crop" in recorded else "pad" if "letterbox" in recorded else "squash"
+
+
 def main(model_path, images, top_k=3):
     info = json.loads((Path(model_path).parent / "labels.json").read_text())
     labels = info["class_names"]
-    crop = "crop" in info.get("input", {}).get("resize", "")  # how training made images fit
+    fit = fit_mode(info.get("input", {}).get("resize", ""))  # how training made images fit
     it = Interpreter(model_path=str(model_path))
     it.allocate_tensors()
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     _, h, w, c = inp["shape"]
     for path in images:
-        x = preprocess(path, h, w, c, crop).astype(np.float32)
+        x = preprocess(path, h, w, c, fit).astype(np.float32)
         if inp["dtype"] in (np.uint8, np.int8):  # integer input: quantize the raw pixels
             scale, zero = inp["quantization"]
             info = np.iinfo(inp["dtype"])
