@@ -42,13 +42,14 @@ def timer():
     return EpochTimer()
 
 
-def compiled(core, augment: tuple[str, ...], epochs: int, steps: int, label_smoothing=0.0, xla=False):
+def compiled(core, augment: tuple[str, ...], epochs: int, steps: int, label_smoothing=0.0, xla=False,
+             precision="float32"):
     """``core`` behind ``augment``, compiled with the training defaults' optimizer and schedule."""
     from edgecnn._tf import keras
 
     model = model_mod.build_train_model(core, augment)
     cfg = TrainConfig(epochs=epochs)
-    model.compile(optimizer=make_optimizer(cfg, make_schedule(cfg, steps), "float32"),
+    model.compile(optimizer=make_optimizer(cfg, make_schedule(cfg, steps), precision),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
                   metrics=["accuracy"], jit_compile=xla)
     return model

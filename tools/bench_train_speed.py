@@ -1,6 +1,7 @@
-"""Training throughput (images/s at batch 128) per architecture, with/without XLA and augmentation.
+"""Training throughput (images/s at batch 128) per architecture: with/without XLA, augmentation, bfloat16.
 
     python tools/bench_train_speed.py --data ../shared/data/cifar10-jpg.tar.gz [--images 5000] [--rounds 2]
+        [--archs basic,regularized,resnet8] [--variants default,xla,noaug,noaug-xla,bf16]
 
 Every measurement runs in its own process (one model per process: several models in one process
 disturbed each other's timings by up to 2x, depending on their order) that trains, as `edgecnn train`
@@ -24,14 +25,28 @@ import tempfile
 import time
 from pathlib import Path
 
-# (name, where the augmentation (flip + translate) runs, XLA asked for). Keras compiles no XLA step with
-# RandomTranslation in the model: it silently trains without XLA (`edgecnn train --xla` says so), so XLA
-# with augmentation runs the augmentation in the tf.data pipeline, outside the compiled step.
-VARIANTS = [("augment, no XLA (default)", "model", False), ("augment in tf.data, XLA", "data", True),
-            ("no augment, no XLA", "none", False), ("no augment, XLA", "none", True)]
+# key: (name, where the augmentation (flip + translate) runs, XLA asked for, precision). Keras compiles no
+# XLA step with RandomTranslation in the model: it silently trains without XLA (`edgecnn train --xla` says
+# so), so XLA with augmentation runs the augmentation in the tf.data pipeline, outside the compiled step.
+# mixed_bfloat16 (`--precision mixed_bfloat16`) computes in bfloat16 with float32 weights; CPUs with
+# native bfloat16 (AVX512-BF16, AMX) run its convolutions faster, others emulate it.
+VARIANTS = {"default": ("augment, no XLA (default)", "model", False, "float32"),
+            "xla": ("augment in tf.data, XLA", "data", True, "float32"),
+            "noaug": ("no augment, no XLA", "none", False, "float32"),
+            "noaug-xla": ("no augment, XLA", "none", True, "float32"),
+            "bf16": ("augment, no XLA, mixed_bfloat16", "model", False, "mixed_bfloat16")}
 
 
-def worker(npz: str, arch: str, augment: str, xla: bool, batch: int, epochs: int) -> None:
+def cpu_bf16() -> str:
+    """The CPU's native bfloat16 instructions, from Linux /proc/cpuinfo ("none" without; "?" elsewhere)."""
+    try:
+        flags = next((ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags")), [])
+    except OSError:
+        return "?"
+    return ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "none"
+
+
+def worker(npz: str, arch: str, augment: str, xla: bool, batch: int, epochs: int, precision: str) -> None:
     """Train ``arch`` on the arrays in ``npz`` for 1 + ``epochs`` epochs; print the timed epochs' seconds
     and whether the step really was XLA-compiled."""
     import numpy as np
@@ -44,21 +59,21 @@ def worker(npz: str, arch: str, augment: str, xla: bool, batch: int, epochs: int
     arrays = np.load(npz)
     x, y, n_classes = arrays["x"], arrays["y"], int(arrays["num_classes"])
     steps = math.ceil(len(x) / batch)
-    core = model_mod.build_core(arch, x.shape[1:], n_classes)
+    core = model_mod.build_core(arch, x.shape[1:], n_classes, dtype_policy=precision)
     names = model_mod.parse_augment("none" if augment == "none" else "light")
     data = make_dataset(x, y, n_classes, batch, True, 0, repeat=True)
     if augment == "data":
         aug = model_mod.build_augment(names, x.shape[1:])
         data = data.map(lambda a, b: (aug(a, training=True), b), num_parallel_calls=tf.data.AUTOTUNE)
-    model = compiled(core, names if augment == "model" else (), 1 + epochs, steps, xla=xla)
+    model = compiled(core, names if augment == "model" else (), 1 + epochs, steps, xla=xla, precision=precision)
     clock = timer()
     model.fit(data, epochs=1 + epochs, steps_per_epoch=steps, verbose=0, callbacks=[clock])
     print(json.dumps({"epochs": clock.epochs[1:], "xla": bool(model.jit_compile)}))
 
 
-def measure(npz: Path, arch: str, augment: str, xla: bool, batch: int, epochs: int) -> list[float]:
+def measure(npz: Path, arch: str, augment: str, xla: bool, batch: int, epochs: int, precision: str) -> list[float]:
     out = subprocess.run([sys.executable, __file__, "--worker", str(npz), arch, augment, str(int(xla)),
-                          str(batch), str(epochs)], capture_output=True, text=True)
+                          str(batch), str(epochs), precision], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"error: {arch} (augment {augment}, {'XLA' if xla else 'no XLA'}) failed: "
                          f"{out.stderr.strip().splitlines()[-1:]}")
@@ -69,9 +84,9 @@ def measure(npz: Path, arch: str, augment: str, xla: bool, batch: int, epochs: i
 
 
 def main() -> int:
-    if len(sys.argv) == 8 and sys.argv[1] == "--worker":
-        npz, arch, aug, xla, batch, epochs = sys.argv[2:]
-        worker(npz, arch, aug, xla == "1", int(batch), int(epochs))
+    if len(sys.argv) == 9 and sys.argv[1] == "--worker":
+        npz, arch, aug, xla, batch, epochs, precision = sys.argv[2:]
+        worker(npz, arch, aug, xla == "1", int(batch), int(epochs), precision)
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True)
@@ -80,9 +95,15 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="processes per variant, alternating")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--archs", default="basic,regularized,resnet8")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="which of " + ", ".join(VARIANTS) +
+                    " (the first is the one the others are compared with)")
     a = ap.parse_args()
     if min(a.images, a.epochs, a.rounds, a.batch_size) < 1:
         ap.error("--images, --epochs, --rounds and --batch-size must be at least 1")
+    keys = a.variants.split(",")
+    if not keys or any(k not in VARIANTS for k in keys) or len(set(keys)) != len(keys):
+        ap.error(f"--variants takes a comma list of {', '.join(VARIANTS)}, each once; got {a.variants!r}")
+    variants = [VARIANTS[k] for k in keys]
     import numpy as np
 
     from edgecnn import data as data_mod
@@ -96,12 +117,12 @@ def main() -> int:
         np.savez(npz, x=ds.x_train[: a.images], y=ds.y_train[: a.images], num_classes=ds.num_classes)
         n = min(a.images, full)
         for arch in a.archs.split(","):
-            times: dict[str, list[float]] = {name: [] for name, _, _ in VARIANTS}
+            times: dict[str, list[float]] = {v[0]: [] for v in variants}
             for r in range(a.rounds):
-                for name, aug, xla in VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]:
-                    times[name] += measure(npz, arch, aug, xla, a.batch_size, a.epochs)
-            base = statistics.median(times[VARIANTS[0][0]])
-            for name, _, _ in VARIANTS:
+                for name, aug, xla, precision in variants[r % len(variants):] + variants[: r % len(variants)]:
+                    times[name] += measure(npz, arch, aug, xla, a.batch_size, a.epochs, precision)
+            base = statistics.median(times[variants[0][0]])
+            for name, *_ in variants:
                 med = statistics.median(times[name])
                 rows.append(f"| {arch} | {name} | {n / med:.0f} | {full * med / n:.0f} | {base / med:.2f}x |")
     minutes = (time.time() - started) / 60
@@ -109,13 +130,17 @@ def main() -> int:
     print(f"Batch {a.batch_size}, {n:,} training images per timed epoch on one endless tf.data iterator (as "
           f"`edgecnn train`); each measurement in its own process: a warm-up epoch, then {a.epochs} timed epochs; "
           f"{a.rounds} processes per variant, run alternately in a rotating order; the median timed epoch is "
-          f"reported. AMD EPYC, 2 cores, no GPU. Reproduce with "
-          f"`python tools/bench_train_speed.py --data ../shared/data/cifar10-jpg.tar.gz` ({minutes:.0f} minutes here).\n")
+          f"reported. AMD EPYC, 2 cores (native bfloat16: {cpu_bf16()}), no GPU. Reproduce with "
+          f"`python tools/bench_train_speed.py --data ../shared/data/cifar10-jpg.tar.gz"
+          f"{'' if a.variants == ','.join(VARIANTS) else ' --variants ' + a.variants}"
+          f"{'' if a.archs == ap.get_default('archs') else ' --archs ' + a.archs}` ({minutes:.0f} minutes here).\n")
     print("Augmentation is flip + translation (`--augment light`). Keras compiles no XLA step with its "
           "RandomTranslation layer in the model and trains without XLA instead (`edgecnn train --xla` says so), "
           "so the XLA variant with augmentation runs it in the tf.data pipeline, outside the compiled step; "
-          "each measurement checks that Keras compiled its step as asked.\n")
-    print(f"| architecture | variant | images/s | s per {full:,}-image epoch | vs default |")
+          "each measurement checks that Keras compiled its step as asked. mixed_bfloat16 (`--precision "
+          "mixed_bfloat16`) computes in bfloat16 with float32 weights.\n")
+    print(f"| architecture | variant | images/s | s per {full:,}-image epoch | "
+          f"vs {'default' if keys[0] == 'default' else variants[0][0]} |")
     print("|---|---|---:|---:|---:|")
     print("\n".join(rows))
     return 0
