@@ -192,12 +192,9 @@ def _cuda_likely() -> bool:
 def machine() -> dict:
     from importlib import metadata
 
-    cpu = platform.processor() or ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from edgecnn.device import cpu_info
+
+    cpu = cpu_info()["name"]
     vers = {"python": platform.python_version()}
     for pkg in ("tensorflow", "keras", "ai-edge-litert", "onnxruntime-gpu", "onnxruntime", "onnx", "numpy"):
         try:

@@ -21,6 +21,26 @@ class DeviceSetup:
     description: str
 
 
+def cpu_info() -> dict:
+    """The CPU's model name and its native bfloat16 instructions (AVX512-BF16, AMX), from Linux
+    /proc/cpuinfo; elsewhere Python's platform name and an empty list. With native bfloat16,
+    ``--precision mixed_bfloat16`` runs convolutions faster on the CPU; without, TensorFlow emulates it."""
+    import platform
+
+    name, flags = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for ln in f:
+                if ln.startswith("model name"):
+                    name = ln.split(":", 1)[1].strip()
+                elif ln.startswith("flags"):
+                    flags = ln.split(":", 1)[1].split()
+                    break  # the first processor's flags follow its model name
+    except OSError:
+        pass
+    return {"name": name, "bfloat16": [f for f in ("avx512_bf16", "amx_bf16") if f in flags]}
+
+
 def _gpu_supports_fp16(gpus) -> bool:
     from edgecnn._tf import tf
 

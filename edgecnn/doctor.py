@@ -7,6 +7,7 @@ import os
 import platform
 from importlib import metadata
 
+from edgecnn.device import cpu_info
 from edgecnn.errors import first_line
 
 PACKAGES = ["tensorflow", "keras", "tf-keras", "tensorflow-model-optimization", "tf2onnx", "onnx",
@@ -20,14 +21,6 @@ def _version(pkg: str) -> str | None:
         return metadata.version(pkg)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), platform.machine())
-    except OSError:
-        return platform.processor() or platform.machine()
 
 
 def _lib_found(name: str) -> bool:
@@ -72,7 +65,9 @@ def _probe_onnx_providers() -> dict[str, str]:
 
 
 def collect() -> dict:
-    info: dict = {"python": platform.python_version(), "platform": platform.platform(), "cpu": _cpu(),
+    cpu = cpu_info()
+    info: dict = {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu["name"],
+                  "cpu_bfloat16": cpu["bfloat16"],
                   "cores": os.cpu_count(), "packages": {p: _version(p) for p in PACKAGES}}
     warnings = []
     if info["packages"]["onnxruntime"] and info["packages"]["onnxruntime-gpu"]:
@@ -103,7 +98,8 @@ def collect() -> dict:
 
 def format_text(info: dict) -> str:
     lines = [f"{'python':<31}{info['python']} on {info['platform']}",
-             f"{'cpu':<31}{info['cpu']} ({info['cores']} cores)"]
+             f"{'cpu':<31}{info['cpu']} ({info['cores']} cores; native bfloat16: "
+             f"{', '.join(info['cpu_bfloat16']) or 'none'})"]
     for p, v in info["packages"].items():
         lines.append(f"{p:<31}{v or 'not installed'}")
     lines.append(f"TensorFlow GPUs                {', '.join(info['tensorflow_gpus']) or 'none'}")

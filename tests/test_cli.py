@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,6 +183,9 @@ def test_doctor_reports_versions_and_providers(capsys):
     import importlib.util  # the micro extra (TFLite Micro check, --max-arena) is reported when installed
 
     assert bool(info["packages"]["tflite-micro"]) == (importlib.util.find_spec("tflite_micro") is not None)
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    assert info["cpu_bfloat16"] == [f for f in ("avx512_bf16", "amx_bf16") if f" {f}" in cpuinfo]
+    assert info["cpu"] and (not cpuinfo or info["cpu"] in cpuinfo)
     for prov, status in info["onnxruntime_providers"].items():
         if prov != "CPUExecutionProvider" and not info["tensorflow_gpus"]:
             assert status != "works" or prov == "AzureExecutionProvider"
