@@ -83,8 +83,9 @@ def train(
     test_split: float = typer.Option(0.1, help="Test fraction when an image folder has no split."),
     skip_bad_images: bool = typer.Option(False, help="Skip unreadable images (counted) instead of failing."),
     device: str = typer.Option("auto", help="auto, cpu or gpu."),
-    precision: str = typer.Option("auto", help="auto (mixed_float16 on tensor-core GPUs), float32, mixed_float16, "
-                                  "mixed_bfloat16."),
+    precision: str = typer.Option("auto", help="auto (mixed_float16 on tensor-core GPUs, else float32), float32, "
+                                  "mixed_float16, mixed_bfloat16 (faster on CPUs with native bfloat16: see "
+                                  "edgecnn doctor)."),
     cpu_replicas: int = typer.Option(1, help="Mirror over N logical CPU devices (tests the multi-GPU path)."),
     jit_compile: bool = typer.Option(False, "--xla/--no-xla", help="Compile the training step with XLA."),
     deterministic: bool = typer.Option(False, help="Deterministic TensorFlow ops (slower)."),

@@ -41,6 +41,14 @@ def cpu_info() -> dict:
     return {"name": name, "bfloat16": [f for f in ("avx512_bf16", "amx_bf16") if f in flags]}
 
 
+def precision_warning(precision: str, device: str, cpu_bfloat16: list[str]) -> str | None:
+    """A line for training with mixed_bfloat16 on a CPU that has no native bfloat16 (None otherwise)."""
+    if precision == "mixed_bfloat16" and device == "cpu" and not cpu_bfloat16:
+        return ("mixed_bfloat16 on a CPU without native bfloat16 (AVX512-BF16 or AMX; `edgecnn doctor` lists "
+                "them): TensorFlow emulates it, so it may train slower than float32 here")
+    return None
+
+
 def _gpu_supports_fp16(gpus) -> bool:
     from edgecnn._tf import tf
 

@@ -31,17 +31,26 @@ def test_training_writes_a_complete_run_directory(tiny_run):
     assert (tiny_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_mixed_precision_training_saves_a_float32_model(tmp_path):
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_training_saves_a_float32_model(tmp_path, precision):
+    from edgecnn.device import cpu_info, precision_warning
     from edgecnn.model import load_keras
 
+    lines = []
     run = train(TrainConfig(data="shapes:60", image_size=16, arch="C: 4n gap", epochs=1, batch_size=16,
-                            precision="mixed_float16", augment="flip", whiten=True, runs_dir=str(tmp_path)),
-                log=lambda m: None)
+                            precision=precision, augment="flip", whiten=True, runs_dir=str(tmp_path)),
+                log=lines.append)
     core = load_keras(run / "model.keras")
     assert all(w.dtype == "float32" for w in core.weights)
     assert core.get_layer("conv1").compute_dtype == "float32"
     assert not core.get_layer("conv1").trainable, "--whiten's convolution stays frozen in the float32 rebuild"
-    assert json.loads((run / "metrics.json").read_text())["precision"] == "mixed_float16"
+    assert json.loads((run / "metrics.json").read_text())["precision"] == precision
+    # bfloat16 without the CPU's own instructions is emulated: training says so (here, where it has them or not)
+    warned = any(ln.startswith("warning: mixed_bfloat16 on a CPU without native bfloat16") for ln in lines)
+    assert warned == (precision == "mixed_bfloat16" and not cpu_info()["bfloat16"])
+    assert precision_warning("mixed_bfloat16", "cpu", []) and not precision_warning("mixed_bfloat16", "cpu",
+                                                                                    ["avx512_bf16"])
+    assert not precision_warning("mixed_bfloat16", "gpu", []) and not precision_warning("float32", "cpu", [])
 
 
 def test_whiten_stays_frozen_through_training_and_into_the_saved_model(tmp_path):

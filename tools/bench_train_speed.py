@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -35,15 +36,6 @@ VARIANTS = {"default": ("augment, no XLA (default)", "model", False, "float32"),
             "noaug": ("no augment, no XLA", "none", False, "float32"),
             "noaug-xla": ("no augment, XLA", "none", True, "float32"),
             "bf16": ("augment, no XLA, mixed_bfloat16", "model", False, "mixed_bfloat16")}
-
-
-def cpu_bf16() -> str:
-    """The CPU's native bfloat16 instructions, from Linux /proc/cpuinfo ("none" without; "?" elsewhere)."""
-    try:
-        flags = next((ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags")), [])
-    except OSError:
-        return "?"
-    return ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "none"
 
 
 def worker(npz: str, arch: str, augment: str, xla: bool, batch: int, epochs: int, precision: str) -> None:
@@ -107,6 +99,7 @@ def main() -> int:
     import numpy as np
 
     from edgecnn import data as data_mod
+    from edgecnn.device import cpu_info
 
     started = time.time()
     ds = data_mod.load(a.data, val_split=0.02)
@@ -126,11 +119,13 @@ def main() -> int:
                 med = statistics.median(times[name])
                 rows.append(f"| {arch} | {name} | {n / med:.0f} | {full * med / n:.0f} | {base / med:.2f}x |")
     minutes = (time.time() - started) / 60
+    cpu = cpu_info()
     print("# Training throughput on CIFAR-10 (JPEG)\n")
     print(f"Batch {a.batch_size}, {n:,} training images per timed epoch on one endless tf.data iterator (as "
           f"`edgecnn train`); each measurement in its own process: a warm-up epoch, then {a.epochs} timed epochs; "
           f"{a.rounds} processes per variant, run alternately in a rotating order; the median timed epoch is "
-          f"reported. AMD EPYC, 2 cores (native bfloat16: {cpu_bf16()}), no GPU. Reproduce with "
+          f"reported. {cpu['name']}, {os.cpu_count()} cores (native bfloat16: {', '.join(cpu['bfloat16']) or 'none'}), "
+          f"no GPU. Reproduce with "
           f"`python tools/bench_train_speed.py --data ../shared/data/cifar10-jpg.tar.gz"
           f"{'' if a.variants == ','.join(VARIANTS) else ' --variants ' + a.variants}"
           f"{'' if a.archs == ap.get_default('archs') else ' --archs ' + a.archs}` ({minutes:.0f} minutes here).\n")
