@@ -315,7 +315,7 @@ def write_doc(b: Bench, stages: list[str], sweep: str | None, also: list[Path] =
 
 
 TRAIN_FLAGS = ("arch", "epochs", "batch_size", "optimizer", "lr", "schedule", "label_smoothing", "weight_decay",
-               "augment", "translate", "class_balance", "ema", "val_split", "time_budget", "keep", "seed")
+               "augment", "translate", "class_balance", "ema", "val_split", "time_budget", "keep", "seed", "precision")
 
 
 def _also_row(run: Path) -> str:
@@ -325,7 +325,8 @@ def _also_row(run: Path) -> str:
     cfg, m = load(run / "config.json") or {}, load(run / "metrics.json") or {}
     if cfg.get("arch_spec") and describe(parse(cfg.get("arch", ""))) != cfg["arch_spec"]:
         cfg["arch"] = cfg["arch_spec"]  # a preset name whose network has changed since: spell out the one used
-    defaults = {"time_budget": 0.0, "keep": "best", "translate": TRANSLATE, "seed": 0, "class_balance": "none", "ema": 0.0}
+    defaults = {"time_budget": 0.0, "keep": "best", "translate": TRANSLATE, "seed": 0, "class_balance": "none", "ema": 0.0,
+                "precision": "auto"}
     flags = " ".join(f"--{k.replace('_', '-')} {json.dumps(cfg[k]) if k == 'arch' else cfg[k]}" for k in TRAIN_FLAGS
                      if k in cfg and cfg[k] != defaults.get(k))
     flags += " --whiten" if cfg.get("whiten") else ""
@@ -482,15 +483,17 @@ def write_readme(b: Bench, stages: list[str], doc: Path, sweep: str | None, upda
                   "spread of the last three epochs' validation accuracy and its largest epoch-to-epoch fall.", "",
                   *_sweep(Path(sweep)), f"![int8 accuracy vs int8 size, Pareto front]({pareto.relative_to(ROOT)})", ""]
     captions = {
-        "train_speed.md": "**Training throughput** (batch 128, tf.data, one process per measurement, variants "
-                          "timed alternately; `python tools/bench_train_speed.py --data "
-                          "../shared/data/cifar10-jpg.tar.gz`, [docs/train_speed.md](docs/train_speed.md)). Without "
-                          "XLA (the default) is the fastest way to train here: real XLA, with augmentation (run in "
-                          "tf.data, since Keras compiles no XLA step with RandomTranslation in the model) or without, "
-                          "trained at 0.26-0.64x the default's speed. Leaving augmentation out is at most 1.19x faster "
-                          "(basic); differences near 10% are within this machine's noise (resnet8 and regularized ran "
-                          "faster with augmentation than without). Measured on a day the host ran at about half the "
-                          "speed of the preset runs above: compare ratios, not images/s, with them.",
+        "train_speed.md": "**Training throughput** (batch 128, tf.data, one process per measurement, variants timed "
+                          "alternately; `python tools/bench_train_speed.py --data ../shared/data/cifar10-jpg.tar.gz`, "
+                          "[docs/train_speed.md](docs/train_speed.md)). Without XLA (the default) is the fastest float32 way "
+                          "to train here: real XLA, with augmentation (run in tf.data, since Keras compiles no XLA step with "
+                          "RandomTranslation in the model) or without, trained at 0.28-0.76x the default's speed. Leaving "
+                          "augmentation out is at most 1.18x faster (resnet8); differences near 10% are within this machine's "
+                          "noise. `--precision mixed_bfloat16` (this CPU has native bfloat16, AVX512-BF16) trained 1.18-1.49x "
+                          "faster than float32; `resnet8` trained so for 84 epochs scored 85.17%, int8 TFLite "
+                          "85.07% (float32, same seed: 85.09%, 85.05%; docs/benchmarks.md row `r8-t2px-e84-bf16`). The presets and `--precision auto` stay float32 on the "
+                          "CPU: their documented runs are float32. Measured on a day the host ran at about half the speed of "
+                          "the preset runs above: compare ratios, not images/s, with them.",
         "epoch_start.md": "**Epoch starts** (the cifar10 network on the 49,000 training images; "
                           "`python tools/bench_epoch_start.py --data ../shared/data/cifar10-jpg.tar.gz`, "
                           "[docs/epoch_start.md](docs/epoch_start.md)). Training fits one endless, reshuffled "
