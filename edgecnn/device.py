@@ -21,10 +21,42 @@ class DeviceSetup:
     description: str
 
 
+# oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA, or DNNL_ before oneDNN 2) that leave out its bfloat16 instructions
+ISA_WITHOUT_BFLOAT16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def onednn_off(env=os.environ) -> str | None:
+    """``TF_ENABLE_ONEDNN_OPTS=0`` (or ``false``) as set, when it turns TensorFlow's oneDNN CPU kernels off for
+    Eigen's; None otherwise."""
+    value = env.get("TF_ENABLE_ONEDNN_OPTS", "").strip()
+    return f"TF_ENABLE_ONEDNN_OPTS={value}" if value.lower() in ("0", "false") else None
+
+
+def onednn_warning(env=os.environ) -> str | None:
+    """A line for training on the CPU with oneDNN turned off (None when it is on)."""
+    if setting := onednn_off(env):
+        return (f"{setting} turns TensorFlow's oneDNN kernels off: training on the CPU ran at 0.47-0.58x the "
+                "speed with it unset (docs/train_speed.md)")
+    return None
+
+
+def bfloat16_off(env=os.environ) -> str | None:
+    """The setting that keeps TensorFlow from the CPU's bfloat16 instructions: its oneDNN kernels turned
+    off (``TF_ENABLE_ONEDNN_OPTS=0``) or capped below them (``ONEDNN_MAX_CPU_ISA=AVX512_CORE``, ...);
+    None when nothing does."""
+    if setting := onednn_off(env):
+        return setting
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        if env.get(var, "").strip().upper() in ISA_WITHOUT_BFLOAT16:
+            return f"{var}={env[var].strip()}"
+    return None
+
+
 def cpu_info() -> dict:
-    """The CPU's model name and its native bfloat16 instructions (AVX512-BF16, AMX), from Linux
-    /proc/cpuinfo; elsewhere Python's platform name and an empty list. With native bfloat16,
-    ``--precision mixed_bfloat16`` runs convolutions faster on the CPU; without, TensorFlow emulates it."""
+    """The CPU's model name, its native bfloat16 instructions (AVX512-BF16, AMX; from Linux /proc/cpuinfo,
+    elsewhere Python's platform name and an empty list) and the setting, if any, that keeps TensorFlow
+    from them (``bfloat16_off``). With them, ``--precision mixed_bfloat16`` runs convolutions faster on
+    the CPU; without, TensorFlow emulates bfloat16, slower than float32 (docs/train_speed.md)."""
     import platform
 
     name, flags = platform.processor() or platform.machine(), []
@@ -38,15 +70,19 @@ def cpu_info() -> dict:
                     break  # the first processor's flags follow its model name
     except OSError:
         pass
-    return {"name": name, "bfloat16": [f for f in ("avx512_bf16", "amx_bf16") if f in flags]}
+    return {"name": name, "bfloat16": [f for f in ("avx512_bf16", "amx_bf16") if f in flags],
+            "bfloat16_off": bfloat16_off()}
 
 
-def precision_warning(precision: str, device: str, cpu_bfloat16: list[str]) -> str | None:
-    """A line for training with mixed_bfloat16 on a CPU that has no native bfloat16 (None otherwise)."""
-    if precision == "mixed_bfloat16" and device == "cpu" and not cpu_bfloat16:
-        return ("mixed_bfloat16 on a CPU without native bfloat16 (AVX512-BF16 or AMX; `edgecnn doctor` lists "
-                "them): TensorFlow emulates it, so it may train slower than float32 here")
-    return None
+def precision_warning(precision: str, device: str, cpu: dict) -> str | None:
+    """A line for training with mixed_bfloat16 on a CPU whose native bfloat16 TensorFlow will not use
+    (``cpu`` as from :func:`cpu_info`); None otherwise."""
+    if precision != "mixed_bfloat16" or device != "cpu" or (cpu["bfloat16"] and not cpu["bfloat16_off"]):
+        return None
+    why = (f"with this CPU's bfloat16 instructions unused ({cpu['bfloat16_off']})" if cpu["bfloat16"] else
+           "on a CPU without native bfloat16 (AVX512-BF16 or AMX; `edgecnn doctor` lists them)")
+    return (f"mixed_bfloat16 {why}: TensorFlow emulates it (with AVX-512 it trained at 0.45-0.51x float32's "
+            "speed, docs/train_speed.md)")
 
 
 def _gpu_supports_fp16(gpus) -> bool:

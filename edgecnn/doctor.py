@@ -7,7 +7,7 @@ import os
 import platform
 from importlib import metadata
 
-from edgecnn.device import cpu_info
+from edgecnn.device import cpu_info, onednn_warning
 from edgecnn.errors import first_line
 
 PACKAGES = ["tensorflow", "keras", "tf-keras", "tensorflow-model-optimization", "tf2onnx", "onnx",
@@ -67,9 +67,9 @@ def _probe_onnx_providers() -> dict[str, str]:
 def collect() -> dict:
     cpu = cpu_info()
     info: dict = {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu["name"],
-                  "cpu_bfloat16": cpu["bfloat16"],
+                  "cpu_bfloat16": cpu["bfloat16"], "cpu_bfloat16_off": cpu["bfloat16_off"],
                   "cores": os.cpu_count(), "packages": {p: _version(p) for p in PACKAGES}}
-    warnings = []
+    warnings = [w for w in (onednn_warning(),) if w]
     if info["packages"]["onnxruntime"] and info["packages"]["onnxruntime-gpu"]:
         warnings.append("both onnxruntime and onnxruntime-gpu are installed: uninstall one (they share files)")
     for p in ("tensorflow", "onnx", "ai-edge-litert", "tf2onnx"):
@@ -99,7 +99,8 @@ def collect() -> dict:
 def format_text(info: dict) -> str:
     lines = [f"{'python':<31}{info['python']} on {info['platform']}",
              f"{'cpu':<31}{info['cpu']} ({info['cores']} cores; native bfloat16: "
-             f"{', '.join(info['cpu_bfloat16']) or 'none'})"]
+             f"{', '.join(info['cpu_bfloat16']) or 'none'}"
+             f"{', unused: ' + info['cpu_bfloat16_off'] if info['cpu_bfloat16'] and info['cpu_bfloat16_off'] else ''})"]
     for p, v in info["packages"].items():
         lines.append(f"{p:<31}{v or 'not installed'}")
     lines.append(f"TensorFlow GPUs                {', '.join(info['tensorflow_gpus']) or 'none'}")

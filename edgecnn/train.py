@@ -505,8 +505,10 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
         write_json(run_dir / "config.json", cfg_dict)
         write_json(run_dir / "labels.json", labels_info(ds, cfg.channels, cfg.resize))
     log(f"run: {run_dir}  device: {setup.description}")
-    if warning := device_mod.precision_warning(setup.precision, setup.device, device_mod.cpu_info()["bfloat16"]):
-        log(f"warning: {warning}")
+    for warning in (device_mod.precision_warning(setup.precision, setup.device, device_mod.cpu_info()),
+                    device_mod.onednn_warning() if setup.device == "cpu" else None):
+        if warning:
+            log(f"warning: {warning}")
 
     global_batch = cfg.batch_size * setup.replicas
     steps = math.ceil(len(ds.x_train) / global_batch)

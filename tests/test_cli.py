@@ -177,6 +177,8 @@ def test_predict_with_onnx_metadata_only(capsys, tiny_exports, sample_images, tm
 
 
 def test_doctor_reports_versions_and_providers(capsys):
+    from edgecnn.device import bfloat16_off
+
     code, out, _ = run_main(capsys, "doctor", "--json")
     info = json.loads(out)
     assert code == 0 and info["packages"]["tensorflow"] and info["onnxruntime_providers"]["CPUExecutionProvider"] == "works"
@@ -185,10 +187,27 @@ def test_doctor_reports_versions_and_providers(capsys):
     assert bool(info["packages"]["tflite-micro"]) == (importlib.util.find_spec("tflite_micro") is not None)
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     assert info["cpu_bfloat16"] == [f for f in ("avx512_bf16", "amx_bf16") if f" {f}" in cpuinfo]
+    assert info["cpu_bfloat16_off"] == bfloat16_off()
     assert info["cpu"] and (not cpuinfo or info["cpu"] in cpuinfo)
     for prov, status in info["onnxruntime_providers"].items():
         if prov != "CPUExecutionProvider" and not info["tensorflow_gpus"]:
             assert status != "works" or prov == "AzureExecutionProvider"
+
+
+def test_doctor_says_which_setting_leaves_native_bfloat16_unused(capsys, monkeypatch):
+    from edgecnn.device import cpu_info
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    code, out, _ = run_main(capsys, "doctor")
+    cpu_line = next(ln for ln in out.splitlines() if ln.startswith("cpu "))
+    assert code == 0 and "native bfloat16: " in cpu_line
+    assert ("unused: ONEDNN_MAX_CPU_ISA=AVX512_CORE" in cpu_line) == bool(cpu_info()["bfloat16"])
+    assert "oneDNN kernels off" not in out
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")  # oneDNN off: float32 trains slower too, and doctor says so
+    code, out, _ = run_main(capsys, "doctor", "--json")
+    info = json.loads(out)
+    assert info["cpu_bfloat16_off"] == "TF_ENABLE_ONEDNN_OPTS=0"
+    assert any(w.startswith("TF_ENABLE_ONEDNN_OPTS=0 turns TensorFlow's oneDNN kernels off") for w in info["warnings"])
 
 
 @pytest.mark.slow

@@ -46,11 +46,54 @@ def test_mixed_precision_training_saves_a_float32_model(tmp_path, precision):
     assert not core.get_layer("conv1").trainable, "--whiten's convolution stays frozen in the float32 rebuild"
     assert json.loads((run / "metrics.json").read_text())["precision"] == precision
     # bfloat16 without the CPU's own instructions is emulated: training says so (here, where it has them or not)
-    warned = any(ln.startswith("warning: mixed_bfloat16 on a CPU without native bfloat16") for ln in lines)
-    assert warned == (precision == "mixed_bfloat16" and not cpu_info()["bfloat16"])
-    assert precision_warning("mixed_bfloat16", "cpu", []) and not precision_warning("mixed_bfloat16", "cpu",
-                                                                                    ["avx512_bf16"])
-    assert not precision_warning("mixed_bfloat16", "gpu", []) and not precision_warning("float32", "cpu", [])
+    warned = any(ln.startswith("warning: mixed_bfloat16 ") and "emulates it" in ln for ln in lines)
+    cpu = cpu_info()
+    assert warned == (precision == "mixed_bfloat16" and not (cpu["bfloat16"] and not cpu["bfloat16_off"]))
+    none, native = {"bfloat16": [], "bfloat16_off": None}, {"bfloat16": ["avx512_bf16"], "bfloat16_off": None}
+    assert "without native bfloat16" in precision_warning("mixed_bfloat16", "cpu", none)
+    assert not precision_warning("mixed_bfloat16", "cpu", native)
+    assert "unused (DNNL_MAX_CPU_ISA=avx2)" in precision_warning("mixed_bfloat16", "cpu",
+                                                                  native | {"bfloat16_off": "DNNL_MAX_CPU_ISA=avx2"})
+    assert not precision_warning("mixed_bfloat16", "gpu", none) and not precision_warning("float32", "cpu", none)
+
+
+@pytest.mark.parametrize("env, off", [({}, None), ({"ONEDNN_MAX_CPU_ISA": "avx512_core"}, "ONEDNN_MAX_CPU_ISA=avx512_core"),
+                                      ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, None),
+                                      ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, None),
+                                      ({"DNNL_MAX_CPU_ISA": " AVX2 "}, "DNNL_MAX_CPU_ISA=AVX2"),
+                                      ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "TF_ENABLE_ONEDNN_OPTS=0"),
+                                      ({"TF_ENABLE_ONEDNN_OPTS": "1", "ONEDNN_MAX_CPU_ISA": "ALL"}, None)])
+def test_bfloat16_off_names_the_setting_that_keeps_tensorflow_from_native_bfloat16(env, off):
+    from edgecnn.device import bfloat16_off
+
+    assert bfloat16_off(env) == off
+
+
+@pytest.mark.parametrize("var, value", [("ONEDNN_MAX_CPU_ISA", "AVX512_CORE"), ("TF_ENABLE_ONEDNN_OPTS", "0")])
+def test_training_warns_when_onednn_cannot_use_native_bfloat16(tmp_path, monkeypatch, var, value):
+    # a real child process whose oneDNN runs without the bfloat16 instructions (as on an AVX-512 CPU that
+    # lacks them) or not at all (Eigen's kernels): it trains, emulated, and says so; where the CPU has none
+    # anyway, it says that instead. With oneDNN off it also says that float32 training is slower.
+    from conftest import cli
+    from edgecnn.device import cpu_info
+
+    monkeypatch.setenv(var, value)
+    res = cli("train", "--data", "shapes:40", "--image-size", "16", "--arch", "C: 4n gap", "--epochs", "1",
+              "--batch-size", "16", "--precision", "mixed_bfloat16", "--runs-dir", str(tmp_path))
+    assert res.returncode == 0, res.stderr[-2000:]
+    warnings = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.startswith("warning: ")]
+    why = f"unused ({var}={value})" if cpu_info()["bfloat16"] else "without native bfloat16"
+    assert any(ln.startswith("warning: mixed_bfloat16 ") and why in ln and "emulates it" in ln for ln in warnings)
+    onednn = [ln for ln in warnings if "turns TensorFlow's oneDNN kernels off" in ln]
+    assert len(onednn) == (var == "TF_ENABLE_ONEDNN_OPTS"), warnings
+
+
+@pytest.mark.parametrize("value, warned", [("0", True), ("false", True), ("1", False), ("", False)])
+def test_onednn_warning_only_when_turned_off(value, warned):
+    from edgecnn.device import onednn_warning
+
+    line = onednn_warning({"TF_ENABLE_ONEDNN_OPTS": value})
+    assert bool(line) == warned and (not line or line.startswith(f"TF_ENABLE_ONEDNN_OPTS={value} turns"))
 
 
 def test_whiten_stays_frozen_through_training_and_into_the_saved_model(tmp_path):

@@ -1,7 +1,7 @@
 """Training throughput (images/s at batch 128) per architecture: with/without XLA, augmentation, bfloat16.
 
     python tools/bench_train_speed.py --data ../shared/data/cifar10-jpg.tar.gz [--images 5000] [--rounds 2]
-        [--archs basic,regularized,resnet8] [--variants default,xla,noaug,noaug-xla,bf16]
+        [--archs basic,regularized,resnet8] [--variants default,xla,noaug,noaug-xla,bf16,bf16-emulated,onednn-off]
 
 Every measurement runs in its own process (one model per process: several models in one process
 disturbed each other's timings by up to 2x, depending on their order) that trains, as `edgecnn train`
@@ -30,12 +30,18 @@ from pathlib import Path
 # XLA step with RandomTranslation in the model: it silently trains without XLA (`edgecnn train --xla` says
 # so), so XLA with augmentation runs the augmentation in the tf.data pipeline, outside the compiled step.
 # mixed_bfloat16 (`--precision mixed_bfloat16`) computes in bfloat16 with float32 weights; CPUs with
-# native bfloat16 (AVX512-BF16, AMX) run its convolutions faster, others emulate it.
-VARIANTS = {"default": ("augment, no XLA (default)", "model", False, "float32"),
-            "xla": ("augment in tf.data, XLA", "data", True, "float32"),
-            "noaug": ("no augment, no XLA", "none", False, "float32"),
-            "noaug-xla": ("no augment, XLA", "none", True, "float32"),
-            "bf16": ("augment, no XLA, mixed_bfloat16", "model", False, "mixed_bfloat16")}
+# native bfloat16 (AVX512-BF16, AMX) run its convolutions faster, others emulate it. The last item is the
+# worker's extra environment: ONEDNN_MAX_CPU_ISA=AVX512_CORE keeps oneDNN (TensorFlow's CPU kernels) to
+# AVX-512 without its bfloat16 instructions, as on an AVX-512 CPU that lacks them (Skylake, Cascade Lake);
+# TF_ENABLE_ONEDNN_OPTS=0 (named in TensorFlow's start-up message) swaps oneDNN for Eigen's kernels.
+VARIANTS = {"default": ("augment, no XLA (default)", "model", False, "float32", {}),
+            "xla": ("augment in tf.data, XLA", "data", True, "float32", {}),
+            "noaug": ("no augment, no XLA", "none", False, "float32", {}),
+            "noaug-xla": ("no augment, XLA", "none", True, "float32", {}),
+            "bf16": ("augment, no XLA, mixed_bfloat16", "model", False, "mixed_bfloat16", {}),
+            "bf16-emulated": ("augment, no XLA, mixed_bfloat16 emulated", "model", False,
+                              "mixed_bfloat16", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}),
+            "onednn-off": ("augment, no XLA, oneDNN off", "model", False, "float32", {"TF_ENABLE_ONEDNN_OPTS": "0"})}
 
 
 def worker(npz: str, arch: str, augment: str, xla: bool, batch: int, epochs: int, precision: str) -> None:
@@ -63,9 +69,11 @@ def worker(npz: str, arch: str, augment: str, xla: bool, batch: int, epochs: int
     print(json.dumps({"epochs": clock.epochs[1:], "xla": bool(model.jit_compile)}))
 
 
-def measure(npz: Path, arch: str, augment: str, xla: bool, batch: int, epochs: int, precision: str) -> list[float]:
+def measure(npz: Path, arch: str, augment: str, xla: bool, batch: int, epochs: int, precision: str,
+            env: dict[str, str]) -> list[float]:
     out = subprocess.run([sys.executable, __file__, "--worker", str(npz), arch, augment, str(int(xla)),
-                          str(batch), str(epochs), precision], capture_output=True, text=True)
+                          str(batch), str(epochs), precision], capture_output=True, text=True,
+                         env={**os.environ, **env})
     if out.returncode != 0:
         raise SystemExit(f"error: {arch} (augment {augment}, {'XLA' if xla else 'no XLA'}) failed: "
                          f"{out.stderr.strip().splitlines()[-1:]}")
@@ -112,8 +120,8 @@ def main() -> int:
         for arch in a.archs.split(","):
             times: dict[str, list[float]] = {v[0]: [] for v in variants}
             for r in range(a.rounds):
-                for name, aug, xla, precision in variants[r % len(variants):] + variants[: r % len(variants)]:
-                    times[name] += measure(npz, arch, aug, xla, a.batch_size, a.epochs, precision)
+                for name, aug, xla, precision, env in variants[r % len(variants):] + variants[: r % len(variants)]:
+                    times[name] += measure(npz, arch, aug, xla, a.batch_size, a.epochs, precision, env)
             base = statistics.median(times[variants[0][0]])
             for name, *_ in variants:
                 med = statistics.median(times[name])
@@ -133,7 +141,12 @@ def main() -> int:
           "RandomTranslation layer in the model and trains without XLA instead (`edgecnn train --xla` says so), "
           "so the XLA variant with augmentation runs it in the tf.data pipeline, outside the compiled step; "
           "each measurement checks that Keras compiled its step as asked. mixed_bfloat16 (`--precision "
-          "mixed_bfloat16`) computes in bfloat16 with float32 weights.\n")
+          "mixed_bfloat16`) computes in bfloat16 with float32 weights; \"emulated\" runs it with "
+          "`ONEDNN_MAX_CPU_ISA=AVX512_CORE`, which keeps oneDNN (TensorFlow's CPU kernels) to AVX-512 without its "
+          "bfloat16 instructions, as on an AVX-512 CPU that lacks them (an AVX2-only CPU takes other kernels, not "
+          "measured here). \"oneDNN off\" sets `TF_ENABLE_ONEDNN_OPTS=0`, the setting TensorFlow's start-up "
+          "message names for turning its oneDNN operations off (to get other rounding): it then trains with its "
+          "Eigen kernels.\n")
     print(f"| architecture | variant | images/s | s per {full:,}-image epoch | "
           f"vs {'default' if keys[0] == 'default' else variants[0][0]} |")
     print("|---|---|---:|---:|---:|")
