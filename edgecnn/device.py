@@ -81,8 +81,9 @@ def precision_warning(precision: str, device: str, cpu: dict) -> str | None:
         return None
     why = (f"with this CPU's bfloat16 instructions unused ({cpu['bfloat16_off']})" if cpu["bfloat16"] else
            "on a CPU without native bfloat16 (AVX512-BF16 or AMX; `edgecnn doctor` lists them)")
-    return (f"mixed_bfloat16 {why}: TensorFlow emulates it (with AVX-512 it trained at 0.45-0.51x float32's "
-            "speed, docs/train_speed.md)")
+    how = ("in its Eigen kernels" if str(cpu["bfloat16_off"]).startswith("TF_ENABLE_ONEDNN_OPTS=")
+           else "(with AVX-512 it trained at 0.45-0.51x float32's speed, docs/train_speed.md)")
+    return f"mixed_bfloat16 {why}: TensorFlow emulates it {how}"
 
 
 def _gpu_supports_fp16(gpus) -> bool:

@@ -54,6 +54,7 @@ def test_mixed_precision_training_saves_a_float32_model(tmp_path, precision):
     assert not precision_warning("mixed_bfloat16", "cpu", native)
     assert "unused (DNNL_MAX_CPU_ISA=avx2)" in precision_warning("mixed_bfloat16", "cpu",
                                                                   native | {"bfloat16_off": "DNNL_MAX_CPU_ISA=avx2"})
+    assert "Eigen" in precision_warning("mixed_bfloat16", "cpu", native | {"bfloat16_off": "TF_ENABLE_ONEDNN_OPTS=0"})
     assert not precision_warning("mixed_bfloat16", "gpu", none) and not precision_warning("float32", "cpu", none)
 
 
