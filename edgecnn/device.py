@@ -21,7 +21,7 @@ class DeviceSetup:
     description: str
 
 
-# oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA, or DNNL_ before oneDNN 2) that leave out its bfloat16 instructions
+# oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA, or its older name DNNL_MAX_CPU_ISA) without its bfloat16 instructions
 ISA_WITHOUT_BFLOAT16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
 
 
@@ -33,8 +33,11 @@ def onednn_off(env=os.environ) -> str | None:
 
 
 def onednn_warning(env=os.environ) -> str | None:
-    """A line for training on the CPU with oneDNN turned off (None when it is on)."""
-    if setting := onednn_off(env):
+    """A line for training on an x86 CPU with oneDNN turned off (None when it is on; elsewhere, as on ARM,
+    TensorFlow's default may be off and the speeds below were not measured)."""
+    import platform
+
+    if (setting := onednn_off(env)) and platform.machine().lower() in ("x86_64", "amd64"):
         return (f"{setting} turns TensorFlow's oneDNN kernels off: training on the CPU ran at 0.47-0.58x the "
                 "speed with it unset (docs/train_speed.md)")
     return None
