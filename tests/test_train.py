@@ -2,6 +2,7 @@ import json
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -407,3 +408,17 @@ def test_ema_validation_scores_the_averaged_weights_with_their_own_batchnorm_sta
                             augment="none", ema=0.98, runs_dir=str(tmp_path / "runs")), log=lambda m: None)
     assert read_history(run / "history.csv")[-1]["val_accuracy"] >= 11 / 12  # 12 images; slack as above
     assert json.loads((run / "metrics.json").read_text())["test_accuracy"] >= 11 / 12
+
+
+def test_bench_train_speed_tool_times_each_variant_in_its_own_environment():
+    """tools/bench_train_speed.py (docs/train_speed.md) on the built-in shapes: a row per variant with its ratio
+    to the first, and the oneDNN-off worker really ran without oneDNN (the tool checks it and stops otherwise)."""
+    tool = Path(__file__).parent.parent / "tools" / "bench_train_speed.py"
+    out = subprocess.run([sys.executable, str(tool), "--data", "shapes:64", "--images", "64", "--epochs", "1",
+                          "--rounds", "1", "--batch-size", "32", "--archs", "C: 4n gap",
+                          "--variants", "default,onednn-off"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [[c.strip() for c in ln.split("|")[1:-1]] for ln in out.stdout.splitlines() if ln.startswith("| C: 4n")]
+    assert [r[1] for r in rows] == ["augment, no XLA (default)", "augment, no XLA, oneDNN off"]
+    assert rows[0][4] == "1.00x" and float(rows[1][2]) > 0 and rows[1][4].endswith("x")
+    assert "--variants default,onednn-off --archs 'C: 4n gap'`" in out.stdout  # a command that runs as printed

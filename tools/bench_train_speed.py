@@ -9,7 +9,7 @@ does, on one endless tf.data iterator: one warm-up epoch (tracing, XLA compilati
 timed epochs of ``--images`` images. The variants of one architecture run alternately, round after
 round, in a rotating order, so machine drift and position hit them alike; the median over all timed
 epochs is reported with the ratio to the default. Each worker reports whether Keras really compiled
-its step with XLA, and a variant that did not get what it asked for stops the run. Prints the markdown
+its step with XLA and whether oneDNN ran, and a variant that did not get what it asked for stops the run. Prints the markdown
 of docs/train_speed.md.
 """
 
@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -66,7 +67,13 @@ def worker(npz: str, arch: str, augment: str, xla: bool, batch: int, epochs: int
     model = compiled(core, names if augment == "model" else (), 1 + epochs, steps, xla=xla, precision=precision)
     clock = timer()
     model.fit(data, epochs=1 + epochs, steps_per_epoch=steps, verbose=0, callbacks=[clock])
-    print(json.dumps({"epochs": clock.epochs[1:], "xla": bool(model.jit_compile)}))
+    try:  # whether oneDNN runs (TF_ENABLE_ONEDNN_OPTS); TensorFlow says so only through a private module
+        from tensorflow.python.util import _pywrap_util_port
+
+        onednn = bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        onednn = None
+    print(json.dumps({"epochs": clock.epochs[1:], "xla": bool(model.jit_compile), "onednn": onednn}))
 
 
 def measure(npz: Path, arch: str, augment: str, xla: bool, batch: int, epochs: int, precision: str,
@@ -80,6 +87,10 @@ def measure(npz: Path, arch: str, augment: str, xla: bool, batch: int, epochs: i
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if result["xla"] != xla:
         raise SystemExit(f"error: {arch} (augment {augment}): XLA asked {xla}, Keras compiled {result['xla']}")
+    from edgecnn.device import onednn_off
+
+    if onednn_off(env) and result["onednn"]:
+        raise SystemExit(f"error: {arch}: {onednn_off(env)} asked, TensorFlow still ran oneDNN")
     return result["epochs"]
 
 
@@ -136,7 +147,7 @@ def main() -> int:
           f"no GPU. Reproduce with "
           f"`python tools/bench_train_speed.py --data ../shared/data/cifar10-jpg.tar.gz"
           f"{'' if a.variants == ','.join(VARIANTS) else ' --variants ' + a.variants}"
-          f"{'' if a.archs == ap.get_default('archs') else ' --archs ' + a.archs}` ({minutes:.0f} minutes here).\n")
+          f"{'' if a.archs == ap.get_default('archs') else ' --archs ' + shlex.quote(a.archs)}` ({minutes:.0f} minutes here).\n")
     print("Augmentation is flip + translation (`--augment light`). Keras compiles no XLA step with its "
           "RandomTranslation layer in the model and trains without XLA instead (`edgecnn train --xla` says so), "
           "so the XLA variant with augmentation runs it in the tf.data pipeline, outside the compiled step; "
