@@ -9,8 +9,8 @@ does, on one endless tf.data iterator: one warm-up epoch (tracing, XLA compilati
 timed epochs of ``--images`` images. The variants of one architecture run alternately, round after
 round, in a rotating order, so machine drift and position hit them alike; the median over all timed
 epochs is reported with the ratio to the default. Each worker reports whether Keras really compiled
-its step with XLA and whether oneDNN ran, and a variant that did not get what it asked for stops the run. Prints the markdown
-of docs/train_speed.md.
+its step with XLA and whether oneDNN ran, and a variant that did not get what it asked for stops the
+run. Prints the markdown of docs/train_speed.md.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ VARIANTS = {"default": ("augment, no XLA (default)", "model", False, "float32", 
             "bf16": ("augment, no XLA, mixed_bfloat16", "model", False, "mixed_bfloat16", {}),
             "bf16-emulated": ("augment, no XLA, mixed_bfloat16 emulated", "model", False,
                               "mixed_bfloat16", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}),
-            "onednn-off": ("augment, no XLA, oneDNN off", "model", False, "float32", {"TF_ENABLE_ONEDNN_OPTS": "0"})}
+            "onednn-off": ("augment, no XLA, oneDNN off", "model", False, "float32",
+                           {"TF_ENABLE_ONEDNN_OPTS": "0"})}
 
 
 def worker(npz: str, arch: str, augment: str, xla: bool, batch: int, epochs: int, precision: str) -> None:
@@ -89,8 +90,8 @@ def measure(npz: Path, arch: str, augment: str, xla: bool, batch: int, epochs: i
         raise SystemExit(f"error: {arch} (augment {augment}): XLA asked {xla}, Keras compiled {result['xla']}")
     from edgecnn.device import onednn_off
 
-    if onednn_off(env) and result["onednn"]:
-        raise SystemExit(f"error: {arch}: {onednn_off(env)} asked, TensorFlow still ran oneDNN")
+    if (setting := onednn_off(env)) and result["onednn"]:
+        raise SystemExit(f"error: {arch}: {setting} asked, TensorFlow still ran oneDNN")
     return result["epochs"]
 
 
