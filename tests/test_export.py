@@ -95,6 +95,72 @@ def test_onnx_float_takes_any_batch_and_int8_is_qdq(tiny_exports, tiny_run):
     assert json.loads(meta["class_names"]) == json.loads((tiny_run / "labels.json").read_text())["class_names"]
 
 
+def test_onnx_input_uint8_takes_raw_pixels_with_the_same_outputs(run_copy, tiny_exports, capsys):
+    """--onnx-input uint8: the int8 file drops its input QuantizeLinear (scale 1, zero point 0: exact) and the
+    float32 file casts; both give bit for bit what the float-input files give, through the runner, predict
+    and the standalone script."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgecnn.runners import open_runner
+
+    lines = []
+    report = export(ExportConfig(run=str(run_copy), formats="onnx", onnx_input="uint8", calib_samples=100,
+                                 verify_samples=100), log=lines.append)  # tiny_exports' calibration
+    assert report["onnx_input"] == "uint8" and all(e["onnx_input"] == "uint8" for e in report["exports"])
+    assert all(" in uint8 " in ln for ln in lines if ln.startswith("  ok ")), lines
+    x = np.random.default_rng(1).integers(0, 256, (32, 16, 16, 3), dtype=np.uint8)
+    for name in ("model_int8.onnx", "model_float32.onnx"):
+        path = run_copy / "exports" / name
+        graph = onnx.load(str(path)).graph
+        assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+        first = [n.op_type for n in graph.node if "image" in n.input]
+        assert first == (["DequantizeLinear"] if "int8" in name else ["Cast"]), first
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert session.get_inputs()[0].type == "tensor(uint8)"
+        original = ort.InferenceSession(str(tiny_exports / name), providers=["CPUExecutionProvider"])
+        want = original.run(None, {"image": x.astype(np.float32)})[0]
+        assert np.array_equal(session.run(None, {"image": x})[0], want), name
+        assert np.array_equal(open_runner(path).predict(x), want), name
+    # predict and the standalone script (which feeds uint8 to this file) agree on a picture
+    from PIL import Image
+
+    picture = run_copy / "picture.png"
+    Image.fromarray(x[0]).save(picture)
+    out = subprocess.run([sys.executable, str(run_copy / "exports" / "infer_onnx.py"),
+                          str(run_copy / "exports" / "model_int8.onnx"), str(picture)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    code, cli_out, _ = run_main(capsys, "predict", str(run_copy / "exports" / "model_int8.onnx"), str(picture),
+                                "--json")
+    top = json.loads(cli_out)["results"][0]["top"][0]
+    assert code == 0 and out.stdout.split(": ")[1].split(",")[0] == f"{top['class']} {top['probability']:.3f}"
+
+
+def test_uint8_input_of_a_tensorrt_file_is_a_cast_that_keeps_it_symmetric(tiny_run):
+    """TensorRT's file quantizes its input to int8 (zero point 0): no exact drop, so a Cast comes first and
+    every Quantize/DequantizeLinear stays what TensorRT takes."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgecnn.export import onnx as onx
+    from edgecnn.model import load_keras
+
+    core = load_keras(tiny_run / "model.keras")
+    calib = np.random.default_rng(0).integers(0, 256, (20, 16, 16, 3)).astype(np.float32)
+    proto = onx.quantize_int8(onx.convert_float(core), calib, activations="int8-symmetric")
+    before = proto.SerializeToString()
+    assert onx.take_uint8_input(proto) == "cast"
+    onnx.checker.check_model(proto)
+    assert onx.tensorrt_int8_problems(proto) == []
+    x = calib[:8].astype(np.uint8)
+    want = ort.InferenceSession(before, providers=["CPUExecutionProvider"]).run(None, {"image": x.astype(np.float32)})
+    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    assert np.array_equal(got[0], want[0])
+    with pytest.raises(EdgeCNNError, match="not float32"):
+        onx.take_uint8_input(proto)  # twice: the input is uint8 already
+
+
 def test_default_tflite_plan_and_bad_choices():
     assert plan("tflite", None) == [("tflite", "float32"), ("tflite", "int8")]
     assert plan("onnx", None) == [("onnx", "float32"), ("onnx", "int8")]
@@ -199,6 +265,7 @@ def test_residual_block_forms_export(run_copy, block, int8_ops):
     (lambda r: None, {"io_dtype": "int16"}, "--io-dtype"),
     (lambda r: None, {"formats": "onnx", "opset": 99}, "--opset"),
     (lambda r: None, {"formats": "onnx", "onnx_target": "gpu"}, "--onnx-target"),
+    (lambda r: None, {"formats": "onnx", "onnx_input": "int8"}, "--onnx-input"),
     (lambda r: (r / "labels.json").unlink(), {}, "labels.json is missing"),
 ])
 def test_bad_export_inputs(run_copy, mutate, kwargs, needle):

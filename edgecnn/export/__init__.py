@@ -38,6 +38,7 @@ class ExportConfig:
     io_dtype: str = "uint8"
     opset: int = 17
     onnx_target: str = "cpu"  # model_int8.onnx for ONNX Runtime's CPU kernels (uint8) or TensorRT (symmetric int8)
+    onnx_input: str = "float32"  # the ONNX files' input: float32 pixels 0..255, or uint8 pixels as they are
     verify: bool = True
     verify_samples: int = 512
     data: str | None = None
@@ -55,7 +56,7 @@ class ExportConfig:
             raise EdgeCNNError(f"--calib-samples must be at least 1, got {self.calib_samples}")
         if self.verify_samples < 1:
             raise EdgeCNNError(f"--verify-samples must be at least 1, got {self.verify_samples}")
-        from edgecnn.export.onnx import TARGETS
+        from edgecnn.export.onnx import INPUTS, TARGETS
         from edgecnn.export.tflite import IO_DTYPES
 
         if self.io_dtype not in IO_DTYPES:
@@ -64,6 +65,8 @@ class ExportConfig:
             raise EdgeCNNError(f"--opset must be 9..21, got {self.opset}")
         if self.onnx_target not in TARGETS:
             raise EdgeCNNError(f"--onnx-target must be one of {', '.join(TARGETS)}, got {self.onnx_target!r}")
+        if self.onnx_input not in INPUTS:
+            raise EdgeCNNError(f"--onnx-input must be one of {', '.join(INPUTS)}, got {self.onnx_input!r}")
         return pairs
 
 
@@ -158,6 +161,10 @@ def export(cfg: ExportConfig, log=print) -> dict:
             raise EdgeCNNError(f"--onnx-target {cfg.onnx_target}: this run's model_int8.onnx comes from "
                                "quantization-aware training (tf2onnx writes uint8 activations with zero points); "
                                "export the run it was fine-tuned from, or leave out --onnx-target")
+        if cfg.onnx_input != "float32" and filename("onnx", "int8") in qat_entries and ("onnx", "int8") in pairs:
+            raise EdgeCNNError(f"--onnx-input {cfg.onnx_input}: this run's model_int8.onnx comes from "
+                               "quantization-aware training and is kept as it was written (float32 input); "
+                               "export the run it was fine-tuned from, or leave out --onnx-input")
     with tempfile.TemporaryDirectory(prefix="edgecnn-export-") as tmp:
         saved = None
         float_onnx = None
@@ -172,6 +179,8 @@ def export(cfg: ExportConfig, log=print) -> dict:
                      "calib_samples": int(len(calib)) if variant == "int8" else 0}
             if (fmt, variant) == ("onnx", "int8"):
                 entry["onnx_target"] = cfg.onnx_target
+            if fmt == "onnx":
+                entry["onnx_input"] = cfg.onnx_input
 
             def make_blob(fmt=fmt, variant=variant):
                 nonlocal saved, float_onnx
@@ -183,8 +192,13 @@ def export(cfg: ExportConfig, log=print) -> dict:
 
                 if float_onnx is None:
                     float_onnx = onx.convert_float(deploy, cfg.opset)
-                proto = float_onnx if variant == "float32" else \
-                    onx.quantize_int8(float_onnx, calib, activations=onx.ACTIVATIONS[cfg.onnx_target])
+                if variant == "float32":
+                    proto = type(float_onnx)()
+                    proto.CopyFrom(float_onnx)  # the int8 file is quantized from the float32-input original
+                else:
+                    proto = onx.quantize_int8(float_onnx, calib, activations=onx.ACTIVATIONS[cfg.onnx_target])
+                if cfg.onnx_input == "uint8":
+                    onx.take_uint8_input(proto)
                 return onx.finalize(proto, labels, variant)
 
             export_one(entry, out_dir, make_blob, x_verify, ref, cfg)
@@ -220,6 +234,7 @@ def export(cfg: ExportConfig, log=print) -> dict:
         "model": str(model_path),
         "exports": entries,
         "io_dtype": cfg.io_dtype,
+        "onnx_input": cfg.onnx_input,
         "calibration": {"split": "train", "samples": int(len(calib)) if calib is not None else 0, "seed": seed},
         "verification": {"split": "test", "images": n_verify, "enabled": cfg.verify,
                          "thresholds": asdict(cfg.thresholds)},

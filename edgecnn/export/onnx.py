@@ -161,6 +161,48 @@ def tensorrt_int8_problems(proto) -> list[str] | None:
     return problems
 
 
+INPUTS = ("float32", "uint8")  # what the ONNX files take: float32 pixels 0..255, or the raw uint8 pixels
+
+
+def take_uint8_input(proto) -> str:
+    """Make the model take uint8 pixels (0..255) instead of float32; return how: "dropped" or "cast".
+
+    A QDQ file quantizes its float input to uint8 with scale 1 and zero point 0 (the calibration range is
+    always 0..255): that QuantizeLinear is dropped and the uint8 input feeds its DequantizeLinear, exactly
+    the same values. Any other file (float32, TensorRT's symmetric int8) gets a Cast to float32 first.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = proto.graph
+    inp = graph.input[0]
+    if inp.type.tensor_type.elem_type != TensorProto.FLOAT:
+        raise EdgeCNNError(f"the ONNX input {inp.name!r} is not float32")
+    inits = {t.name: t for t in graph.initializer}
+    users = [n for n in graph.node if inp.name in n.input]
+    quant = users[0] if len(users) == 1 and users[0].op_type == "QuantizeLinear" else None
+
+    def const(name):
+        return numpy_helper.to_array(inits[name]) if name in inits else None
+
+    if quant is not None and len(quant.input) == 3:
+        scale, zp = const(quant.input[1]), const(quant.input[2])
+        if scale is not None and zp is not None and zp.dtype == np.uint8 and scale.size == zp.size == 1 \
+                and float(scale.reshape(-1)[0]) == 1.0 and int(zp.reshape(-1)[0]) == 0:
+            out = quant.output[0]
+            graph.node.remove(quant)
+            for node in graph.node:
+                node.input[:] = [inp.name if i == out else i for i in node.input]
+            inp.type.tensor_type.elem_type = TensorProto.UINT8
+            return "dropped"
+    cast_out = inp.name + "_float32"
+    for node in graph.node:
+        node.input[:] = [cast_out if i == inp.name else i for i in node.input]
+    graph.node.insert(0, helper.make_node("Cast", [inp.name], [cast_out], name=inp.name + "_cast",
+                                          to=TensorProto.FLOAT))
+    inp.type.tensor_type.elem_type = TensorProto.UINT8
+    return "cast"
+
+
 GRID_TOLERANCE = 1e-3  # |w / scale - round(w / scale)| allowed: float32 round-off of weights already on the grid
 
 

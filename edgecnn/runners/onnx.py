@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.errors import EdgeCNNError, first_line
-from edgecnn.runners.base import Runner, RunnerUnavailable
+from edgecnn.runners.base import Runner, RunnerUnavailable, quantize
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -130,7 +130,10 @@ class OnnxRunner(Runner):
         return tuple(int(d) for d in self.inp.shape[1:])
 
     def predict_batch(self, images: np.ndarray) -> np.ndarray:
-        x = images.astype(self._dtype, copy=False)
+        if self._dtype == np.float32:
+            x = images.astype(np.float32, copy=False)
+        else:  # raw pixels (--onnx-input uint8): rounded and saturated, as TFLite's integer inputs are
+            x = quantize(images, self._dtype, 1.0, 0)
         return self.session.run([self.out_name], {self.inp.name: x})[0].astype(np.float32)
 
     def info(self):

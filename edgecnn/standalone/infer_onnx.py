@@ -78,7 +78,9 @@ def main(model_path, images, top_k=3):
     inp = session.get_inputs()[0]
     _, h, w, c = inp.shape
     for path in images:
-        x = preprocess(path, h, w, c, fit).astype(np.float32)  # the model divides by 255 itself
+        x = preprocess(path, h, w, c, fit)  # uint8 pixels; the model divides by 255 itself
+        if inp.type != "tensor(uint8)":  # exported with the default --onnx-input float32
+            x = x.astype(np.float32)
         y = session.run(None, {inp.name: x})[0][0]
         best = np.argsort(-y)[:top_k]
         print(f"{path}: " + ", ".join(f"{labels[i]} {y[i]:.3f}" for i in best))
