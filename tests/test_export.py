@@ -137,6 +137,53 @@ def test_onnx_input_uint8_takes_raw_pixels_with_the_same_outputs(run_copy, tiny_
     assert code == 0 and out.stdout.split(": ")[1].split(",")[0] == f"{top['class']} {top['probability']:.3f}"
 
 
+def test_onnx_layout_nchw_takes_channels_first_images(run_copy, tiny_exports, capsys):
+    """--onnx-layout nchw: both files take (N, C, H, W), say so in their metadata, give what the NHWC files give,
+    and every reader (runner, predict, the standalone script, a file stripped of edgecnn's metadata) feeds them
+    channels first."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgecnn.runners import open_runner
+
+    lines = []
+    export(ExportConfig(run=str(run_copy), formats="onnx", onnx_layout="nchw", onnx_input="uint8", calib_samples=100,
+                        verify_samples=100), log=lines.append)
+    assert all(" in uint8 NCHW " in ln for ln in lines if ln.startswith("  ok ")), lines
+    x = np.random.default_rng(2).integers(0, 256, (64, 16, 16, 3), dtype=np.uint8)
+    for name in ("model_float32.onnx", "model_int8.onnx"):
+        path = run_copy / "exports" / name
+        proto = onnx.load(str(path))
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert json.loads(meta["input"])["layout"] == "NCHW"
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert session.get_inputs()[0].shape == ["batch", 3, 16, 16]
+        got = session.run(None, {"image": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0]
+        want = ort.InferenceSession(str(tiny_exports / name), providers=["CPUExecutionProvider"]).run(
+            None, {"image": x.astype(np.float32)})[0]
+        if name == "model_float32.onnx":
+            assert np.abs(got - want).max() < 1e-5
+        else:  # the same calibration ranges: the same top-1 on (nearly) every image
+            assert (got.argmax(1) == want.argmax(1)).mean() >= 0.95 and np.abs(got - want).mean() < 0.01
+        runner = open_runner(path)
+        assert runner.input_shape == (16, 16, 3) and np.array_equal(runner.predict(x), got)
+        del proto.metadata_props[:]  # a file from elsewhere: the layout read from the shape
+        bare = run_copy / f"bare_{name}"
+        onnx.save(proto, str(bare))
+        assert np.array_equal(open_runner(bare).predict(x), got)
+    from PIL import Image
+
+    picture = run_copy / "picture.png"
+    Image.fromarray(x[0]).resize((24, 20)).save(picture)
+    model = run_copy / "exports" / "model_int8.onnx"
+    out = subprocess.run([sys.executable, str(run_copy / "exports" / "infer_onnx.py"), str(model), str(picture)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    code, cli_out, _ = run_main(capsys, "predict", str(model), str(picture), "--json")
+    top = json.loads(cli_out)["results"][0]["top"][0]
+    assert code == 0 and out.stdout.split(": ")[1].split(",")[0] == f"{top['class']} {top['probability']:.3f}"
+
+
 def test_uint8_input_of_a_tensorrt_file_is_a_cast_that_keeps_it_symmetric(tiny_run):
     """TensorRT's file quantizes its input to int8 (zero point 0): no exact drop, so a Cast comes first and
     every Quantize/DequantizeLinear stays what TensorRT takes."""
@@ -266,6 +313,7 @@ def test_residual_block_forms_export(run_copy, block, int8_ops):
     (lambda r: None, {"formats": "onnx", "opset": 99}, "--opset"),
     (lambda r: None, {"formats": "onnx", "onnx_target": "gpu"}, "--onnx-target"),
     (lambda r: None, {"formats": "onnx", "onnx_input": "int8"}, "--onnx-input"),
+    (lambda r: None, {"formats": "onnx", "onnx_layout": "hwc"}, "--onnx-layout"),
     (lambda r: (r / "labels.json").unlink(), {}, "labels.json is missing"),
 ])
 def test_bad_export_inputs(run_copy, mutate, kwargs, needle):
@@ -513,3 +561,22 @@ def test_bench_onnx_int8_tool_compares_the_activation_types(tiny_run):
     for act in ("int8", "uint8"):
         assert rows[act][1] == "3" and rows[act][2] == "0", rows[act]  # QLinearConv, float Conv
     assert rows["uint8"][3] == "none" and rows["int8"][4] == rows["uint8"][4]  # no float op; same accuracy
+
+
+def test_bench_onnx_int8_tool_compares_layouts_and_input_types(tiny_run):
+    """--variants adds the NCHW and uint8-input files and the float32 file: the uint8 input changes no score,
+    tf2onnx leaves the NCHW float file without a Transpose, and an unknown variant is one error line."""
+    tool = Path(__file__).parent.parent / "tools" / "bench_onnx_int8.py"
+    names = ["uint8", "uint8-u8in", "uint8-nchw-u8in", "float32", "float32-nchw"]
+    out = subprocess.run([sys.executable, str(tool), str(tiny_run), "--rounds", "1", "--seconds", "0.2",
+                          "--variants", ",".join(names)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]]
+            for ln in out.stdout.splitlines() if ln.startswith("| ") and not ln.startswith("| variant")}
+    assert list(rows) == names
+    assert rows["uint8-u8in"][5] == rows["uint8"][5] and rows["uint8-u8in"][1] == "3"  # accuracy; QLinearConv
+    assert rows["float32"][0] == "-" and rows["float32"][2] == "3" and rows["float32"][4] == "1"
+    assert rows["float32-nchw"][4] == "0"  # no Transpose left in the channels-first float file
+    bad = subprocess.run([sys.executable, str(tool), str(tiny_run), "--variants", "uint8,uint9"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith("unknown variant uint9")

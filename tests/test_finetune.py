@@ -83,9 +83,10 @@ def test_qat_writes_verified_int8_tflite_and_qdq_onnx(tiny_run):
     with pytest.raises(EdgeCNNError, match="--onnx-target tensorrt: this run's model_int8.onnx comes from"):
         export(ExportConfig(run=str(dst), formats="onnx", onnx_target="tensorrt", verify_samples=64,
                             calib_samples=50), log=lambda m: None)
-    with pytest.raises(EdgeCNNError, match="--onnx-input uint8: this run's model_int8.onnx comes from"):
-        export(ExportConfig(run=str(dst), formats="onnx", onnx_input="uint8", verify_samples=64,
-                            calib_samples=50), log=lambda m: None)
+    for option, value in (("input", "uint8"), ("layout", "nchw")):  # the QAT file keeps its float32 NHWC input
+        with pytest.raises(EdgeCNNError, match=f"--onnx-{option} {value}: this run's model_int8.onnx comes from"):
+            export(ExportConfig(run=str(dst), formats="onnx", verify_samples=64, calib_samples=50,
+                                **{f"onnx_{option}": value}), log=lambda m: None)
 
 
 @pytest.mark.slow

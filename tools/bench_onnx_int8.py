@@ -1,15 +1,17 @@
-"""ONNX int8 with int8, uint8 or symmetric int8 activations: integer kernels ONNX Runtime fuses, accuracy, latency.
+"""ONNX files of one run, int8 (int8, uint8 or symmetric int8 activations) and float32, NHWC or NCHW input, float32
+or uint8 input: the integer kernels ONNX Runtime fuses, accuracy, latency.
 
-    python tools/bench_onnx_int8.py RUN --data ../shared/data/cifar10-jpg.tar.gz [--rounds 5]
+    python tools/bench_onnx_int8.py RUN --data ../shared/data/cifar10-jpg.tar.gz [--rounds 5] [--variants ...]
 
-Quantizes RUN's model as `edgecnn export --format onnx` does (tf2onnx, the same 500 calibration images,
-static QDQ, int8 weights per channel) three times: activations int8 (the old file), uint8 (what
-`--onnx-target cpu` exports) and symmetric int8 (zero point 0, what `--onnx-target tensorrt` exports;
-TensorRT itself is not run here). For each file it counts the nodes of the graph ONNX Runtime runs after
-its optimizations (how many convolutions became QLinearConv, how many stayed float), says whether
-TensorRT could build it as int8, scores the whole test split, and times batch-1 inference on one thread;
-the files are timed in turn, the order rotating round after round, and the median of each round's
-median is reported. Prints a markdown table.
+Writes RUN's model as `edgecnn export --format onnx` does (tf2onnx, the same 500 calibration images,
+static QDQ, int8 weights per channel) once per variant. The default three differ in their activations:
+int8 (the old file), uint8 (what `--onnx-target cpu` exports) and symmetric int8 (zero point 0, what
+`--onnx-target tensorrt` exports; TensorRT itself is not run here). A variant name may add `-nchw`
+(`--onnx-layout nchw`) and `-u8in` (`--onnx-input uint8`); `float32` is the float file. For each file it
+counts the nodes of the graph ONNX Runtime runs after its optimizations (how many convolutions became
+QLinearConv, how many stayed float), says whether TensorRT could build it as int8, scores the whole test
+split, and times batch-1 inference on one thread; the files are timed in turn, the order rotating round
+after round, and the median of each round's median is reported. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -26,6 +28,19 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ACTIVATIONS = ("int8", "uint8", "int8-symmetric")
+DEFAULT_VARIANTS = ",".join(ACTIVATIONS)
+
+
+def parse_variant(name: str) -> tuple[str, str, str]:
+    """"uint8-nchw-u8in" -> ("uint8", "nchw", "uint8"): activations (or float32), layout, input type."""
+    base, layout, inp = name, "nhwc", "float32"
+    if base.endswith("-u8in"):
+        base, inp = base[:-len("-u8in")], "uint8"
+    if base.endswith("-nchw"):
+        base, layout = base[:-len("-nchw")], "nchw"
+    if base not in (*ACTIVATIONS, "float32"):
+        raise ValueError(name)
+    return base, layout, inp
 FLOAT_OPS = ("Conv", "Add", "MaxPool", "Mul", "Relu")  # ops ONNX Runtime runs in float between Dequantize/QuantizeLinear
 
 
@@ -47,9 +62,19 @@ def main() -> int:
     ap.add_argument("--data", help="data source (default: the run's own)")
     ap.add_argument("--rounds", type=int, default=5, help="timing rounds, the files in rotating order")
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per file per round")
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS,
+                    help="comma-separated: int8, uint8, int8-symmetric or float32, each optionally followed by -nchw "
+                         f"and -u8in (default {DEFAULT_VARIANTS})")
     a = ap.parse_args()
     if a.rounds < 1 or a.seconds <= 0:
         ap.error("--rounds must be at least 1 and --seconds positive")
+    names = [v.strip() for v in a.variants.split(",") if v.strip()]
+    try:
+        variants = {name: parse_variant(name) for name in names}
+    except ValueError as exc:
+        ap.error(f"--variants: unknown variant {exc}")
+    if not variants:
+        ap.error("--variants names no variant")
     import onnx
 
     from edgecnn import model as model_mod
@@ -68,41 +93,49 @@ def main() -> int:
     except EdgeCNNError as exc:
         raise SystemExit(f"error: {exc}") from None
     calib = tfl.calibration_images(ds.x_train, 500, runs.config(run_dir).get("seed", 0))
-    float_proto = onx.convert_float(model_mod.fold_pooled_batchnorm(core))
+    deploy = model_mod.fold_pooled_batchnorm(core)
+    float_protos = {layout: onx.convert_float(deploy, layout=layout) for layout in {v[1] for v in variants.values()}}
     labels = np.asarray(ds.y_test)
     rows = {}
     with tempfile.TemporaryDirectory(prefix="edgecnn-bench-onnx-") as d:
         tmp = Path(d)
         runners = {}
-        for act in ACTIVATIONS:
-            path = tmp / f"act_{act}.onnx"
-            proto = onx.quantize_int8(float_proto, calib, activations=act)
+        for name, (act, layout, inp) in variants.items():
+            path = tmp / f"{name}.onnx"
+            proto = onnx.ModelProto()
+            proto.CopyFrom(float_protos[layout])
+            if act != "float32":
+                proto = onx.quantize_int8(proto, calib, activations=act)
+            if inp == "uint8":
+                onx.take_uint8_input(proto)
+            onx.set_metadata(proto, runs.labels(run_dir), act)  # the layout the runner reads
             onnx.save(proto, str(path))
             ops = optimized_ops(path, tmp)
             runner = OnnxRunner(path, "cpu", threads=1)
             probs = np.concatenate([runner.predict_batch(ds.x_test[i:i + 256])
                                     for i in range(0, len(ds.x_test), 256)])
-            rows[act] = {"ops": ops, "acc": float((probs.argmax(1) == labels).mean()), "ms": [],
-                         "kb": path.stat().st_size / 1024,
-                         "trt": "yes" if not onx.tensorrt_int8_problems(proto) else "no"}
-            runners[act] = runner
+            problems = onx.tensorrt_int8_problems(proto)
+            rows[name] = {"ops": ops, "acc": float((probs.argmax(1) == labels).mean()), "ms": [],
+                          "kb": path.stat().st_size / 1024,
+                          "trt": "-" if problems is None else "yes" if not problems else "no"}
+            runners[name] = runner
         one = ds.x_test[:1]
-        for act, runner in runners.items():
+        for runner in runners.values():
             timed(lambda: runner.predict_batch(one), 50, 1.0)  # warm-up
         for r in range(a.rounds):
-            for act in ACTIVATIONS[r % len(ACTIVATIONS):] + ACTIVATIONS[:r % len(ACTIVATIONS)]:
-                times = timed(lambda: runners[act].predict_batch(one), 100, a.seconds)
-                rows[act]["ms"].append(statistics.median(times) * 1e3)
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                times = timed(lambda: runners[name].predict_batch(one), 100, a.seconds)
+                rows[name]["ms"].append(statistics.median(times) * 1e3)
     print(f"`{run_dir.name}`: {len(labels):,} test images; batch 1, one thread, {a.rounds} rotating rounds of "
           f"{a.seconds:g} s per file (median of the rounds' medians).\n")
-    print("| activations | TensorRT int8 | QLinearConv | float Conv | other float ops | test accuracy | p50 ms | "
-          "size KB |")
-    print("|---|---|---:|---:|---|---:|---:|---:|")
-    for act, row in rows.items():
+    print("| variant | TensorRT int8 | QLinearConv | float Conv | other float ops | Transpose | test accuracy | "
+          "p50 ms | size KB |")
+    print("|---|---|---:|---:|---|---:|---:|---:|---:|")
+    for name, row in rows.items():
         ops = row["ops"]
         other = ", ".join(f"{ops[o]} {o}" for o in FLOAT_OPS[1:] if ops[o]) or "none"
-        print(f"| {act} | {row['trt']} | {ops['QLinearConv']} | {ops['Conv']} | {other} | {row['acc'] * 100:.2f}% | "
-              f"{statistics.median(row['ms']):.3f} | {row['kb']:.0f} |")
+        print(f"| {name} | {row['trt']} | {ops['QLinearConv']} | {ops['Conv']} | {other} | {ops['Transpose']} | "
+              f"{row['acc'] * 100:.2f}% | {statistics.median(row['ms']):.3f} | {row['kb']:.0f} |")
     return 0
 
 

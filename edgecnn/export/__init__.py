@@ -39,6 +39,7 @@ class ExportConfig:
     opset: int = 17
     onnx_target: str = "cpu"  # model_int8.onnx for ONNX Runtime's CPU kernels (uint8) or TensorRT (symmetric int8)
     onnx_input: str = "float32"  # the ONNX files' input: float32 pixels 0..255, or uint8 pixels as they are
+    onnx_layout: str = "nhwc"  # the ONNX files' input layout: nhwc (TensorFlow's) or nchw (channels first)
     verify: bool = True
     verify_samples: int = 512
     data: str | None = None
@@ -56,7 +57,7 @@ class ExportConfig:
             raise EdgeCNNError(f"--calib-samples must be at least 1, got {self.calib_samples}")
         if self.verify_samples < 1:
             raise EdgeCNNError(f"--verify-samples must be at least 1, got {self.verify_samples}")
-        from edgecnn.export.onnx import INPUTS, TARGETS
+        from edgecnn.export.onnx import INPUTS, LAYOUTS, TARGETS
         from edgecnn.export.tflite import IO_DTYPES
 
         if self.io_dtype not in IO_DTYPES:
@@ -67,6 +68,8 @@ class ExportConfig:
             raise EdgeCNNError(f"--onnx-target must be one of {', '.join(TARGETS)}, got {self.onnx_target!r}")
         if self.onnx_input not in INPUTS:
             raise EdgeCNNError(f"--onnx-input must be one of {', '.join(INPUTS)}, got {self.onnx_input!r}")
+        if self.onnx_layout not in LAYOUTS:
+            raise EdgeCNNError(f"--onnx-layout must be one of {', '.join(LAYOUTS)}, got {self.onnx_layout!r}")
         return pairs
 
 
@@ -157,14 +160,13 @@ def export(cfg: ExportConfig, log=print) -> dict:
         metrics = json.loads((base / "metrics.json").read_text()) if (base / "metrics.json").is_file() else {}
         qat_entries = {e["file"]: e for e in metrics.get("qat_exports", []) if e.get("status") == "ok"
                        and (out_dir / e["file"]).is_file()}
-        if cfg.onnx_target != "cpu" and filename("onnx", "int8") in qat_entries and ("onnx", "int8") in pairs:
-            raise EdgeCNNError(f"--onnx-target {cfg.onnx_target}: this run's model_int8.onnx comes from "
-                               "quantization-aware training (tf2onnx writes uint8 activations with zero points); "
-                               "export the run it was fine-tuned from, or leave out --onnx-target")
-        if cfg.onnx_input != "float32" and filename("onnx", "int8") in qat_entries and ("onnx", "int8") in pairs:
-            raise EdgeCNNError(f"--onnx-input {cfg.onnx_input}: this run's model_int8.onnx comes from "
-                               "quantization-aware training and is kept as it was written (float32 input); "
-                               "export the run it was fine-tuned from, or leave out --onnx-input")
+        kept = {"--onnx-target": (cfg.onnx_target, "cpu", "tf2onnx writes uint8 activations with zero points"),
+                "--onnx-input": (cfg.onnx_input, "float32", "kept as written, float32 input"),
+                "--onnx-layout": (cfg.onnx_layout, "nhwc", "kept as written, NHWC input")}
+        for option, (value, default, why) in kept.items():
+            if value != default and filename("onnx", "int8") in qat_entries and ("onnx", "int8") in pairs:
+                raise EdgeCNNError(f"{option} {value}: this run's model_int8.onnx comes from quantization-aware "
+                                   f"training ({why}); export the run it was fine-tuned from, or leave out {option}")
     with tempfile.TemporaryDirectory(prefix="edgecnn-export-") as tmp:
         saved = None
         float_onnx = None
@@ -180,7 +182,7 @@ def export(cfg: ExportConfig, log=print) -> dict:
             if (fmt, variant) == ("onnx", "int8"):
                 entry["onnx_target"] = cfg.onnx_target
             if fmt == "onnx":
-                entry["onnx_input"] = cfg.onnx_input
+                entry["onnx_input"], entry["onnx_layout"] = cfg.onnx_input, cfg.onnx_layout
 
             def make_blob(fmt=fmt, variant=variant):
                 nonlocal saved, float_onnx
@@ -191,7 +193,7 @@ def export(cfg: ExportConfig, log=print) -> dict:
                 from edgecnn.export import onnx as onx
 
                 if float_onnx is None:
-                    float_onnx = onx.convert_float(deploy, cfg.opset)
+                    float_onnx = onx.convert_float(deploy, cfg.opset, cfg.onnx_layout)
                 if variant == "float32":
                     proto = type(float_onnx)()
                     proto.CopyFrom(float_onnx)  # the int8 file is quantized from the float32-input original
@@ -235,6 +237,7 @@ def export(cfg: ExportConfig, log=print) -> dict:
         "exports": entries,
         "io_dtype": cfg.io_dtype,
         "onnx_input": cfg.onnx_input,
+        "onnx_layout": cfg.onnx_layout,
         "calibration": {"split": "train", "samples": int(len(calib)) if calib is not None else 0, "seed": seed},
         "verification": {"split": "test", "images": n_verify, "enabled": cfg.verify,
                          "thresholds": asdict(cfg.thresholds)},
@@ -342,5 +345,7 @@ def _log_entry(e: dict, log) -> None:
         f" in {e['inputs'][0]['dtype']}"
     vs = f"  agreement {v['agreement']:.4f} (all {v['agreement_all']:.4f}), max|dp| {v['max_abs_diff']:.2e}" if v else \
         "  (not verified)"
+    if e.get("onnx_layout") == "nchw":
+        qs += " NCHW"
     target = "  (for TensorRT: symmetric int8)" if e.get("onnx_target") == "tensorrt" else ""
     log(f"  ok {e['file']:<22} {e['size_bytes']:>10,} B{qs}{vs}{target}")

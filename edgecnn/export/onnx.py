@@ -14,11 +14,18 @@ from edgecnn.model import INPUT_NAME, OUTPUT_NAME
 DEFAULT_OPSET = 17
 
 
-def convert_float(core, opset: int = DEFAULT_OPSET):
-    """Keras core -> ONNX ModelProto: input ``image`` (N,H,W,C float32 0..255), output ``probabilities``.
+LAYOUTS = ("nhwc", "nchw")  # the ONNX input's layout: TensorFlow's, or the channels-first one PyTorch tools expect
 
-    Works for Keras 3 models and for tf_keras ones (a tfmot QAT model becomes QDQ ONNX).
+
+def convert_float(core, opset: int = DEFAULT_OPSET, layout: str = "nhwc"):
+    """Keras core -> ONNX ModelProto: input ``image`` (N,H,W,C float32 0..255; N,C,H,W with ``layout`` "nchw"),
+    output ``probabilities``.
+
+    Works for Keras 3 models and for tf_keras ones (a tfmot QAT model becomes QDQ ONNX). For NCHW tf2onnx
+    transposes the input itself, and its optimizer cancels that against the graph's own NHWC->NCHW Transpose.
     """
+    if layout not in LAYOUTS:
+        raise EdgeCNNError(f"--onnx-layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if not 9 <= opset <= 21:
         raise EdgeCNNError(f"--opset must be 9..21, got {opset}")
     import tensorflow as tf
@@ -29,7 +36,8 @@ def convert_float(core, opset: int = DEFAULT_OPSET):
     spec = [tf.TensorSpec([None, *core.input_shape[1:]], tf.float32, name=INPUT_NAME)]
     try:
         with capture_fd2():
-            proto, _ = tf2onnx.convert.from_keras(core, input_signature=spec, opset=opset)
+            proto, _ = tf2onnx.convert.from_keras(core, input_signature=spec, opset=opset,
+                                                  inputs_as_nchw=[INPUT_NAME] if layout == "nchw" else None)
     except Exception as exc:
         raise EdgeCNNError(f"ONNX conversion failed: {first_line(exc)}") from None
     _rename_output(proto, OUTPUT_NAME)
@@ -49,14 +57,21 @@ def _rename_output(proto, name: str) -> None:
     proto.graph.output[0].name = name
 
 
+def input_layout(proto, hwc) -> str:
+    """"NCHW" when the model's input is (N, C, H, W) for images of shape ``hwc``, else "NHWC"."""
+    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim][1:]
+    h, w, c = hwc
+    return "NCHW" if dims == [c, h, w] and dims != [h, w, c] else "NHWC"
+
+
 def set_metadata(proto, labels: dict, variant: str) -> None:
-    """Class names, input scaling and the variant in ``metadata_props``."""
+    """Class names, input scaling and layout, and the variant in ``metadata_props``."""
     import edgecnn
 
     meta = {
         "class_names": json.dumps(labels["class_names"]),
         "input_shape": json.dumps(labels["input_shape"]),
-        "input": json.dumps(labels.get("input", {})),
+        "input": json.dumps(labels.get("input", {}) | {"layout": input_layout(proto, labels["input_shape"])}),
         "edgecnn_variant": variant,
         "edgecnn_version": edgecnn.__version__,
     }
@@ -75,7 +90,8 @@ TENSORRT_OPTIONS = {"ActivationSymmetric": True, "QuantizeBias": False, "Dedicat
 
 
 def quantize_int8(float_proto, calibration: np.ndarray, activations: str = "uint8"):
-    """Static QDQ quantization calibrated on ``calibration``: int8 weights (symmetric, per output channel) and
+    """Static QDQ quantization calibrated on ``calibration`` (NHWC images, transposed here for a channels-first
+    input): int8 weights (symmetric, per output channel) and
     ``activations`` (per tensor): uint8 (asymmetric, for ONNX Runtime's CPU kernels), int8-symmetric (zero point
     0, for TensorRT) or int8 (asymmetric: the old file, kept for ``tools/bench_onnx_int8.py``).
 
@@ -95,6 +111,9 @@ def quantize_int8(float_proto, calibration: np.ndarray, activations: str = "uint
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from edgecnn._stderr import capture_fd2
+
+    if input_layout(float_proto, calibration.shape[1:]) == "NCHW":
+        calibration = calibration.transpose(0, 3, 1, 2)  # NHWC images for a channels-first input
 
     class Reader(CalibrationDataReader):
         def __init__(self):

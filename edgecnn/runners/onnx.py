@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -73,6 +74,20 @@ def providers_for(device: str, path: Path) -> list:
     return wanted
 
 
+def input_layout(session) -> str:
+    """"NCHW" or "NHWC": what edgecnn's metadata says, else guessed from the shape (channels first when the
+    second dimension holds 1, 3 or 4 and the last does not)."""
+    meta = session.get_modelmeta().custom_metadata_map
+    try:
+        layout = json.loads(meta.get("input", "{}")).get("layout")
+    except (ValueError, AttributeError):
+        layout = None
+    if layout in ("NCHW", "NHWC"):
+        return layout
+    _, first, _, last = session.get_inputs()[0].shape
+    return "NCHW" if first in (1, 3, 4) and last not in (1, 3, 4) else "NHWC"
+
+
 def graph_nodes(path: Path) -> list:
     """The nodes of an ONNX file's main graph ([] when it cannot be read)."""
     import onnx
@@ -122,18 +137,23 @@ class OnnxRunner(Runner):
         self.out_name = self.session.get_outputs()[0].name
         shape = self.inp.shape
         if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
-            raise EdgeCNNError(f"{self.path}: input is not an NHWC image tensor (shape {shape})")
+            raise EdgeCNNError(f"{self.path}: input is not an image tensor, NHWC or NCHW (shape {shape})")
+        self.layout = input_layout(self.session)
         self._dtype = np.uint8 if "uint8" in self.inp.type else (np.int8 if "int8" in self.inp.type else np.float32)
 
     @property
     def input_shape(self):
-        return tuple(int(d) for d in self.inp.shape[1:])
+        """(H, W, C), whatever the file's layout: every runner takes NHWC images."""
+        dims = tuple(int(d) for d in self.inp.shape[1:])
+        return (dims[1], dims[2], dims[0]) if self.layout == "NCHW" else dims
 
     def predict_batch(self, images: np.ndarray) -> np.ndarray:
         if self._dtype == np.float32:
             x = images.astype(np.float32, copy=False)
         else:  # raw pixels (--onnx-input uint8): rounded and saturated, as TFLite's integer inputs are
             x = quantize(images, self._dtype, 1.0, 0)
+        if self.layout == "NCHW":
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         return self.session.run([self.out_name], {self.inp.name: x})[0].astype(np.float32)
 
     def info(self):

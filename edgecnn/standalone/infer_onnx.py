@@ -76,9 +76,12 @@ def main(model_path, images, top_k=3):
     labels = json.loads(meta["class_names"]) if "class_names" in meta else info["class_names"]
     fit = fit_mode(json.loads(meta.get("input", "{}")).get("resize", info.get("input", {}).get("resize", "")))
     inp = session.get_inputs()[0]
-    _, h, w, c = inp.shape
+    nchw = json.loads(meta.get("input", "{}")).get("layout") == "NCHW"  # exported with --onnx-layout nchw
+    _, h, w, c = inp.shape if not nchw else [inp.shape[i] for i in (0, 2, 3, 1)]
     for path in images:
         x = preprocess(path, h, w, c, fit)  # uint8 pixels; the model divides by 255 itself
+        if nchw:
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         if inp.type != "tensor(uint8)":  # exported with the default --onnx-input float32
             x = x.astype(np.float32)
         y = session.run(None, {inp.name: x})[0][0]
