@@ -24,15 +24,17 @@ import numpy as np
 
 from edgecnn import device, runs
 from edgecnn.errors import EdgeCNNError
-from edgecnn.fsutil import write_json, write_text
+from edgecnn.fsutil import sha256, write_json, write_text
 
 DEVICES = ("cpu", "cuda", "all", "auto")
 KEYS = ["name", "format", "variant", "runtime", "device", "status", "reason", "accuracy", "top5", "drop_pp",
         "agreement", "flips_bad", "flips_good", "mcnemar_p", "kl", "worst_class", "worst_class_delta_pp",
         "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "latency_ms_std", "latency_ms_min",
-        "throughput_ips", "cold_start_ms", "peak_rss_mb", "size_bytes", "arena_kb", "flash_kb", "images", "threads",
+        "throughput_ips", "cold_start_ms", "peak_rss_mb", "size_bytes", "sha256", "arena_kb", "flash_kb", "images",
+        "threads",
         "providers", "note", "seconds", "cpu_steal_percent",
-        "baseline_accuracy", "accuracy_change_pp", "size_change_bytes", "latency_change"]
+        "baseline_accuracy", "accuracy_change_pp", "size_change_bytes", "latency_change",
+        "same_file_as_baseline"]
 EXPORT_NAMES = ["tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "onnx-float32", "onnx-int8",
                 "tflite-micro"]
 ALL_NAMES = ["keras", *EXPORT_NAMES]
@@ -160,10 +162,10 @@ def plan_rows(run_dir: Path, request: list[tuple[str, bool]], device: str) -> li
             if dev not in supported:
                 continue
             rows.append({"name": name, "format": fmt, "variant": variant, "runtime": runtime, "device": dev,
-                         "model": str(path), "size_bytes": path.stat().st_size})
+                         "model": str(path), "size_bytes": path.stat().st_size, "sha256": sha256(path)})
         if name == "keras" and "cpu" not in devices:
             rows.insert(0, {"name": name, "format": fmt, "variant": variant, "runtime": runtime, "device": "cpu",
-                            "model": str(path), "size_bytes": path.stat().st_size})
+                            "model": str(path), "size_bytes": path.stat().st_size, "sha256": sha256(path)})
     return rows
 
 
@@ -329,6 +331,8 @@ def compare_baseline(rows: list[dict], base: dict, now: dict, path: str, log) ->
             r["size_change_bytes"] = r["size_bytes"] - b["size_bytes"]
         if r.get("latency_ms_p50") and b.get("latency_ms_p50"):
             r["latency_change"] = round(r["latency_ms_p50"] / b["latency_ms_p50"], 4)
+        if r.get("sha256") and b.get("sha256"):  # a change with the same file came from the runtime or machine
+            r["same_file_as_baseline"] = r["sha256"] == b["sha256"]
         parts = []
         if "accuracy_change_pp" in r:
             parts.append(f"accuracy {r['accuracy'] * 100:.2f}% ({r['accuracy_change_pp']:+.2f} pp)")
@@ -336,6 +340,8 @@ def compare_baseline(rows: list[dict], base: dict, now: dict, path: str, log) ->
             parts.append(f"size {r['size_bytes'] / 1024:.1f} KB ({r['size_change_bytes'] / 1024:+.1f} KB)")
         if "latency_change" in r:
             parts.append(f"p50 {r['latency_ms_p50']:.3f} ms (x{r['latency_change']:.2f})")
+        if "same_file_as_baseline" in r:
+            parts.append("the same file (sha256)" if r["same_file_as_baseline"] else "another file")
         log(f"  {r['name']} ({r['device']}): " + ", ".join(parts))
 
 

@@ -10,7 +10,6 @@ names come from the data (or ``class_names``).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 import time
@@ -21,6 +20,7 @@ import numpy as np
 
 from edgecnn import runs
 from edgecnn.errors import EdgeCNNError, first_line, short_list
+from edgecnn.fsutil import sha256
 
 # Input ranges a model may have been trained on: name -> (scale, offset) applied to 0..255 pixels.
 RANGES = {"0..255": (1.0, 0.0), "0..1": (1.0 / 255.0, 0.0), "-1..1": (1.0 / 127.5, -1.0)}
@@ -326,7 +326,7 @@ def _import_into(run_dir: Path, path: Path, rng_key: str, cfg: ImportConfig, log
     m = metrics.evaluate(probs, ds.y_test, ds.class_names)
     imported = {
         "from": str(path.resolve()),
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "sha256": sha256(path),
         "input_range": rng_key,
         "input_range_accuracy": {k: round(v[0], 4) for k, v in scores.items()} if scores else None,
         "augmentation_removed": removed,

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn.errors import EdgeCNNError
+from edgecnn.fsutil import sha256
 from edgecnn.runners import format_of
 
 
@@ -113,11 +114,12 @@ def inspect(path: str | Path) -> dict:
         raise EdgeCNNError(f"{path}: damaged {fmt} model ({type(exc).__name__}: {str(exc)[:150]})") from None
     info["path"] = str(path)
     info["size_bytes"] = path.stat().st_size
+    info["sha256"] = sha256(path)  # which file was checked: compare with the one on the device
     return info
 
 
 def format_text(info: dict) -> str:
-    lines = [f"{info['path']}  ({info['format']}, {info['size_bytes']:,} bytes)"]
+    lines = [f"{info['path']}  ({info['format']}, {info['size_bytes']:,} bytes)", f"  sha256: {info['sha256']}"]
     for kind in ("inputs", "outputs"):
         for t in info[kind]:
             q = t.get("quantization")

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import shutil
 
@@ -99,12 +100,19 @@ def test_baseline_comparison_gates_a_model_that_got_worse(bench, tiny_run, tmp_p
     rows = {r["name"]: r for r in json.loads((tiny_run / "benchmark.json").read_text())["rows"]}
     assert rows["tflite-int8"]["accuracy_change_pp"] == pytest.approx(-2.0) and rows["keras"]["accuracy_change_pp"] == 0
     assert rows["tflite-int8"]["size_change_bytes"] == 0
+    int8_file = tiny_run / "exports" / "model_int8.tflite"
+    assert rows["tflite-int8"]["sha256"] == hashlib.sha256(int8_file.read_bytes()).hexdigest()
+    assert rows["tflite-int8"]["same_file_as_baseline"] is True and "the same file (sha256)" in out
     table = (tiny_run / "benchmark.md").read_text()  # and in the table (report.md takes it from there)
     assert "| vs baseline pp |" in table and "| tflite-int8 | litert | cpu | ok | " in table
     assert [c.strip() for c in next(ln for ln in table.splitlines() if ln.startswith("| tflite-int8")).split("|")][6] \
         == "-2.00"
-    code, _, _ = run_main(capsys, *args, "--max-regression", "2.5")
-    assert code == 0
+    for r in doc["rows"]:  # a baseline that measured another file says so
+        if r["name"] == "tflite-int8":
+            r["sha256"] = "0" * 64
+    (tmp_path / "base.json").write_text(json.dumps(doc))
+    code, out, _ = run_main(capsys, *args, "--max-regression", "2.5")
+    assert code == 0 and "another file" in next(ln for ln in out.splitlines() if ln.startswith("  tflite-int8 (cpu): "))
     code, _, err = run_main(capsys, *args[:5], "100", *args[6:])  # other test images: no comparison
     assert code == 2 and "other images than these 100" in err
 

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import platform
 import subprocess
@@ -103,6 +104,8 @@ def test_a_run_whose_data_has_moved_says_to_pass_data(capsys, run_copy, tmp_path
 def test_inspect_int8_tflite_shows_uint8_input_with_scale(capsys, tiny_exports):
     code, out, _ = run_main(capsys, "inspect", str(tiny_exports / "model_int8.tflite"))
     assert code == 0 and "uint8" in out and "scale=" in out and "zero_point=" in out
+    digest = hashlib.sha256((tiny_exports / "model_int8.tflite").read_bytes()).hexdigest()
+    assert out.splitlines()[1] == f"  sha256: {digest}"
     code, out, _ = run_main(capsys, "inspect", str(tiny_exports / "model_int8.onnx"), "--json")
     info = json.loads(out)
     assert info["opset"] == 17 and info["ops"]["QuantizeLinear"] >= 1

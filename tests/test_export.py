@@ -1,4 +1,5 @@
 import gzip
+import hashlib
 import json
 import subprocess
 import sys
@@ -21,6 +22,7 @@ def test_all_writes_six_verified_files(tiny_exports):
     assert [e["file"] for e in report["exports"]] == SIX
     for e in report["exports"]:
         assert e["status"] == "ok" and (tiny_exports / e["file"]).stat().st_size == e["size_bytes"]
+        assert e["sha256"] == hashlib.sha256((tiny_exports / e["file"]).read_bytes()).hexdigest()  # the final file
         assert e["verify"]["passed"] and e["verify"]["images"] == 100
     f32 = [e for e in report["exports"] if e["variant"] == "float32"]
     assert all(e["verify"]["agreement"] == 1.0 and e["verify"]["max_abs_diff"] < 1e-4 for e in f32)

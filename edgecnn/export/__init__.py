@@ -280,7 +280,7 @@ def _write_verified(final: Path, blob: bytes, entry: dict, x_verify, ref, cfg: E
     with atomic_path(final) as tmp:
         write_bytes(tmp, blob)
         info = inspect(tmp)
-        entry.update({"size_bytes": len(blob), **compress.sizes(blob),
+        entry.update({"size_bytes": len(blob), "sha256": info["sha256"], **compress.sizes(blob),
                       "inputs": info["inputs"], "outputs": info["outputs"], "ops": info["ops"]})
         if "all_builtin" in info:
             entry["all_builtin"] = info["all_builtin"]
