@@ -240,6 +240,8 @@ def export_cmd(
                                    "uint8 (raw pixels; model_int8.onnx then starts at its first DequantizeLinear)."),
     onnx_layout: str = typer.Option("nhwc", help="The ONNX files' input layout: nhwc (TensorFlow's) or nchw "
                                     "(channels first, as PyTorch-made pipelines and many NPU toolchains expect)."),
+    export_batch: str = typer.Option("auto", help="Batch dimension of the files: auto (TFLite 1, as mobile delegates, "
+                                     "the Edge TPU compiler and NPU toolchains want; ONNX dynamic), 1 or dynamic."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check each file against Keras."),
     verify_samples: int = typer.Option(512, help="Held-out (test) images used for verification."),
     min_agreement_int8: float = typer.Option(0.95, help="Required top-1 agreement for int8."),
@@ -267,8 +269,8 @@ def export_cmd(
             raise EdgeCNNError(f"{opt} must be in [0, 1], got {v}")
     cfg = ExportConfig(run=run, formats=format, quantize=quantize, calib_samples=calib_samples, io_dtype=io_dtype,
                        opset=opset, onnx_target=onnx_target, onnx_input=onnx_input, onnx_layout=onnx_layout,
-                       verify=verify, verify_samples=verify_samples, data=data, runs_dir=runs_dir, micro=micro,
-                       micro_samples=micro_samples, c_array=c_array, gzip=gzip,
+                       batch=export_batch, verify=verify, verify_samples=verify_samples, data=data, runs_dir=runs_dir,
+                       micro=micro, micro_samples=micro_samples, c_array=c_array, gzip=gzip,
                        thresholds=Thresholds(float32_max_diff=max_diff_float32,
                                              reduced_agreement=min_agreement_reduced,
                                              int8_agreement=min_agreement_int8))
@@ -436,6 +438,8 @@ _RUN_EXTRA = {
     "onnx_target": typer.Option("cpu", help="model_int8.onnx for cpu (ONNX Runtime) or tensorrt (symmetric int8)."),
     "onnx_input": typer.Option("float32", help="What the ONNX files take: float32 or uint8 (raw pixels)."),
     "onnx_layout": typer.Option("nhwc", help="The ONNX files' input layout: nhwc or nchw (channels first)."),
+    "export_batch": typer.Option("auto", help="Batch dimension of the exports: auto (TFLite 1, ONNX dynamic), 1 or "
+                                 "dynamic."),
     "bench_device": typer.Option("cpu", help="Benchmark device: cpu, cuda, all or auto."),
     "threads": typer.Option(1, help="Benchmark threads per runtime."),
     "max_drop": typer.Option(None, help="Gate: max accuracy drop of an export, percentage points."),
@@ -462,6 +466,7 @@ def run(**kw):
     export_cfg = ExportConfig(formats=extra["formats"], calib_samples=extra["calib_samples"],
                               io_dtype=extra["io_dtype"], opset=extra["opset"], onnx_target=extra["onnx_target"],
                               onnx_input=extra["onnx_input"], onnx_layout=extra["onnx_layout"],
+                              batch=extra["export_batch"],
                               runs_dir=kw["runs_dir"])
     bench_cfg = BenchmarkConfig(device=extra["bench_device"], threads=extra["threads"], max_drop=extra["max_drop"],
                                 min_agreement=extra["min_agreement"], max_size_kb=extra["max_size"],
@@ -482,7 +487,7 @@ def _run_signature():
     params = [p.replace(default=typer.Option(5, help="Training epochs.")) if p.name == "epochs" else p
               for p in params]
     hints = {"formats": str, "calib_samples": int, "io_dtype": str, "opset": int, "onnx_target": str,
-             "onnx_input": str, "onnx_layout": str, "bench_device": str,
+             "onnx_input": str, "onnx_layout": str, "export_batch": str, "bench_device": str,
              "threads": int, "max_drop": Optional[float], "min_agreement": Optional[float],
              "max_size": Optional[float], "max_latency": Optional[float], "baseline": Optional[str],
              "max_regression": Optional[float]}

@@ -260,8 +260,11 @@ def export_qat(tf, qat, ds, job) -> list[dict]:
                  "calib_samples": int(len(calib))}
 
         def make_blob(fmt=fmt):
-            if fmt == "tflite":
-                return run_converter(tf.lite.TFLiteConverter.from_keras_model(qat), "int8", calib, job["io_dtype"])
+            if fmt == "tflite":  # batch 1, as `edgecnn export` writes TFLite files (--export-batch auto)
+                fn = tf.function(lambda x: qat(x, training=False))
+                spec = tf.TensorSpec([1, *qat.input_shape[1:]], tf.float32, name="image")
+                conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function(spec)], qat)
+                return run_converter(conv, "int8", calib, job["io_dtype"])
             # tf2onnx turns the activations' fake-quant ops into QuantizeLinear/DequantizeLinear pairs and
             # folds the weights' into float constants on the int8 grid: stored as int8 again here.
             proto = onx.convert_float(qat, job["opset"])

@@ -83,7 +83,7 @@ def test_bad_input_is_one_line_and_non_zero(capsys, args):
 
 
 @pytest.mark.parametrize("option, value", [("--onnx-target", "gpu"), ("--onnx-input", "int8"), ("--io-dtype", "int16"),
-                                           ("--onnx-layout", "hwc"), ("--opset", "99")])
+                                           ("--onnx-layout", "hwc"), ("--export-batch", "8"), ("--opset", "99")])
 def test_run_refuses_a_bad_export_option_before_training(capsys, tmp_path, option, value):
     """A bad export option is one line before any training: no run directory, no minutes lost."""
     code, _, err = run_main(capsys, "run", "--data", "shapes:200", "--image-size", "16", "--epochs", "1",

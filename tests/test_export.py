@@ -41,6 +41,7 @@ def test_int8_tflite_is_full_integer_with_uint8_io_and_builtin_ops(tiny_exports)
     assert not any(op.startswith("Flex") for op in i8["ops"])
     assert set(i8["ops"]) - set(f32["ops"]) <= {"QUANTIZE", "DEQUANTIZE"}
     assert set(f32["ops"]) <= set(i8["ops"])
+    assert f32["inputs"][0]["shape"] == i8["inputs"][0]["shape"] == [1, 16, 16, 3]  # batch 1 (--export-batch auto)
 
 
 def test_int8_input_takes_raw_pixels_whatever_range_the_calibration_images_span(run_copy, tmp_path):
@@ -186,6 +187,26 @@ def test_onnx_layout_nchw_takes_channels_first_images(run_copy, tiny_exports, ca
     assert code == 0 and out.stdout.split(": ")[1].split(",")[0] == f"{top['class']} {top['probability']:.3f}"
 
 
+@pytest.mark.parametrize("batch, tflite_batch, onnx_batch", [("auto", 1, "batch"), ("1", 1, 1),
+                                                             ("dynamic", -1, "batch")])
+def test_export_batch_fixes_the_batch_dimension(run_copy, tiny_exports, batch, tflite_batch, onnx_batch):
+    """--export-batch: auto gives TFLite files batch 1 (what mobile delegates and the Edge TPU compiler take)
+    and ONNX files a dynamic one; 1 and dynamic apply to every file. Every runner still scores any number of
+    images (LiteRT resizes, ONNX Runtime is fed one at a time), with what the default files give."""
+    from edgecnn.runners import open_runner
+
+    export(ExportConfig(run=str(run_copy), formats="all", quantize="int8", batch=batch, calib_samples=100,
+                        verify_samples=100), log=lambda m: None)
+    x = np.random.default_rng(3).integers(0, 256, (7, 16, 16, 3), dtype=np.uint8)
+    for name, want in (("model_int8.tflite", tflite_batch), ("model_int8.onnx", onnx_batch)):
+        info = inspect(run_copy / "exports" / name)
+        assert info["inputs"][0]["shape"][0] == want and info["outputs"][0]["shape"][0] == want, (name, info)
+        probs = open_runner(run_copy / "exports" / name).predict(x, batch_size=4)
+        reference = open_runner(tiny_exports / name).predict(x)
+        assert probs.shape == (7, 10) and (probs.argmax(1) == reference.argmax(1)).mean() >= 6 / 7
+        assert np.abs(probs - reference).max() < 0.05
+
+
 def test_uint8_input_of_a_tensorrt_file_is_a_cast_that_keeps_it_symmetric(tiny_run):
     """TensorRT's file quantizes its input to int8 (zero point 0): no exact drop, so a Cast comes first and
     every Quantize/DequantizeLinear stays what TensorRT takes."""
@@ -316,6 +337,7 @@ def test_residual_block_forms_export(run_copy, block, int8_ops):
     (lambda r: None, {"formats": "onnx", "onnx_target": "gpu"}, "--onnx-target"),
     (lambda r: None, {"formats": "onnx", "onnx_input": "int8"}, "--onnx-input"),
     (lambda r: None, {"formats": "onnx", "onnx_layout": "hwc"}, "--onnx-layout"),
+    (lambda r: None, {"batch": "8"}, "--export-batch"),
     (lambda r: (r / "labels.json").unlink(), {}, "labels.json is missing"),
 ])
 def test_bad_export_inputs(run_copy, mutate, kwargs, needle):

@@ -50,6 +50,7 @@ def test_qat_writes_verified_int8_tflite_and_qdq_onnx(tiny_run):
     assert all(e["verify"]["passed"] for e in m["qat_exports"])
     tfl = inspect(dst / "exports" / "model_int8.tflite")
     assert tfl["inputs"][0]["dtype"] == "uint8" and tfl["all_builtin"]
+    assert tfl["inputs"][0]["shape"] == [1, 16, 16, 3]  # batch 1, as `edgecnn export` writes TFLite files
     onx = inspect(dst / "exports" / "model_int8.onnx")
     assert {"QuantizeLinear", "DequantizeLinear"} <= set(onx["ops"])
     # tf2onnx folds the weights' fake-quant into float constants: every kernel is stored as int8 again
@@ -87,6 +88,11 @@ def test_qat_writes_verified_int8_tflite_and_qdq_onnx(tiny_run):
         with pytest.raises(EdgeCNNError, match=f"--onnx-{option} {value}: this run's model_int8.onnx comes from"):
             export(ExportConfig(run=str(dst), formats="onnx", verify_samples=64, calib_samples=50,
                                 **{f"onnx_{option}": value}), log=lambda m: None)
+    # its TFLite file has batch 1 and its ONNX file a dynamic batch: an --export-batch that says otherwise stops
+    for formats, batch, fmt in (("tflite", "dynamic", "tflite"), ("onnx", "1", "onnx")):
+        with pytest.raises(EdgeCNNError, match=f"--export-batch {batch}: this run's model_int8.{fmt} comes from"):
+            export(ExportConfig(run=str(dst), formats=formats, batch=batch, verify_samples=64, calib_samples=50),
+                   log=lambda m: None)
 
 
 @pytest.mark.slow

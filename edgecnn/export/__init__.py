@@ -40,6 +40,7 @@ class ExportConfig:
     onnx_target: str = "cpu"  # model_int8.onnx for ONNX Runtime's CPU kernels (uint8) or TensorRT (symmetric int8)
     onnx_input: str = "float32"  # the ONNX files' input: float32 pixels 0..255, or uint8 pixels as they are
     onnx_layout: str = "nhwc"  # the ONNX files' input layout: nhwc (TensorFlow's) or nchw (channels first)
+    batch: str = "auto"  # batch dimension: auto (TFLite 1, ONNX dynamic), 1 (every file) or dynamic (every file)
     verify: bool = True
     verify_samples: int = 512
     data: str | None = None
@@ -68,9 +69,24 @@ class ExportConfig:
             raise EdgeCNNError(f"--onnx-target must be one of {', '.join(TARGETS)}, got {self.onnx_target!r}")
         if self.onnx_input not in INPUTS:
             raise EdgeCNNError(f"--onnx-input must be one of {', '.join(INPUTS)}, got {self.onnx_input!r}")
+        if self.batch not in BATCHES:
+            raise EdgeCNNError(f"--export-batch must be one of {', '.join(BATCHES)}, got {self.batch!r} "
+                               "(a fixed batch above 1 is not offered)")
         if self.onnx_layout not in LAYOUTS:
             raise EdgeCNNError(f"--onnx-layout must be one of {', '.join(LAYOUTS)}, got {self.onnx_layout!r}")
         return pairs
+
+
+BATCHES = ("auto", "1", "dynamic")
+
+
+def batch_of(batch: str, fmt: str) -> int | None:
+    """The fixed batch size of ``fmt``'s files (None: dynamic). auto: TFLite files take batch 1, as the
+    Android GPU and NNAPI delegates, the Edge TPU compiler and NPU toolchains want (LiteRT on a host still
+    resizes them); ONNX files keep a dynamic batch, which ONNX Runtime serves at any size."""
+    if batch == "dynamic" or (batch == "auto" and fmt == "onnx"):
+        return None
+    return 1
 
 
 def plan(formats: str, quantize: str | None) -> list[tuple[str, str]]:
@@ -160,12 +176,21 @@ def export(cfg: ExportConfig, log=print) -> dict:
         metrics = json.loads((base / "metrics.json").read_text()) if (base / "metrics.json").is_file() else {}
         qat_entries = {e["file"]: e for e in metrics.get("qat_exports", []) if e.get("status") == "ok"
                        and (out_dir / e["file"]).is_file()}
-        kept = {"--onnx-target": (cfg.onnx_target, "cpu", "tf2onnx writes uint8 activations with zero points"),
-                "--onnx-input": (cfg.onnx_input, "float32", "kept as written, float32 input"),
-                "--onnx-layout": (cfg.onnx_layout, "nhwc", "kept as written, NHWC input")}
-        for option, (value, default, why) in kept.items():
-            if value != default and filename("onnx", "int8") in qat_entries and ("onnx", "int8") in pairs:
-                raise EdgeCNNError(f"{option} {value}: this run's model_int8.onnx comes from quantization-aware "
+        def qat_batch(fmt):  # the kept file's batch dimension, as inspected when it was written
+            dim = ((qat_entries.get(filename(fmt, "int8")) or {}).get("inputs") or [{"shape": [None]}])[0]["shape"][0]
+            return dim if isinstance(dim, int) and dim > 0 else None
+
+        kept = [  # what the QAT files are: (format, option, value given, value of the QAT file, why)
+            ("onnx", "--onnx-target", cfg.onnx_target, "cpu", "tf2onnx writes uint8 activations with zero points"),
+            ("onnx", "--onnx-input", cfg.onnx_input, "float32", "kept as written, float32 input"),
+            ("onnx", "--onnx-layout", cfg.onnx_layout, "nhwc", "kept as written, NHWC input")]
+        kept += [(fmt, "--export-batch", batch_of(cfg.batch, fmt), qat_batch(fmt),
+                  f"kept as written, {'batch 1' if qat_batch(fmt) else 'dynamic batch'}") for fmt in ("tflite", "onnx")
+                 if cfg.batch != "auto"]  # auto takes the QAT files as they are (older ones have a dynamic batch)
+        for fmt, option, value, qat_value, why in kept:
+            if value != qat_value and filename(fmt, "int8") in qat_entries and (fmt, "int8") in pairs:
+                given = cfg.batch if option == "--export-batch" else value
+                raise EdgeCNNError(f"{option} {given}: this run's model_int8.{fmt} comes from quantization-aware "
                                    f"training ({why}); export the run it was fine-tuned from, or leave out {option}")
     with tempfile.TemporaryDirectory(prefix="edgecnn-export-") as tmp:
         saved = None
@@ -188,12 +213,12 @@ def export(cfg: ExportConfig, log=print) -> dict:
                 nonlocal saved, float_onnx
                 if fmt == "tflite":
                     if saved is None:
-                        saved = tfl.export_saved_model(deploy, Path(tmp) / "saved_model")
+                        saved = tfl.export_saved_model(deploy, Path(tmp) / "saved_model", batch_of(cfg.batch, fmt))
                     return tfl.convert(saved, variant, calib if variant == "int8" else None, cfg.io_dtype)
                 from edgecnn.export import onnx as onx
 
                 if float_onnx is None:
-                    float_onnx = onx.convert_float(deploy, cfg.opset, cfg.onnx_layout)
+                    float_onnx = onx.convert_float(deploy, cfg.opset, cfg.onnx_layout, batch_of(cfg.batch, fmt))
                 if variant == "float32":
                     proto = type(float_onnx)()
                     proto.CopyFrom(float_onnx)  # the int8 file is quantized from the float32-input original
@@ -238,6 +263,7 @@ def export(cfg: ExportConfig, log=print) -> dict:
         "io_dtype": cfg.io_dtype,
         "onnx_input": cfg.onnx_input,
         "onnx_layout": cfg.onnx_layout,
+        "batch": cfg.batch,
         "calibration": {"split": "train", "samples": int(len(calib)) if calib is not None else 0, "seed": seed},
         "verification": {"split": "test", "images": n_verify, "enabled": cfg.verify,
                          "thresholds": asdict(cfg.thresholds)},

@@ -17,9 +17,9 @@ DEFAULT_OPSET = 17
 LAYOUTS = ("nhwc", "nchw")  # the ONNX input's layout: TensorFlow's, or the channels-first one PyTorch tools expect
 
 
-def convert_float(core, opset: int = DEFAULT_OPSET, layout: str = "nhwc"):
+def convert_float(core, opset: int = DEFAULT_OPSET, layout: str = "nhwc", batch: int | None = None):
     """Keras core -> ONNX ModelProto: input ``image`` (N,H,W,C float32 0..255; N,C,H,W with ``layout`` "nchw"),
-    output ``probabilities``.
+    output ``probabilities``; N is ``batch``, or the dynamic dimension "batch" when None.
 
     Works for Keras 3 models and for tf_keras ones (a tfmot QAT model becomes QDQ ONNX). For NCHW tf2onnx
     transposes the input itself, and its optimizer cancels that against the graph's own NHWC->NCHW Transpose.
@@ -33,7 +33,7 @@ def convert_float(core, opset: int = DEFAULT_OPSET, layout: str = "nhwc"):
 
     from edgecnn._stderr import capture_fd2
 
-    spec = [tf.TensorSpec([None, *core.input_shape[1:]], tf.float32, name=INPUT_NAME)]
+    spec = [tf.TensorSpec([batch, *core.input_shape[1:]], tf.float32, name=INPUT_NAME)]
     try:
         with capture_fd2():
             proto, _ = tf2onnx.convert.from_keras(core, input_signature=spec, opset=opset,
@@ -42,7 +42,8 @@ def convert_float(core, opset: int = DEFAULT_OPSET, layout: str = "nhwc"):
         raise EdgeCNNError(f"ONNX conversion failed: {first_line(exc)}") from None
     _rename_output(proto, OUTPUT_NAME)
     for value in (*proto.graph.input, *proto.graph.output):
-        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+        if batch is None:
+            value.type.tensor_type.shape.dim[0].dim_param = "batch"
     proto.producer_name = "edgecnn (tf2onnx)"
     return proto
 

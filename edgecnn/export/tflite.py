@@ -16,12 +16,17 @@ VARIANTS = ("float32", "float16", "dynamic", "int8")
 IO_DTYPES = ("uint8", "int8", "float32")
 
 
-def export_saved_model(core, directory: Path) -> Path:
-    """Write the inference-only SavedModel (serving signature, training=False)."""
-    from edgecnn._stderr import capture_fd2
+def export_saved_model(core, directory: Path, batch: int | None = None) -> Path:
+    """Write the inference-only SavedModel (serving signature, training=False); ``batch`` fixes the batch
+    dimension of its signature (None: dynamic)."""
+    import tensorflow as tf
 
+    from edgecnn._stderr import capture_fd2
+    from edgecnn.model import INPUT_NAME
+
+    spec = [tf.TensorSpec([batch, *core.input_shape[1:]], tf.float32, name=INPUT_NAME)]
     with capture_fd2():
-        core.export(str(directory), format="tf_saved_model", verbose=False)
+        core.export(str(directory), format="tf_saved_model", verbose=False, input_signature=spec)
     return directory
 
 

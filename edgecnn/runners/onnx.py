@@ -139,6 +139,7 @@ class OnnxRunner(Runner):
         if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
             raise EdgeCNNError(f"{self.path}: input is not an image tensor, NHWC or NCHW (shape {shape})")
         self.layout = input_layout(self.session)
+        self._batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None  # a fixed batch size
         self._dtype = np.uint8 if "uint8" in self.inp.type else (np.int8 if "int8" in self.inp.type else np.float32)
 
     @property
@@ -154,7 +155,16 @@ class OnnxRunner(Runner):
             x = quantize(images, self._dtype, 1.0, 0)
         if self.layout == "NCHW":
             x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        return self.session.run([self.out_name], {self.inp.name: x})[0].astype(np.float32)
+        b = self._batch
+        if b is None or len(x) == b:
+            return self.session.run([self.out_name], {self.inp.name: x})[0].astype(np.float32)
+        out = []  # a file with a fixed batch: fed b images at a time, the last call padded with zeros
+        for i in range(0, len(x), b):
+            chunk = x[i:i + b]
+            if len(chunk) < b:
+                chunk = np.concatenate([chunk, np.zeros((b - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+            out.append(self.session.run([self.out_name], {self.inp.name: chunk})[0][:len(x) - i])
+        return np.concatenate(out).astype(np.float32)
 
     def info(self):
         import onnxruntime as ort
