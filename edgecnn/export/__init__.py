@@ -176,6 +176,7 @@ def export(cfg: ExportConfig, log=print) -> dict:
         metrics = json.loads((base / "metrics.json").read_text()) if (base / "metrics.json").is_file() else {}
         qat_entries = {e["file"]: e for e in metrics.get("qat_exports", []) if e.get("status") == "ok"
                        and (out_dir / e["file"]).is_file()}
+
         def qat_batch(fmt):  # the kept file's batch dimension, as inspected when it was written
             dim = ((qat_entries.get(filename(fmt, "int8")) or {}).get("inputs") or [{"shape": [None]}])[0]["shape"][0]
             return dim if isinstance(dim, int) and dim > 0 else None
