@@ -395,19 +395,40 @@ def labels_info(ds, channels: int, resize: str = "squash") -> dict:
 
 
 class _SigTerm:
-    """Turn SIGTERM into KeyboardInterrupt during training so the best model is still saved."""
+    """Turn SIGTERM into KeyboardInterrupt during training so the best model is still saved.
+
+    The handler raises at once; an exception raised where Python only reports it ("Exception ignored in": a
+    finalizer or a weakref callback the signal happened to interrupt) would be lost and training would run
+    to its end, so the handler also sets a flag that ``callback()`` turns into KeyboardInterrupt at the end
+    of the epoch.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self.old = None
 
     def __enter__(self):
-        self.old = None
         try:
             self.old = signal.signal(signal.SIGTERM, self._raise)
         except ValueError:  # not the main thread
             pass
         return self
 
-    @staticmethod
-    def _raise(signum, frame):
+    def _raise(self, signum, frame):
+        self.requested = True
         raise KeyboardInterrupt
+
+    def callback(self):
+        from edgecnn._tf import keras
+
+        sig = self
+
+        class StopOnSignal(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):  # after the tracker's checkpoint of this epoch
+                if sig.requested:
+                    raise KeyboardInterrupt
+
+        return StopOnSignal()
 
     def __exit__(self, *exc):
         if self.old is not None:
@@ -571,7 +592,8 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
     interrupted = False
     t0, cpu0 = time.perf_counter(), device_mod.cpu_counters()
     try:
-        with _SigTerm():
+        with _SigTerm() as sigterm:
+            callbacks.append(sigterm.callback())
             train_model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=initial_epoch,
                             steps_per_epoch=steps,
                             callbacks=callbacks, verbose=0 if quiet else (1 if sys.stdout.isatty() else 2))
