@@ -158,14 +158,11 @@ def plan_rows(run_dir: Path, request: list[tuple[str, bool]], device: str) -> li
         supported = {"keras": ("cpu", "cuda"), "tflite": ("cpu",), "onnx": ("cpu", "cuda", "tensorrt")}[fmt]
         if name == "tflite-micro":
             variant, runtime = "int8", "tflite-micro"
-        for dev in devices:
-            if dev not in supported:
-                continue
-            rows.append({"name": name, "format": fmt, "variant": variant, "runtime": runtime, "device": dev,
-                         "model": str(path), "size_bytes": path.stat().st_size, "sha256": sha256(path)})
+        row = {"name": name, "format": fmt, "variant": variant, "runtime": runtime,
+               "model": str(path), "size_bytes": path.stat().st_size, "sha256": sha256(path)}  # read once per file
+        rows += [row | {"device": dev} for dev in devices if dev in supported]
         if name == "keras" and "cpu" not in devices:
-            rows.insert(0, {"name": name, "format": fmt, "variant": variant, "runtime": runtime, "device": "cpu",
-                            "model": str(path), "size_bytes": path.stat().st_size, "sha256": sha256(path)})
+            rows.insert(0, row | {"device": "cpu"})
     return rows
 
 

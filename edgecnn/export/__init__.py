@@ -181,16 +181,18 @@ def export(cfg: ExportConfig, log=print) -> dict:
             dim = ((qat_entries.get(filename(fmt, "int8")) or {}).get("inputs") or [{"shape": [None]}])[0]["shape"][0]
             return dim if isinstance(dim, int) and dim > 0 else None
 
-        kept = [  # what the QAT files are: (format, option, value given, value of the QAT file, why)
-            ("onnx", "--onnx-target", cfg.onnx_target, "cpu", "tf2onnx writes uint8 activations with zero points"),
-            ("onnx", "--onnx-input", cfg.onnx_input, "float32", "kept as written, float32 input"),
-            ("onnx", "--onnx-layout", cfg.onnx_layout, "nhwc", "kept as written, NHWC input")]
-        kept += [(fmt, "--export-batch", batch_of(cfg.batch, fmt), qat_batch(fmt),
-                  f"kept as written, {'batch 1' if qat_batch(fmt) else 'dynamic batch'}") for fmt in ("tflite", "onnx")
-                 if cfg.batch != "auto"]  # auto takes the QAT files as they are (older ones have a dynamic batch)
-        for fmt, option, value, qat_value, why in kept:
-            if value != qat_value and filename(fmt, "int8") in qat_entries and (fmt, "int8") in pairs:
-                given = cfg.batch if option == "--export-batch" else value
+        kept = [  # options the kept QAT files do not follow: (format, option, value given, differs, why)
+            ("onnx", "--onnx-target", cfg.onnx_target, cfg.onnx_target != "cpu",
+             "tf2onnx writes uint8 activations with zero points"),
+            ("onnx", "--onnx-input", cfg.onnx_input, cfg.onnx_input != "float32", "kept as written, float32 input"),
+            ("onnx", "--onnx-layout", cfg.onnx_layout, cfg.onnx_layout != "nhwc", "kept as written, NHWC input")]
+        if cfg.batch != "auto":  # auto takes the QAT files as they are (older ones have a dynamic batch)
+            for fmt in ("tflite", "onnx"):
+                dim = qat_batch(fmt)
+                kept.append((fmt, "--export-batch", cfg.batch, batch_of(cfg.batch, fmt) != dim,
+                             f"kept as written, {'batch 1' if dim else 'dynamic batch'}"))
+        for fmt, option, given, differs, why in kept:
+            if differs and filename(fmt, "int8") in qat_entries and (fmt, "int8") in pairs:
                 raise EdgeCNNError(f"{option} {given}: this run's model_int8.{fmt} comes from quantization-aware "
                                    f"training ({why}); export the run it was fine-tuned from, or leave out {option}")
     with tempfile.TemporaryDirectory(prefix="edgecnn-export-") as tmp:
