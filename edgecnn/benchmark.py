@@ -191,7 +191,7 @@ def _cuda_likely() -> bool:
 def machine() -> dict:
     from importlib import metadata
 
-    from edgecnn.device import cpu_info
+    from edgecnn.device import cpu_info, nvidia_gpus
 
     cpu = cpu_info()["name"]
     vers = {"python": platform.python_version()}
@@ -200,7 +200,8 @@ def machine() -> dict:
             vers[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "versions": vers}
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpus": nvidia_gpus(), "platform": platform.platform(),
+            "versions": vers}
 
 
 def _run_row(row: dict, cfg: BenchmarkConfig, images_path: Path, tmp: Path, i: int) -> tuple[dict, np.ndarray | None]:
@@ -260,17 +261,20 @@ def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
             row["threads"] = cfg.threads
             row["providers"] = info.get("providers")
             row["note"] = info.get("note")
+            row["placement"] = info.get("placement")  # {provider: {op: kernels}} of CUDA/TensorRT rows
             row["seconds"] = round(time.perf_counter() - t0, 2)
             row["cpu_steal_percent"] = device.steal_percent(cpu0, device.cpu_counters())
             if probs is not None:
                 if row["name"] == "keras" and ref_probs is None:
                     ref_probs = probs
-                if ref_probs is not None:
-                    from edgecnn.stats import compare_to_reference
+                from edgecnn.stats import compare_to_reference, score
 
-                    n = len(probs)  # the TFLite Micro row scores a prefix of the test split
+                n = len(probs)  # the TFLite Micro row scores a prefix of the test split
+                if ref_probs is not None:
                     row.update(compare_to_reference(y[:n], ref_probs[:n], probs, ds.class_names))
-                    row["images"] = n
+                else:  # the Keras row failed (no TensorFlow, say): each row still scores against the labels
+                    row.update(score(y[:n], probs))
+                row["images"] = n
             if row["variant"] == "int8" and row["format"] == "tflite" and _has_micro():
                 st = Path(row["model"]).stat()
                 row.update(dict(_micro_sizes(Path(row["model"]), (st.st_mtime_ns, st.st_size))))
@@ -347,10 +351,11 @@ def gate(rows: list[dict], cfg: BenchmarkConfig, log) -> int:
     for r in rows:
         if r["name"] == "keras" or r["status"] != "ok" or r.get("accuracy") is None:
             continue
-        if cfg.max_drop is not None and r["drop_pp"] > cfg.max_drop:
+        compared = r.get("agreement") is not None  # else the Keras row failed, which already sets exit code 2
+        if compared and cfg.max_drop is not None and r["drop_pp"] > cfg.max_drop:
             bad.append(f"{r['name']} ({r['device']}): accuracy drop {r['drop_pp']:.2f} pp > {cfg.max_drop} pp "
                        f"(by {r['drop_pp'] - cfg.max_drop:.2f} pp)")
-        if cfg.min_agreement is not None and r["agreement"] < cfg.min_agreement:
+        if compared and cfg.min_agreement is not None and r["agreement"] < cfg.min_agreement:
             bad.append(f"{r['name']} ({r['device']}): agreement {r['agreement']:.4f} < {cfg.min_agreement} "
                        f"(by {cfg.min_agreement - r['agreement']:.4f})")
         if r["name"] == "tflite-micro":
@@ -388,7 +393,13 @@ def _row_line(r: dict) -> str:
         return f"  {r['name']:<15} {r['runtime']:<12} {r['device']:<8} {r['status']}: {r.get('reason')}"
     return (f"  {r['name']:<15} {r['runtime']:<12} {r['device']:<8} ok  acc {_fmt(r.get('accuracy'), '.4f')}  "
             f"agree {_fmt(r.get('agreement'), '.4f')}  p50 {r['latency_ms_p50']:.3f} ms  "
-            f"{r['throughput_ips']:.0f} img/s")
+            f"{r['throughput_ips']:.0f} img/s" + (f"\n    note: {r['note']}" if r.get("note") else ""))
+
+
+def notes_markdown(rows: list[dict]) -> str:
+    """The rows' notes (where the nodes of a CUDA/TensorRT row really ran, say) as a list under the table."""
+    notes = [f"* {r['name']} ({r['device']}): {r['note']}" for r in rows if r["status"] == "ok" and r.get("note")]
+    return "\nNotes:\n\n" + "\n".join(notes) + "\n" if notes else ""
 
 
 def table_markdown(rows: list[dict]) -> str:
@@ -427,7 +438,8 @@ def write_outputs(rows: list[dict], meta: dict, run_dir: Path, cfg: BenchmarkCon
     from edgecnn import plots
 
     clean = [{k: r.get(k) for k in KEYS} | {"throughput_ips_by_batch": r.get("throughput_ips_by_batch"),
-                                            "per_class_delta_pp": r.get("per_class_delta_pp")} for r in rows]
+                                            "per_class_delta_pp": r.get("per_class_delta_pp"),
+                                            "placement": r.get("placement")} for r in rows]
     doc = {"meta": meta, "rows": clean}
     write_json(run_dir / "benchmark.json", doc)
     buf = io.StringIO()
@@ -437,8 +449,12 @@ def write_outputs(rows: list[dict], meta: dict, run_dir: Path, cfg: BenchmarkCon
         w.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()})
     write_text(run_dir / "benchmark.csv", buf.getvalue())
     m = meta["machine"]
+    gpus = ""
+    if m.get("gpus") and any(r["device"] != "cpu" and r["status"] == "ok" for r in rows):
+        gpus = "; GPU: " + ", ".join(f"{g['name']} (driver {g['driver']})" for g in m["gpus"])
     md = (f"Benchmark of `{meta['run']}` on {meta['images']} test images of `{meta['data']}`; "
-          f"{meta['threads']} thread(s); {m['cpu']} ({m['cores']} cores).\n\n" + table_markdown(rows))
+          f"{meta['threads']} thread(s); {m['cpu']} ({m['cores']} cores){gpus}.\n\n" + table_markdown(rows)
+          + notes_markdown(rows))
     write_text(run_dir / "benchmark.md", md)
     plots.accuracy_vs_latency(rows, run_dir / "benchmark.png")
     if cfg.json_path:

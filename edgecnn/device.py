@@ -77,6 +77,27 @@ def cpu_info() -> dict:
             "bfloat16_off": bfloat16_off()}
 
 
+def nvidia_gpus(root: str = "/proc/driver/nvidia") -> list[dict]:
+    """[{"name", "driver"}] of the NVIDIA GPUs the driver lists (Linux /proc; [] without the driver)."""
+    from pathlib import Path
+
+    base = Path(root)
+    try:
+        first = (base / "version").read_text().splitlines()[:1]  # "NVRM version: NVIDIA UNIX ... 580.159.04 ..."
+        driver = next((w for w in " ".join(first).split() if w[:1].isdigit() and "." in w), "?")
+        infos = sorted((base / "gpus").glob("*/information"))
+    except OSError:
+        return []
+    out = []
+    for info in infos:
+        try:
+            fields = dict(ln.split(":", 1) for ln in info.read_text().splitlines() if ":" in ln)
+        except OSError:
+            continue
+        out.append({"name": fields.get("Model", "?").strip(), "driver": driver})
+    return out
+
+
 def precision_warning(precision: str, device: str, cpu: dict) -> str | None:
     """A line for training with mixed_bfloat16 on a CPU whose native bfloat16 TensorFlow will not use
     (``cpu`` as from :func:`cpu_info`); None otherwise."""

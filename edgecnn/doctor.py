@@ -7,7 +7,7 @@ import os
 import platform
 from importlib import metadata
 
-from edgecnn.device import cpu_info, onednn_warning
+from edgecnn.device import cpu_info, nvidia_gpus, onednn_warning
 from edgecnn.errors import first_line
 
 PACKAGES = ["tensorflow", "keras", "tf-keras", "tensorflow-model-optimization", "tf2onnx", "onnx",
@@ -90,7 +90,12 @@ def collect() -> dict:
         info["onnxruntime_providers"] = {}
         warnings.append(f"ONNX Runtime does not import: {exc}")
     info["cuda_libraries"] = {lib: _lib_found(lib) for lib in CUDA_LIBS}
-    if not info["tensorflow_gpus"]:
+    info["nvidia_gpus"] = nvidia_gpus()
+    if not info["tensorflow_gpus"] and info["nvidia_gpus"]:
+        warnings.append(f"the NVIDIA driver lists {len(info['nvidia_gpus'])} GPU(s) but TensorFlow sees none (a "
+                        "TensorFlow without CUDA, or its CUDA 12 libraries missing: pip install 'edgecnn[gpu]'): "
+                        "training runs on the CPU")
+    elif not info["tensorflow_gpus"]:
         warnings.append("no GPU visible to TensorFlow: training runs on the CPU")
     info["warnings"] = warnings
     return info
@@ -103,6 +108,8 @@ def format_text(info: dict) -> str:
              f"{', unused: ' + info['cpu_bfloat16_off'] if info['cpu_bfloat16'] and info['cpu_bfloat16_off'] else ''})"]
     for p, v in info["packages"].items():
         lines.append(f"{p:<31}{v or 'not installed'}")
+    gpus = [f"{g['name']} (driver {g['driver']})" for g in info["nvidia_gpus"]]
+    lines.append(f"NVIDIA GPUs                    {', '.join(gpus) or 'none'}")
     lines.append(f"TensorFlow GPUs                {', '.join(info['tensorflow_gpus']) or 'none'}")
     for prov, status in info["onnxruntime_providers"].items():
         lines.append(f"onnxruntime {prov:<28} {status}")

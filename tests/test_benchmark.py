@@ -142,6 +142,48 @@ def test_a_failing_row_does_not_abort_the_table(tiny_exports, tiny_run, tmp_path
     assert "model_dynamic.tflite" in next(r["reason"] for r in rows if r["name"] == "tflite-dynamic")
 
 
+def test_exports_are_still_scored_when_the_keras_reference_fails(tiny_exports, tiny_run, tmp_path):
+    """As on a GPU box with ONNX Runtime but no TensorFlow: the Keras row fails, each export keeps its accuracy
+    against the labels (not against a reference), the drop/agreement gates skip it and the exit code is 2."""
+    run = tmp_path / "r"
+    shutil.copytree(tiny_run, run)
+    (run / "model.keras").write_bytes(b"PK not a keras file")
+    cfg = BenchmarkConfig(run=str(run), formats="onnx", max_drop=0.0, min_agreement=1.0, **QUICK)
+    rows, code = benchmark(cfg, log=lambda m: None)
+    by = {r["name"]: r for r in rows}
+    assert by["keras"]["status"] == "failed" and code == 2
+    for name in ("onnx-float32", "onnx-int8"):
+        r = by[name]
+        assert r["status"] == "ok" and 0 <= r["accuracy"] <= 1 and r["top5"] >= r["accuracy"] and r["images"] == 200
+        assert r.get("agreement") is None and r.get("drop_pp") is None
+    doc = json.loads((run / "benchmark.json").read_text())
+    assert [r["accuracy"] for r in doc["rows"][1:]] == [by["onnx-float32"]["accuracy"], by["onnx-int8"]["accuracy"]]
+
+
+def test_gpus_the_nvidia_driver_lists(tmp_path):
+    """The driver's /proc files as an H100 machine had them (benchmark.md and doctor name the GPU from them)."""
+    from edgecnn.device import nvidia_gpus
+
+    root = tmp_path / "nvidia"
+    (root / "gpus" / "0000:00:06.0").mkdir(parents=True)
+    (root / "version").write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build"
+                                  "  (nixbld@)  \nGCC version:  gcc version 15.3.0 (GCC) \n")
+    (root / "gpus" / "0000:00:06.0" / "information").write_text(
+        "Model: \t\t NVIDIA H100 80GB HBM3\nIRQ:   \t\t 41\nGPU UUID: \t GPU-50ad1d5d\nBus Type: \t PCIe\n"
+        "GPU Firmware: \t 580.159.04\n")
+    assert nvidia_gpus(str(root)) == [{"name": "NVIDIA H100 80GB HBM3", "driver": "580.159.04"}]
+    assert nvidia_gpus(str(tmp_path / "absent")) == []
+
+
+def test_notes_under_the_table():
+    from edgecnn.benchmark import notes_markdown
+
+    rows = [{"name": "onnx-int8", "device": "cuda", "status": "ok", "note": "9 of 89 nodes on CPUExecutionProvider"},
+            {"name": "onnx-int8", "device": "tensorrt", "status": "skipped", "note": None}]
+    assert notes_markdown(rows) == "\nNotes:\n\n* onnx-int8 (cuda): 9 of 89 nodes on CPUExecutionProvider\n"
+    assert notes_markdown(rows[1:]) == ""
+
+
 @pytest.mark.parametrize("kwargs, needle", [
     ({"formats": "tflite-int4"}, "unknown name"),
     ({"max_drop": -1}, "--max-drop"),

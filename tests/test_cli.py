@@ -197,6 +197,10 @@ def test_doctor_reports_versions_and_providers(capsys):
     for prov, status in info["onnxruntime_providers"].items():
         if prov != "CPUExecutionProvider" and not info["tensorflow_gpus"]:
             assert status != "works" or prov == "AzureExecutionProvider"
+    from edgecnn.device import nvidia_gpus
+
+    assert info["nvidia_gpus"] == nvidia_gpus()  # [] here: no NVIDIA driver
+    assert ("NVIDIA driver lists" in " ".join(info["warnings"])) == bool(info["nvidia_gpus"] and not info["tensorflow_gpus"])
 
 
 def test_doctor_says_which_setting_leaves_native_bfloat16_unused(capsys, monkeypatch):

@@ -81,3 +81,35 @@ def test_tensorrt_gets_its_int8_mode_for_qdq_files_only(tiny_exports):
     assert providers_for("tensorrt", f32)[0] == "TensorrtExecutionProvider"
     assert providers_for("cuda", int8) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert providers_for("cpu", int8) == ["CPUExecutionProvider"]
+
+
+def test_node_placement_is_what_onnx_runtime_ran(tiny_exports):
+    """The profiler's view of one run: on the CPU the int8 file runs integer kernels, the float file none, and
+    every node is on the one provider (no note)."""
+    from edgecnn.runners.onnx import has_qdq, placement, placement_note
+
+    for name, integer in (("model_int8.onnx", True), ("model_float32.onnx", False)):
+        path = tiny_exports / name
+        runner = open_runner(path, "cpu", threads=1)
+        nodes = placement(path, ["CPUExecutionProvider"], runner.inp, 1)
+        assert list(nodes) == ["CPUExecutionProvider"]
+        ops = nodes["CPUExecutionProvider"]
+        assert (ops["QLinearConv"] > 0) is integer and (ops["Conv"] > 0) is not integer, ops
+        assert placement_note(nodes, "CPUExecutionProvider", has_qdq(path)) is None
+
+
+def test_placement_note_of_the_int8_file_on_cuda():
+    """What an H100 profiled for the cifar10 net's int8 file on CUDAExecutionProvider (onnxruntime-gpu 1.31):
+    float Conv between Q/DQ nodes, the per-channel weight DequantizeLinear nodes on the CPU, copied each run."""
+    from collections import Counter
+
+    from edgecnn.runners.onnx import placement_note
+
+    cuda = Counter({"MemcpyFromHost": 9, "QuantizeLinear": 20, "DequantizeLinear": 32, "Mul": 1, "Transpose": 1,
+                    "Conv": 8, "MaxPool": 3, "Add": 2, "GlobalAveragePool": 1, "Squeeze": 1, "Gemm": 1, "Softmax": 1})
+    nodes = {"CPUExecutionProvider": Counter({"DequantizeLinear": 9}), "CUDAExecutionProvider": cuda}
+    assert placement_note(nodes, "CUDAExecutionProvider", True) == (
+        "no integer kernels on CUDAExecutionProvider: 9 Conv/Gemm ran in float between 52 Q/DQ nodes; "
+        "9 of 89 nodes on CPUExecutionProvider (9 DequantizeLinear), 9 copies to CUDAExecutionProvider each run")
+    float_file = {"CUDAExecutionProvider": Counter({"Conv": 8, "Relu": 8, "Gemm": 1})}
+    assert placement_note(float_file, "CUDAExecutionProvider", False) is None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -169,13 +171,70 @@ class OnnxRunner(Runner):
     def info(self):
         import onnxruntime as ort
 
-        note = None
-        quantized = any(n.op_type in ("QLinearConv", "QuantizeLinear") for n in graph_nodes(self.path))
-        if self.device == "cuda" and quantized:
-            note = "quantized convolutions fall back to the CPU provider on CUDA"
-        elif self.device == "tensorrt":
-            note = tensorrt_note(self.path)
-        return super().info() | {"providers": self.providers, "version": ort.__version__, "note": note}
+        out = super().info() | {"providers": self.providers, "version": ort.__version__, "note": None}
+        if self.device == "cpu":
+            return out
+        try:  # where the nodes really ran: a second session, profiled over one run
+            nodes = placement(self.path, providers_for(self.device, self.path), self.inp, self.threads)
+        except Exception as exc:  # the row's numbers stand without it
+            nodes, out["note"] = None, f"node placement not measured ({first_line(exc, 120)})"
+        if nodes is not None:
+            out["placement"] = {p: dict(ops) for p, ops in nodes.items()}
+            out["note"] = placement_note(nodes, self.providers[0], has_qdq(self.path))
+        if self.device == "tensorrt":
+            out["note"] = "; ".join(n for n in (tensorrt_note(self.path), out["note"]) if n) or None
+        return out
+
+
+INTEGER_OPS = ("QLinear", "QGemm", "ConvInteger", "MatMulInteger", "DynamicQuantize")
+
+
+def placement(path: Path, providers: list, inp, threads: int | None = None) -> dict[str, Counter]:
+    """{provider: Counter(op type)} of the kernels ONNX Runtime ran for one inference of ``path`` (its profiler
+    names each node's provider; Memcpy nodes are the copies it inserted between providers)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="edgecnn-placement-") as tmp:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "profile")
+        if threads:
+            opts.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+        dtype = np.uint8 if "uint8" in inp.type else (np.int8 if "int8" in inp.type else np.float32)
+        session.run(None, {inp.name: np.zeros(shape, dtype)})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    kernels = {}
+    for ev in events:
+        args = ev.get("args") or {}
+        if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time") and args.get("provider"):
+            kernels[ev["name"]] = (args["provider"], args.get("op_name", "?"))
+    out: dict[str, Counter] = {}
+    for provider, op in kernels.values():
+        out.setdefault(provider, Counter())[op] += 1
+    return out
+
+
+def placement_note(nodes: dict[str, Counter], main: str, qdq: bool) -> str | None:
+    """One line on what did not run as the row's name suggests: nodes on another provider, and a Q/DQ file
+    whose convolutions ran in float (no integer kernels) on ``main``."""
+    parts = []
+    on_main = nodes.get(main, Counter())
+    if qdq and on_main and not any(op.startswith(INTEGER_OPS) for op in on_main):
+        convs = sum(n for op, n in on_main.items() if op in ("Conv", "Gemm", "MatMul"))
+        parts.append(f"no integer kernels on {main}: {convs} Conv/Gemm ran in float between "
+                     f"{on_main['QuantizeLinear'] + on_main['DequantizeLinear']} Q/DQ nodes")
+    total = sum(sum(c.values()) for c in nodes.values())
+    for provider, ops in nodes.items():
+        if provider == main:
+            continue
+        listed = ", ".join(f"{n} {op}" for op, n in ops.most_common(4))
+        copies = sum(n for op, n in on_main.items() if op.startswith("Memcpy"))
+        parts.append(f"{sum(ops.values())} of {total} nodes on {provider} ({listed})"
+                     + (f", {copies} copies to {main} each run" if copies else ""))
+    return "; ".join(parts) or None
 
 
 def tensorrt_note(path: Path) -> str | None:
