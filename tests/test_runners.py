@@ -113,3 +113,5 @@ def test_placement_note_of_the_int8_file_on_cuda():
         "9 of 89 nodes on CPUExecutionProvider (9 DequantizeLinear), 9 copies to CUDAExecutionProvider each run")
     float_file = {"CUDAExecutionProvider": Counter({"Conv": 8, "Relu": 8, "Gemm": 1})}
     assert placement_note(float_file, "CUDAExecutionProvider", False) is None
+    engine = {"TensorrtExecutionProvider": Counter({"TRTKernel_graph_main_0": 1})}  # no ops to see inside it
+    assert placement_note(engine, "TensorrtExecutionProvider", True) is None

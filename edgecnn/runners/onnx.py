@@ -222,8 +222,8 @@ def placement_note(nodes: dict[str, Counter], main: str, qdq: bool) -> str | Non
     whose convolutions ran in float (no integer kernels) on ``main``."""
     parts = []
     on_main = nodes.get(main, Counter())
-    if qdq and on_main and not any(op.startswith(INTEGER_OPS) for op in on_main):
-        convs = sum(n for op, n in on_main.items() if op in ("Conv", "Gemm", "MatMul"))
+    convs = sum(n for op, n in on_main.items() if op in ("Conv", "Gemm", "MatMul"))  # none inside a TensorRT engine
+    if qdq and convs and not any(op.startswith(INTEGER_OPS) for op in on_main):
         parts.append(f"no integer kernels on {main}: {convs} Conv/Gemm ran in float between "
                      f"{on_main['QuantizeLinear'] + on_main['DequantizeLinear']} Q/DQ nodes")
     total = sum(sum(c.values()) for c in nodes.values())
