@@ -37,6 +37,10 @@ def test_cuda_request_without_cuda_is_unavailable_with_a_reason(tiny_exports, ti
     with pytest.raises(RunnerUnavailable) as exc:
         open_runner(tiny_exports / "model_float32.onnx", "cuda")
     assert "CUDAExecutionProvider" in str(exc.value)
+    if "missing" in str(exc.value):  # a CUDA library this onnxruntime-gpu loads, and which CUDA it is built for
+        from onnxruntime.capi.build_and_package_info import cuda_version
+
+        assert f"needs CUDA {cuda_version.split('.')[0]} and cuDNN 9)" in str(exc.value)
     with pytest.raises(RunnerUnavailable, match="GPU"):
         open_runner(tiny_run / "model.keras", "cuda")
     with pytest.raises(RunnerUnavailable):
@@ -115,3 +119,15 @@ def test_placement_note_of_the_int8_file_on_cuda():
     assert placement_note(float_file, "CUDAExecutionProvider", False) is None
     engine = {"TensorrtExecutionProvider": Counter({"TRTKernel_graph_main_0": 1})}  # no ops to see inside it
     assert placement_note(engine, "TensorrtExecutionProvider", True) is None
+
+
+def test_a_missing_tensorrt_library_is_not_blamed_on_cuda():
+    """ONNX Runtime's log line when TensorRT is absent (as on the H100 machine, which had CUDA 13 but no
+    TensorRT): the reason names TensorRT's library, not the CUDA version."""
+    from edgecnn.runners.onnx import _reason
+
+    line = ("[E:onnxruntime:Default, provider_bridge_ort.cc:2251 TryGetProviderInfo_TensorRT] Failed to load library "
+            "libonnxruntime_providers_tensorrt.so with error: libnvinfer.so.10: cannot open shared object file: "
+            "No such file or directory")
+    assert _reason([line], "TensorrtExecutionProvider") == (
+        "TensorrtExecutionProvider unavailable: libnvinfer.so.10 missing (a TensorRT library)")

@@ -60,11 +60,25 @@ def _reason(log_lines: list[str], provider: str) -> str:
         m = re.search(r"with error: (lib[\w.+-]+\.so[\w.]*): cannot open", line) or \
             re.search(r"(lib[\w.+-]+\.so[\w.]*): cannot open", line)
         if m:
-            return f"{provider} unavailable: {m.group(1)} missing"
+            lib = m.group(1)
+            why = " (a TensorRT library)" if lib.startswith(("libnvinfer", "libnvonnxparser")) else _needs()
+            return f"{provider} unavailable: {lib} missing{why}"
     for line in log_lines:
         if "rror" in line:
             return f"{provider} unavailable: " + re.sub(r"^.*?\] ", "", line).strip()[:160]
     return f"{provider} unavailable (ONNX Runtime fell back to CPU)"
+
+
+def _needs() -> str:
+    """What this onnxruntime-gpu build loads: " (onnxruntime-gpu 1.31.0 needs CUDA 13 and cuDNN 9)"."""
+    try:
+        import onnxruntime as ort
+        from onnxruntime.capi import build_and_package_info as build
+
+        major = build.cuda_version.split(".")[0]
+    except (ImportError, AttributeError):
+        return ""
+    return f" (onnxruntime-gpu {ort.__version__} needs CUDA {major} and cuDNN 9)" if major else ""
 
 
 def providers_for(device: str, path: Path) -> list:
