@@ -570,6 +570,16 @@ def cli_reference(width: int = 100) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
+# Modules edgecnn imports on demand -> what to install (a deployment box may hold ONNX Runtime alone: predict and
+# inspect of ONNX files, and the ONNX benchmark rows, need no TensorFlow).
+PIP_NAMES = {"tensorflow": "tensorflow", "keras": "tensorflow", "tf_keras": "tf-keras",
+             "tensorflow_model_optimization": "tensorflow-model-optimization", "tf2onnx": "tf2onnx",
+             "onnx": "onnx", "ai_edge_litert": "ai-edge-litert",
+             "onnxruntime": "onnxruntime-gpu" if sys.platform == "linux" and os.uname().machine == "x86_64"
+             else "onnxruntime",
+             "tflite_micro": "edgecnn[micro]", "pillow_heif": "edgecnn[heic]", "matplotlib": "matplotlib"}
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Console entry point: one line on stderr and a non-zero exit for every user error."""
     debug = bool(os.environ.get("EDGECNN_DEBUG"))
@@ -592,6 +602,10 @@ def main(argv: Optional[List[str]] = None) -> None:
             sys.exit(1)
         if debug:
             raise
+        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in PIP_NAMES:
+            pkg = PIP_NAMES[exc.name.split(".")[0]]
+            _err(f"error: this needs {pkg}, which does not import here ({exc}): pip install '{pkg}'")
+            sys.exit(1)
         _err(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
              "(set EDGECNN_DEBUG=1 for a traceback)")
         sys.exit(3)

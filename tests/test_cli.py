@@ -303,3 +303,32 @@ def test_a_run_trained_with_crop_or_pad_is_fitted_so_by_predict_and_the_standalo
         first = res.stdout.split(": ")[1].split(",")[0].split()
         best = int(np.argmax(fitted))
         assert first == [names[best], f"{fitted[best]:.3f}"], (script, res.stdout)
+
+
+def test_onnx_files_need_no_tensorflow_and_a_missing_one_is_one_line(tiny_exports, tiny_run, tmp_path):
+    """A deployment box with ONNX Runtime and no TensorFlow (as the H100 machine was): predict and inspect of an
+    ONNX file work; a command that needs TensorFlow says so in one line and exits 1, not as an internal error."""
+    import os
+
+    from conftest import write_image
+
+    block = tmp_path / "block"
+    block.mkdir()
+    (block / "sitecustomize.py").write_text(
+        "import sys\nfor name in ('tensorflow', 'keras', 'tf_keras'):\n    sys.modules[name] = None\n")
+    env = dict(os.environ, PYTHONPATH=str(block))
+    img = write_image(tmp_path / "a.png", size=(16, 16))
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "edgecnn", *args], capture_output=True, text=True, env=env,
+                              timeout=300)
+
+    pred = run("predict", str(tiny_exports / "model_int8.onnx"), str(img), "--json")
+    assert pred.returncode == 0, pred.stderr
+    top = json.loads(pred.stdout)["results"][0]["top"][0]
+    assert top["class"] in json.loads((tiny_run / "labels.json").read_text())["class_names"] and top["probability"] > 0
+    assert run("inspect", str(tiny_exports / "model_float32.onnx")).returncode == 0
+    ev = run("evaluate", str(tiny_run))
+    lines = ev.stderr.strip().splitlines()
+    assert ev.returncode == 1 and len(lines) == 1, ev.stderr
+    assert lines[0].startswith("error: this needs tensorflow, which does not import here") and "pip install" in lines[0]
