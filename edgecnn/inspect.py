@@ -33,6 +33,8 @@ def _tensor(d) -> dict:
 def inspect_tflite(path: Path, content: bytes | None = None) -> dict:
     from edgecnn.runners.tflite import interpreter
 
+    from edgecnn.export.tflite_metadata import read as read_metadata
+
     it = interpreter(path, content=content, delegate=False)
     ops = tflite_ops(it)
     non_builtin = sorted(op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE"))
@@ -43,6 +45,7 @@ def inspect_tflite(path: Path, content: bytes | None = None) -> dict:
         "ops": dict(sorted(ops.items())),
         "all_builtin": not non_builtin,
         "non_builtin_ops": non_builtin,
+        "tflite_metadata": read_metadata(content if content is not None else path.read_bytes()),
     }
 
 
@@ -137,6 +140,15 @@ def format_text(info: dict) -> str:
         problems = info["tensorrt_int8"]
         lines.append("  TensorRT int8: " + ("yes (int8 Q/DQ, zero point 0)" if not problems else
                                              "no: " + "; ".join(problems)))
+    if "tflite_metadata" in info:
+        md = info["tflite_metadata"]
+        if md is None:
+            lines.append("  TFLite metadata: none (MediaPipe Tasks and ML Kit refuse a float input without it)")
+        else:
+            norm = md.get("normalization") or {}
+            lines.append(f"  TFLite metadata: {md.get('color_space')} image, mean {norm.get('mean')} std "
+                         f"{norm.get('std')}, {len(md.get('labels') or [])} labels in "
+                         f"{', '.join(md.get('label_files') or []) or 'no file'}; {md.get('name')} {md.get('version')}")
     lines.append("  ops: " + ", ".join(f"{k} x{v}" for k, v in info["ops"].items()))
     for k, v in (info.get("metadata") or {}).items():
         lines.append(f"  metadata {k}: {v[:120]}")

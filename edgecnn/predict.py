@@ -14,7 +14,8 @@ from edgecnn.fsutil import read_json
 
 
 def labels_for(model_path: Path) -> dict:
-    """``labels.json`` beside the model (or one folder up), else the ONNX metadata."""
+    """``labels.json`` beside the model (or one folder up), else the ONNX metadata or the TFLite metadata's
+    labels.txt."""
     for candidate in (model_path.parent / "labels.json", model_path.parent.parent / "labels.json"):
         if candidate.is_file():
             return read_json(candidate, "labels file")
@@ -29,6 +30,15 @@ def labels_for(model_path: Path) -> dict:
                         "input": json.loads(meta.get("input", "{}"))}
         except Exception:
             pass
+    if model_path.suffix == ".tflite":
+        from edgecnn.export.tflite_metadata import read
+
+        try:
+            meta = read(model_path.read_bytes())
+        except Exception:
+            meta = None
+        if meta and meta.get("labels"):
+            return {"class_names": meta["labels"], "input_shape": None, "input": {}}
     raise EdgeCNNError(f"no labels.json beside {model_path} (and no class names in the model)")
 
 

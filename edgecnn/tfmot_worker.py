@@ -244,6 +244,7 @@ def export_qat(tf, qat, ds, job) -> list[dict]:
     from edgecnn.export import ExportConfig, export_one, filename
     from edgecnn.export import onnx as onx
     from edgecnn.export.tflite import calibration_images, run_converter
+    from edgecnn.export.tflite_metadata import populate
     from edgecnn.export.verify import Thresholds
 
     calib = calibration_images(ds.x_train, job["calib_samples"], job["seed"])
@@ -264,7 +265,7 @@ def export_qat(tf, qat, ds, job) -> list[dict]:
                 fn = tf.function(lambda x: qat(x, training=False))
                 spec = tf.TensorSpec([1, *qat.input_shape[1:]], tf.float32, name="image")
                 conv = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function(spec)], qat)
-                return run_converter(conv, "int8", calib, job["io_dtype"])
+                return populate(run_converter(conv, "int8", calib, job["io_dtype"]), labels, "int8-qat")
             # tf2onnx turns the activations' fake-quant ops into QuantizeLinear/DequantizeLinear pairs and
             # folds the weights' into float constants on the int8 grid: stored as int8 again here.
             proto = onx.convert_float(qat, job["opset"])

@@ -51,6 +51,8 @@ def test_qat_writes_verified_int8_tflite_and_qdq_onnx(tiny_run):
     tfl = inspect(dst / "exports" / "model_int8.tflite")
     assert tfl["inputs"][0]["dtype"] == "uint8" and tfl["all_builtin"]
     assert tfl["inputs"][0]["shape"] == [1, 16, 16, 3]  # batch 1, as `edgecnn export` writes TFLite files
+    assert tfl["tflite_metadata"]["labels"] == json.loads((dst / "labels.json").read_text())["class_names"]
+    assert "int8-qat" in tfl["tflite_metadata"]["description"]
     onx = inspect(dst / "exports" / "model_int8.onnx")
     assert {"QuantizeLinear", "DequantizeLinear"} <= set(onx["ops"])
     # tf2onnx folds the weights' fake-quant into float constants: every kernel is stored as int8 again
@@ -93,6 +95,9 @@ def test_qat_writes_verified_int8_tflite_and_qdq_onnx(tiny_run):
         with pytest.raises(EdgeCNNError, match=f"--export-batch {batch}: this run's model_int8.{fmt} comes from"):
             export(ExportConfig(run=str(dst), formats=formats, batch=batch, verify_samples=64, calib_samples=50),
                    log=lambda m: None)
+    with pytest.raises(EdgeCNNError, match=r"--no-metadata: this run's model_int8.tflite comes from .*with its"):
+        export(ExportConfig(run=str(dst), formats="tflite", metadata=False, verify_samples=64, calib_samples=50),
+               log=lambda m: None)
 
 
 @pytest.mark.slow

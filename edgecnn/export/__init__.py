@@ -50,6 +50,7 @@ class ExportConfig:
     micro_samples: int = 1000
     c_array: bool = False  # model_data.h / model_data.cc for TFLite Micro projects
     gzip: bool = False  # also write <file>.gz (the smallest standard gzip stream) next to each export
+    metadata: bool = True  # TFLite metadata (input normalization, labels.txt) in each .tflite, as MediaPipe reads it
 
     def check(self) -> list[tuple[str, str]]:
         """Refuse bad options before anything is loaded (``run`` calls it before training); return the plan."""
@@ -162,6 +163,7 @@ def export(cfg: ExportConfig, log=print) -> dict:
     run_cfg = runs.config(base)
     seed = run_cfg.get("seed", 0)
     from edgecnn.export import tflite as tfl
+    from edgecnn.export import tflite_metadata
 
     calib = tfl.calibration_images(ds.x_train, cfg.calib_samples, seed) if cfg.calib_samples > 0 else None
     n_verify = min(cfg.verify_samples, len(ds.x_test))
@@ -185,7 +187,8 @@ def export(cfg: ExportConfig, log=print) -> dict:
             ("onnx", "--onnx-target", cfg.onnx_target, cfg.onnx_target != "cpu",
              "tf2onnx writes uint8 activations with zero points"),
             ("onnx", "--onnx-input", cfg.onnx_input, cfg.onnx_input != "float32", "kept as written, float32 input"),
-            ("onnx", "--onnx-layout", cfg.onnx_layout, cfg.onnx_layout != "nhwc", "kept as written, NHWC input")]
+            ("onnx", "--onnx-layout", cfg.onnx_layout, cfg.onnx_layout != "nhwc", "kept as written, NHWC input"),
+            ("tflite", "--no-metadata", "", not cfg.metadata, "kept as written, with its TFLite metadata")]
         if cfg.batch != "auto":  # auto takes the QAT files as they are (older ones have a dynamic batch)
             for fmt in ("tflite", "onnx"):
                 dim = qat_batch(fmt)
@@ -193,7 +196,8 @@ def export(cfg: ExportConfig, log=print) -> dict:
                              f"kept as written, {'batch 1' if dim else 'dynamic batch'}"))
         for fmt, option, given, differs, why in kept:
             if differs and filename(fmt, "int8") in qat_entries and (fmt, "int8") in pairs:
-                raise EdgeCNNError(f"{option} {given}: this run's model_int8.{fmt} comes from quantization-aware "
+                raise EdgeCNNError(f"{option} {given}".strip() + f": this run's model_int8.{fmt} comes from "
+                                   "quantization-aware "
                                    f"training ({why}); export the run it was fine-tuned from, or leave out {option}")
     with tempfile.TemporaryDirectory(prefix="edgecnn-export-") as tmp:
         saved = None
@@ -217,7 +221,8 @@ def export(cfg: ExportConfig, log=print) -> dict:
                 if fmt == "tflite":
                     if saved is None:
                         saved = tfl.export_saved_model(deploy, Path(tmp) / "saved_model", batch_of(cfg.batch, fmt))
-                    return tfl.convert(saved, variant, calib if variant == "int8" else None, cfg.io_dtype)
+                    blob = tfl.convert(saved, variant, calib if variant == "int8" else None, cfg.io_dtype)
+                    return tflite_metadata.populate(blob, labels, variant) if cfg.metadata else blob
                 from edgecnn.export import onnx as onx
 
                 if float_onnx is None:
@@ -267,6 +272,7 @@ def export(cfg: ExportConfig, log=print) -> dict:
         "onnx_input": cfg.onnx_input,
         "onnx_layout": cfg.onnx_layout,
         "batch": cfg.batch,
+        "tflite_metadata": cfg.metadata,
         "calibration": {"split": "train", "samples": int(len(calib)) if calib is not None else 0, "seed": seed},
         "verification": {"split": "test", "images": n_verify, "enabled": cfg.verify,
                          "thresholds": asdict(cfg.thresholds)},

@@ -4,11 +4,13 @@
     pip install ai-edge-litert numpy pillow   # and pillow-heif for HEIC photos
     python infer_tflite.py model_int8.tflite photo.jpg [more.jpg ...]
 
-Written by edgecnn beside the exports; needs neither TensorFlow nor edgecnn.
+Written by edgecnn beside the exports; needs neither TensorFlow nor edgecnn. Class names come from
+labels.json beside the model, else from the labels.txt edgecnn zips onto the .tflite file (its metadata).
 """
 
 import json
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +71,15 @@ def fit_mode(recorded):
 
 
 def main(model_path, images, top_k=3):
-    info = json.loads((Path(model_path).parent / "labels.json").read_text())
+    beside = Path(model_path).parent / "labels.json"
+    if beside.is_file():
+        info = json.loads(beside.read_text())
+    else:  # labels.txt that edgecnn zips onto the .tflite file (its TFLite metadata)
+        try:
+            with zipfile.ZipFile(model_path) as z:
+                info = {"class_names": z.read("labels.txt").decode().splitlines()}
+        except (OSError, KeyError, zipfile.BadZipFile):
+            sys.exit(f"error: no labels.json beside {model_path} and no labels.txt in it")
     labels = info["class_names"]
     fit = fit_mode(info.get("input", {}).get("resize", ""))  # how training made images fit
     it = Interpreter(model_path=str(model_path))

@@ -1,0 +1,148 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import NO_TF_BLOCK, run_main
+from edgecnn.errors import EdgeCNNError
+from edgecnn.export import ExportConfig, export
+from edgecnn.export import tflite_metadata as tm
+from edgecnn.inspect import format_text, inspect
+from edgecnn.runners import open_runner
+
+ROOT = Path(__file__).resolve().parents[1]
+TFLITE = ["model_float32.tflite", "model_float16.tflite", "model_dynamic.tflite", "model_int8.tflite"]
+MEDIAPIPE = "mediapipe==1.2.3"  # its own venv: MediaPipe pins absl-py~=2.3, tfmot (edgecnn's) absl-py~=1.2
+
+
+@pytest.fixture(scope="module")
+def bare(tiny_run, tmp_path_factory) -> Path:
+    """The tiny run's float32 and int8 TFLite files exported with --no-metadata."""
+    dst = tmp_path_factory.mktemp("bare") / "run"
+    shutil.copytree(tiny_run, dst, ignore=shutil.ignore_patterns("exports"))
+    report = export(ExportConfig(run=str(dst), formats="tflite", metadata=False, calib_samples=100,
+                                 verify_samples=100), log=lambda m: None)
+    assert report["tflite_metadata"] is False
+    return dst / "exports"
+
+
+def test_every_tflite_export_carries_labels_and_normalization(tiny_exports):
+    names = json.loads((tiny_exports / "labels.json").read_text())["class_names"]
+    report = json.loads((tiny_exports / "export_report.json").read_text())
+    assert report["tflite_metadata"] is True
+    for name in TFLITE:
+        info = inspect(tiny_exports / name)
+        md = info["tflite_metadata"]
+        assert md["labels"] == names and md["label_files"] == ["labels.txt"], name
+        assert md["normalization"] == {"mean": [0.0], "std": [1.0]} and md["color_space"] == "RGB"
+        assert md["min_parser_version"] == "1.0.0" and md["author"] == "edgecnn"
+        assert f"{len(names)}-class" in md["description"] and name.split("_")[1].split(".")[0] in md["description"]
+        with zipfile.ZipFile(tiny_exports / name) as z:  # the file doubles as a zip holding labels.txt
+            assert z.read("labels.txt").decode().splitlines() == names
+        assert f"TFLite metadata: RGB image, mean [0.0] std [1.0], {len(names)} labels in labels.txt" \
+            in format_text(info)
+
+
+def test_metadata_changes_no_output_and_adds_under_a_kilobyte(tiny_exports, bare):
+    x = np.random.default_rng(5).integers(0, 256, (20, 16, 16, 3), dtype=np.uint8)
+    for name in ("model_float32.tflite", "model_int8.tflite"):
+        plain = (bare / name).read_bytes()
+        assert tm.read(plain) is None and "TFLite metadata: none" in format_text(inspect(bare / name))
+        with_md = tm.populate(plain, json.loads((bare / "labels.json").read_text()), "test")
+        assert 0 < len(with_md) - len(plain) < 1024
+        path = bare.parent / f"md_{name}"
+        path.write_bytes(with_md)
+        assert np.array_equal(open_runner(bare / name).predict(x), open_runner(path).predict(x))
+        with pytest.raises(EdgeCNNError, match="already has TFLITE_METADATA"):
+            tm.populate(with_md, {"class_names": ["a"], "input_shape": [16, 16, 3]}, "test")
+
+
+def test_grayscale_models_say_so():
+    labels = {"class_names": ["x", "y"], "input_shape": [8, 8, 1]}
+    blob = tm.build(labels, "float32", "float32", "0")
+    assert blob[4:8] == b"M001"
+    from flatbuffers import encode, packer
+
+    root = tm._Table(blob, encode.Get(packer.uoffset, blob, 0))
+    image = root.tables(3)[0].tables(2)[0].table(3).table(1)
+    assert image.byte(0) == tm.GRAYSCALE
+
+
+def test_a_lone_tflite_file_predicts_with_its_own_labels(tiny_exports, bare, tmp_path, capsys):
+    """Copied away from labels.json, the file still names its classes: predict and infer_tflite.py read the
+    labels.txt zipped into it; a file without metadata is one error line."""
+    from conftest import write_image
+
+    picture = write_image(tmp_path / "pic.png", size=(16, 16))
+    lone = tmp_path / "lone" / "model_int8.tflite"
+    lone.parent.mkdir()
+    shutil.copyfile(tiny_exports / "model_int8.tflite", lone)
+    code, out, err = run_main(capsys, "predict", str(lone), str(picture), "--json")
+    names = json.loads((tiny_exports / "labels.json").read_text())["class_names"]
+    top = json.loads(out)["results"][0]["top"][0]
+    assert code == 0 and top["class"] in names, err
+    script = tmp_path / "lone" / "infer_tflite.py"
+    shutil.copyfile(tiny_exports / "infer_tflite.py", script)
+    run = subprocess.run([sys.executable, "-c", NO_TF_BLOCK, str(script), str(lone), str(picture)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split(": ")[1].split(",")[0] == f"{top['class']} {top['probability']:.3f}"
+    shutil.copyfile(bare / "model_int8.tflite", lone)
+    code, out, err = run_main(capsys, "predict", str(lone), str(picture))
+    assert code == 2 and err.strip().count("\n") == 0 and "no labels.json beside" in err
+    run = subprocess.run([sys.executable, "-c", NO_TF_BLOCK, str(script), str(lone), str(picture)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and run.stderr.strip() == f"error: no labels.json beside {lone} and no labels.txt in it"
+
+
+@pytest.fixture(scope="module")
+def mediapipe_python(tmp_path_factory) -> str:
+    """A Python with MediaPipe: $EDGECNN_MEDIAPIPE_PYTHON, else a venv made here from the package registry
+    (skipped, saying why, where the registry cannot be reached)."""
+    given = os.environ.get("EDGECNN_MEDIAPIPE_PYTHON")
+    if given:
+        return given
+    venv = tmp_path_factory.mktemp("mediapipe") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    (venv / "tmp").mkdir()
+    env = {**os.environ, "TMPDIR": str(venv / "tmp"), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    out = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", MEDIAPIPE],
+                         capture_output=True, text=True, timeout=900, env=env)
+    if out.returncode:
+        lines = [ln for ln in (out.stderr + out.stdout).splitlines() if ln.strip()]
+        pytest.skip(f"pip install {MEDIAPIPE} failed: {lines[-1] if lines else out.returncode}")
+    shutil.rmtree(venv / "tmp")
+    return str(venv / "bin" / "python")
+
+
+@pytest.mark.slow
+def test_mediapipe_classifies_every_tflite_export_as_litert_does(tiny_exports, bare, mediapipe_python, tmp_path):
+    """MediaPipe Tasks' ImageClassifier (what Android, iOS and web apps load a .tflite classifier with) reads the
+    metadata: it takes each export, names the classes and scores exactly as edgecnn's LiteRT runner does; the
+    float file without metadata it refuses."""
+    from edgecnn.evaluate import load_run_data
+
+    ds = load_run_data(tiny_exports.parent, None)
+    x = ds.x_test[:40]
+    np.save(tmp_path / "x.npy", x)
+
+    def mediapipe(model: Path) -> tuple[int, dict]:
+        out = subprocess.run([mediapipe_python, str(ROOT / "tools" / "check_mediapipe.py"), str(model),
+                              str(tmp_path / "x.npy")], capture_output=True, text=True, timeout=300)
+        assert out.stdout.strip(), out.stderr[-2000:]
+        return out.returncode, json.loads(out.stdout.strip().splitlines()[-1])
+
+    for name in TFLITE:
+        code, res = mediapipe(tiny_exports / name)
+        assert code == 0 and res["mediapipe"] == MEDIAPIPE.split("==")[1], res
+        assert [[c["name"] for c in row] for row in res["results"]] == [ds.class_names] * len(x)
+        scores = np.array([[c["score"] for c in row] for row in res["results"]])
+        assert np.abs(scores - open_runner(tiny_exports / name).predict(x)).max() < 1e-6, name
+    code, res = mediapipe(bare / "model_float32.tflite")
+    assert code == 1 and "NormalizationOptions" in res["error"]

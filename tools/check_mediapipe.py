@@ -1,0 +1,57 @@
+"""Classify images with MediaPipe Tasks' ImageClassifier, the way an Android, iOS or web app loads a .tflite file.
+
+MediaPipe reads the file's TFLite metadata (input normalization, labels.txt); a float-input file without it is
+refused. Run it with a Python that has MediaPipe, in its own venv: MediaPipe (absl-py~=2.3) and tfmot
+(absl-py~=1.2), which edgecnn installs, cannot share one:
+
+    python3 -m venv /tmp/mp && /tmp/mp/bin/pip install mediapipe==1.2.3
+    /tmp/mp/bin/python tools/check_mediapipe.py runs/run1/exports/model_int8.tflite images.npy
+
+IMAGES: a .npy of uint8 images (N, H, W, C) or image files. Prints one JSON object: the MediaPipe version and,
+for each image, every category (index, name, score) in index order; or {"error": ...} and exit 1 when
+MediaPipe refuses the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("images", nargs="+")
+    args = ap.parse_args(argv)
+
+    import mediapipe as mp
+    import numpy as np
+    from mediapipe.tasks.python.core.base_options import BaseOptions
+    from mediapipe.tasks.python.vision import image_classifier
+
+    if len(args.images) == 1 and args.images[0].endswith(".npy"):
+        arrays = np.load(args.images[0])
+        images = [mp.Image(image_format=mp.ImageFormat.GRAY8 if a.shape[-1] == 1 else mp.ImageFormat.SRGB,
+                           data=np.ascontiguousarray(a[..., 0] if a.shape[-1] == 1 else a)) for a in arrays]
+    else:
+        images = [mp.Image.create_from_file(p) for p in args.images]
+    opts = image_classifier.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=args.model),
+                                                   max_results=-1)
+    try:
+        classifier = image_classifier.ImageClassifier.create_from_options(opts)
+    except Exception as exc:  # MediaPipe raises ValueError/RuntimeError with its own status text
+        print(json.dumps({"mediapipe": mp.__version__, "error": f"{type(exc).__name__}: {exc}"}))
+        return 1
+    out = []
+    with classifier:
+        for image in images:
+            cats = classifier.classify(image).classifications[0].categories
+            out.append(sorted(({"index": c.index, "name": c.category_name, "score": c.score} for c in cats),
+                              key=lambda c: c["index"]))
+    print(json.dumps({"mediapipe": mp.__version__, "results": out}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
