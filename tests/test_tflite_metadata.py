@@ -122,27 +122,23 @@ def mediapipe_python(tmp_path_factory) -> str:
 
 
 @pytest.mark.slow
-def test_mediapipe_classifies_every_tflite_export_as_litert_does(tiny_exports, bare, mediapipe_python, tmp_path):
+def test_mediapipe_classifies_every_tflite_export_as_litert_does(tiny_run, tiny_exports, bare, mediapipe_python):
     """MediaPipe Tasks' ImageClassifier (what Android, iOS and web apps load a .tflite classifier with) reads the
-    metadata: it takes each export, names the classes and scores exactly as edgecnn's LiteRT runner does; the
-    float file without metadata it refuses."""
-    from edgecnn.evaluate import load_run_data
-
-    ds = load_run_data(tiny_exports.parent, None)
-    x = ds.x_test[:40]
-    np.save(tmp_path / "x.npy", x)
-
-    def mediapipe(model: Path) -> tuple[int, dict]:
-        out = subprocess.run([mediapipe_python, str(ROOT / "tools" / "check_mediapipe.py"), str(model),
-                              str(tmp_path / "x.npy")], capture_output=True, text=True, timeout=300)
+    metadata: it takes each export, names the classes and scores exactly as edgecnn's LiteRT runner does
+    (tools/compare_mediapipe.py); a float file without metadata it refuses, and the tool exits 1."""
+    def compare(run: Path) -> tuple[int, list[dict]]:
+        out = subprocess.run([sys.executable, str(ROOT / "tools" / "compare_mediapipe.py"), str(run),
+                              "--mediapipe-python", mediapipe_python, "--samples", "40", "--json"],
+                             capture_output=True, text=True, timeout=600)
         assert out.stdout.strip(), out.stderr[-2000:]
-        return out.returncode, json.loads(out.stdout.strip().splitlines()[-1])
+        return out.returncode, json.loads(out.stdout.strip().splitlines()[-1])["rows"]
 
-    for name in TFLITE:
-        code, res = mediapipe(tiny_exports / name)
-        assert code == 0 and res["mediapipe"] == MEDIAPIPE.split("==")[1], res
-        assert [[c["name"] for c in row] for row in res["results"]] == [ds.class_names] * len(x)
-        scores = np.array([[c["score"] for c in row] for row in res["results"]])
-        assert np.abs(scores - open_runner(tiny_exports / name).predict(x)).max() < 1e-6, name
-    code, res = mediapipe(bare / "model_float32.tflite")
-    assert code == 1 and "NormalizationOptions" in res["error"]
+    code, rows = compare(tiny_run)
+    assert code == 0 and [r["file"] for r in rows] == sorted(TFLITE), rows
+    for r in rows:
+        assert r["status"] == "ok" and r["mediapipe"] == MEDIAPIPE.split("==")[1] and r["images"] == 40, r
+        assert r["class_names_match"] and r["max_abs_diff"] < 1e-6 and r["agreement"] == 1.0, r
+        assert r["mediapipe_accuracy"] == r["litert_accuracy"] > 0.2, r  # chance: 0.1
+    code, rows = compare(bare.parent)
+    float32 = next(r for r in rows if r["file"] == "model_float32.tflite")
+    assert code == 1 and float32["status"] == "refused" and "NormalizationOptions" in float32["error"], rows

@@ -1,0 +1,89 @@
+"""A run's .tflite exports through MediaPipe Tasks' ImageClassifier and through edgecnn's LiteRT runner, on the
+run's test split: accuracy of each, the largest score difference, top-1 agreement, and whether MediaPipe named
+the classes as labels.json does.
+
+    python3 -m venv /tmp/mp && /tmp/mp/bin/pip install mediapipe==1.2.3     # its own venv (absl-py clash)
+    python tools/compare_mediapipe.py RUN --mediapipe-python /tmp/mp/bin/python [--data SRC] [--samples N]
+
+MediaPipe runs in that venv (tools/check_mediapipe.py); this script runs in edgecnn's. Prints a markdown table,
+or JSON with --json. A file MediaPipe refuses (a float file exported with --no-metadata) is a row saying why.
+Exit 1 if any file was refused or named the classes differently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+CHECK = Path(__file__).resolve().parent / "check_mediapipe.py"
+
+
+def compare(model: Path, x: np.ndarray, y: np.ndarray, class_names: list[str], mediapipe_python: str,
+            images_npy: Path) -> dict:
+    from edgecnn.runners import open_runner
+
+    out = subprocess.run([mediapipe_python, str(CHECK), str(model), str(images_npy)], capture_output=True,
+                         text=True, timeout=3600)
+    lines = out.stdout.strip().splitlines()
+    if not lines:
+        raise SystemExit(f"error: {CHECK.name} printed nothing for {model}: {out.stderr.strip()[-500:]}")
+    res = json.loads(lines[-1])
+    row = {"file": model.name, "mediapipe": res["mediapipe"]}
+    if "error" in res:
+        return row | {"status": "refused", "error": res["error"]}
+    scores = np.array([[c["score"] for c in r] for r in res["results"]])
+    probs = open_runner(model).predict(x, batch_size=256)
+    return row | {"status": "ok", "images": len(x),
+                  "class_names_match": all([c["name"] for c in r] == class_names for r in res["results"]),
+                  "mediapipe_accuracy": float(np.mean(scores.argmax(1) == y)),
+                  "litert_accuracy": float(np.mean(probs.argmax(1) == y)),
+                  "max_abs_diff": float(np.abs(scores - probs).max()),
+                  "agreement": float(np.mean(scores.argmax(1) == probs.argmax(1)))}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run")
+    ap.add_argument("--mediapipe-python", required=True)
+    ap.add_argument("--data", help="data source (default: the run's own)")
+    ap.add_argument("--samples", type=int, default=0, help="first N test images (default: all)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    from edgecnn.evaluate import load_run_data
+
+    run = Path(args.run)
+    ds = load_run_data(run, args.data)
+    x, y = ds.x_test, ds.y_test
+    if args.samples:
+        x, y = x[:args.samples], y[:args.samples]
+    models = sorted((run / "exports").glob("*.tflite"))
+    if not models:
+        raise SystemExit(f"error: no .tflite files in {run / 'exports'}")
+    with tempfile.TemporaryDirectory(prefix="edgecnn-mediapipe-") as tmp:
+        np.save(Path(tmp) / "x.npy", x)
+        rows = [compare(m, x, y, ds.class_names, args.mediapipe_python, Path(tmp) / "x.npy") for m in models]
+    if args.json:
+        print(json.dumps({"run": str(run), "rows": rows}))
+    else:
+        print(f"MediaPipe {rows[0]['mediapipe']} vs LiteRT on {len(x)} test images of `{run.name}`\n")
+        print("| file | MediaPipe accuracy | LiteRT accuracy | max abs score difference | top-1 agreement |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            if r["status"] != "ok":
+                print(f"| {r['file']} | refused: {r['error'][:100]} | | | |")
+            else:
+                print(f"| {r['file']} | {100 * r['mediapipe_accuracy']:.2f}% | {100 * r['litert_accuracy']:.2f}% | "
+                      f"{r['max_abs_diff']:.2g} | {100 * r['agreement']:.2f}% |")
+    return 1 if any(r["status"] != "ok" or not r["class_names_match"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
