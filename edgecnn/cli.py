@@ -510,6 +510,9 @@ def predict_cmd(
     images: List[str] = typer.Argument(..., help="Image files or folders."),
     top_k: int = typer.Option(3, "--top-k", "-k", help="Classes to show per image."),
     json_out: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda (ONNX Runtime CUDA, or TensorFlow's GPU for "
+                               ".keras) or tensorrt (ONNX Runtime TensorRT); stops with the reason where it cannot "
+                               "run there."),
     runs_dir: str = RUNS_DIR_OPT,
 ):
     """Classify images with any exported model (labels from labels.json or the model's metadata).
@@ -519,7 +522,7 @@ def predict_cmd(
     from edgecnn.predict import predict
 
     results, failed = [], 0
-    for path, top, error in predict(model, images, top_k, runs_dir):
+    for path, top, error in predict(model, images, top_k, runs_dir, device):
         if error:
             failed += 1
             _err(f"error: {error}")
@@ -529,7 +532,7 @@ def predict_cmd(
         if not json_out:
             _log(f"{path}: " + ", ".join(f"{c} {p:.3f}" for c, p in top))
     if json_out:
-        print(json.dumps({"model": str(model), "results": results}, indent=2))
+        print(json.dumps({"model": str(model), "device": device, "results": results}, indent=2))
     raise typer.Exit(1 if failed else 0)
 
 

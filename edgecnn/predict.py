@@ -13,6 +13,9 @@ from edgecnn.errors import EdgeCNNError
 from edgecnn.fsutil import read_json
 
 
+DEVICES = ("cpu", "cuda", "tensorrt")
+
+
 def labels_for(model_path: Path) -> dict:
     """``labels.json`` beside the model (or one folder up), else the ONNX metadata or the TFLite metadata's
     labels.txt."""
@@ -57,10 +60,12 @@ def expand(paths: list[str]) -> list[Path]:
 
 
 def predict(model_path: str | Path, images: list[str], top_k: int = 3,
-            runs_dir: str | Path = runs.DEFAULT_RUNS_DIR):
+            runs_dir: str | Path = runs.DEFAULT_RUNS_DIR, device: str = "cpu"):
     """Yield (path, [(class, probability), ...] or None, error or None) per image.
 
     ``model_path``: a model file, or a run (a folder, or a run name under ``runs_dir``) for its model.keras.
+    ``device``: cpu, cuda or tensorrt; one the model's runtime cannot use here stops with the reason (ONNX
+    Runtime's quiet fallback to the CPU included).
     """
     from edgecnn.runners import MODEL_SUFFIXES, format_of, open_runner
 
@@ -70,10 +75,12 @@ def predict(model_path: str | Path, images: list[str], top_k: int = 3,
     format_of(model_path)
     if top_k < 1:
         raise EdgeCNNError(f"--top-k must be at least 1, got {top_k}")
+    if device not in DEVICES:
+        raise EdgeCNNError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     if not model_path.is_file():
         raise EdgeCNNError(f"model file not found: {model_path}")
     labels = labels_for(model_path)
-    runner = open_runner(model_path)
+    runner = open_runner(model_path, device)
     h, w, c = runner.input_shape
     names = labels["class_names"]
     resize = resize_mode((labels.get("input") or {}).get("resize"))  # as the run was trained

@@ -171,6 +171,28 @@ def test_predict_reports_bad_images_and_continues(capsys, tiny_exports, sample_i
     assert "bad.jpg" in err and "missing.png" in err and "Traceback" not in err
 
 
+def test_predict_on_a_device_runs_there_or_says_why_not(capsys, tiny_exports, tiny_run, sample_images):
+    """--device cuda/tensorrt: the file runs on that provider, with the CPU's classes, or the command stops with
+    one line naming the provider and why (here: no GPU; ONNX Runtime alone would quietly run on the CPU)."""
+    model = str(tiny_exports / "model_float32.onnx")
+    code, out, _ = run_main(capsys, "predict", model, str(sample_images), "--json")
+    cpu = json.loads(out)
+    assert code == 0 and cpu["device"] == "cpu"
+    for device, provider in (("cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")):
+        code, out, err = run_main(capsys, "predict", model, str(sample_images), "--json", "--device", device)
+        if code == 0:  # a machine with the GPU and libraries ONNX Runtime needs
+            assert [r["top"][0]["class"] for r in json.loads(out)["results"]] == \
+                [r["top"][0]["class"] for r in cpu["results"]]
+        else:
+            assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and (
+                f"{provider} unavailable" in err or f"{provider} not in this onnxruntime build" in err), err
+    code, _, err = run_main(capsys, "predict", str(tiny_exports / "model_int8.tflite"), str(sample_images),
+                            "--device", "cuda")
+    assert code == 2 and err == "error: litert does not run on cuda\n"
+    code, _, err = run_main(capsys, "predict", str(tiny_run / "model.keras"), str(sample_images), "--device", "gpu")
+    assert code == 2 and "--device must be one of cpu, cuda, tensorrt, got 'gpu'" in err
+
+
 def test_predict_with_onnx_metadata_only(capsys, tiny_exports, sample_images, tmp_path):
     import shutil
 
