@@ -126,12 +126,14 @@ def test_mediapipe_classifies_every_tflite_export_as_litert_does(tiny_run, tiny_
     """MediaPipe Tasks' ImageClassifier (what Android, iOS and web apps load a .tflite classifier with) reads the
     metadata: it takes each export, names the classes and scores exactly as edgecnn's LiteRT runner does
     (tools/compare_mediapipe.py); a float file without metadata it refuses, and the tool exits 1."""
-    def compare(run: Path) -> tuple[int, list[dict]]:
+    def compare(run: Path, *extra: str) -> tuple[int, list[dict]]:
         out = subprocess.run([sys.executable, str(ROOT / "tools" / "compare_mediapipe.py"), str(run),
-                              "--mediapipe-python", mediapipe_python, "--samples", "40", "--json"],
+                              "--mediapipe-python", mediapipe_python, "--samples", "40", "--json", *extra],
                              capture_output=True, text=True, timeout=600)
         assert out.stdout.strip(), out.stderr[-2000:]
-        return out.returncode, json.loads(out.stdout.strip().splitlines()[-1])["rows"]
+        doc = json.loads(out.stdout.strip().splitlines()[-1])
+        assert doc["frame"] == (extra[1] if extra else None) and doc["fit"] == ("squash" if extra else None)
+        return out.returncode, doc["rows"]
 
     code, rows = compare(tiny_run)
     assert code == 0 and [r["file"] for r in rows] == sorted(TFLITE), rows
@@ -139,6 +141,10 @@ def test_mediapipe_classifies_every_tflite_export_as_litert_does(tiny_run, tiny_
         assert r["status"] == "ok" and r["mediapipe"] == MEDIAPIPE.split("==")[1] and r["images"] == 40, r
         assert r["class_names_match"] and r["max_abs_diff"] < 1e-6 and r["agreement"] == 1.0, r
         assert r["mediapipe_accuracy"] == r["litert_accuracy"] > 0.2, r  # chance: 0.1
+    # Frames of another size: MediaPipe fits them itself (it squashes, with its own interpolation), LiteRT gets
+    # them as edgecnn trained the run (squash): both classify, with their own scores.
+    code, rows = compare(tiny_run, "--frame", "24x20")
+    assert code == 0 and all(r["status"] == "ok" and r["class_names_match"] for r in rows), rows
     code, rows = compare(bare.parent)
     float32 = next(r for r in rows if r["file"] == "model_float32.tflite")
     assert code == 1 and float32["status"] == "refused" and "NormalizationOptions" in float32["error"], rows

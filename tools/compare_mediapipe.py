@@ -4,6 +4,11 @@ the classes as labels.json does.
 
     python3 -m venv /tmp/mp && /tmp/mp/bin/pip install mediapipe==1.2.3     # its own venv (absl-py clash)
     python tools/compare_mediapipe.py RUN --mediapipe-python /tmp/mp/bin/python [--data SRC] [--samples N]
+        [--frame WxH] [--fit squash|crop|pad]
+
+``--frame WxH`` enlarges each test image (bicubic) to a WxH frame, as a camera would hand one over: MediaPipe
+fits it to the model its own way, LiteRT gets it fitted as edgecnn trained the run (``--fit``: the run's
+``--resize`` unless given), so the table shows how far the two preprocessings part.
 
 MediaPipe runs in that venv (tools/check_mediapipe.py); this script runs in edgecnn's. Prints a markdown table,
 or JSON with --json. A file MediaPipe refuses (a float file exported with --no-metadata) is a row saying why.
@@ -27,6 +32,7 @@ CHECK = Path(__file__).resolve().parent / "check_mediapipe.py"
 
 def compare(model: Path, x: np.ndarray, y: np.ndarray, class_names: list[str], mediapipe_python: str,
             images_npy: Path) -> dict:
+    """One row: ``images_npy`` (what MediaPipe is given) through MediaPipe, ``x`` through LiteRT."""
     from edgecnn.runners import open_runner
 
     out = subprocess.run([mediapipe_python, str(CHECK), str(model), str(images_npy)], capture_output=True,
@@ -54,9 +60,14 @@ def main(argv=None) -> int:
     ap.add_argument("--mediapipe-python", required=True)
     ap.add_argument("--data", help="data source (default: the run's own)")
     ap.add_argument("--samples", type=int, default=0, help="first N test images (default: all)")
+    ap.add_argument("--frame", help="WxH: hand both runtimes test images enlarged to this size")
+    ap.add_argument("--fit", choices=("squash", "crop", "pad"), help="how LiteRT's input is fitted from a --frame "
+                    "(default: as the run was trained)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
+    from edgecnn import runs
+    from edgecnn.data.images import resize_mode
     from edgecnn.evaluate import load_run_data
 
     run = Path(args.run)
@@ -67,13 +78,26 @@ def main(argv=None) -> int:
     models = sorted((run / "exports").glob("*.tflite"))
     if not models:
         raise SystemExit(f"error: no .tflite files in {run / 'exports'}")
+    given, fit = x, None
+    if args.frame:
+        from PIL import Image
+
+        from edgecnn.data.images import fit_image
+
+        w, h = (int(v) for v in args.frame.lower().split("x"))
+        fit = args.fit or resize_mode((runs.labels(run).get("input") or {}).get("resize"))
+        given = np.stack([np.asarray(Image.fromarray(a.squeeze()).resize((w, h), Image.BICUBIC)).reshape(
+            h, w, -1) for a in x])
+        x = np.stack([np.asarray(fit_image(Image.fromarray(a.squeeze()), x.shape[2], x.shape[1], fit)).reshape(
+            x.shape[1:]) for a in given])
     with tempfile.TemporaryDirectory(prefix="edgecnn-mediapipe-") as tmp:
-        np.save(Path(tmp) / "x.npy", x)
+        np.save(Path(tmp) / "x.npy", given)
         rows = [compare(m, x, y, ds.class_names, args.mediapipe_python, Path(tmp) / "x.npy") for m in models]
     if args.json:
-        print(json.dumps({"run": str(run), "rows": rows}))
+        print(json.dumps({"run": str(run), "frame": args.frame, "fit": fit, "rows": rows}))
     else:
-        print(f"MediaPipe {rows[0]['mediapipe']} vs LiteRT on {len(x)} test images of `{run.name}`\n")
+        print(f"MediaPipe {rows[0]['mediapipe']} vs LiteRT on {len(x)} test images of `{run.name}`"
+              + (f", enlarged to {args.frame} frames (LiteRT's input fitted by {fit})" if args.frame else "") + "\n")
         print("| file | MediaPipe accuracy | LiteRT accuracy | max abs score difference | top-1 agreement |")
         print("|---|---|---|---|---|")
         for r in rows:
