@@ -255,7 +255,7 @@ def export_cmd(
                               "gzip stream (zlib picks Huffman-only for sparse int8 weights); any gunzip reads it."),
     metadata: bool = typer.Option(True, "--metadata/--no-metadata", help="Write TFLite metadata into each .tflite "
                                   "(input normalization, labels.txt zipped on; under 1 KB with 10 classes): what "
-                                  "MediaPipe Tasks and ML Kit need to classify with the file alone."),
+                                  "MediaPipe Tasks needs to classify with the file alone."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Data source (default: the run's own)."),
     runs_dir: str = RUNS_DIR_OPT,
     json_out: bool = typer.Option(False, "--json", help="Print the export report as JSON."),

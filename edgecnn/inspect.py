@@ -31,9 +31,8 @@ def _tensor(d) -> dict:
 
 
 def inspect_tflite(path: Path, content: bytes | None = None) -> dict:
-    from edgecnn.runners.tflite import interpreter
-
     from edgecnn.export.tflite_metadata import read as read_metadata
+    from edgecnn.runners.tflite import interpreter
 
     it = interpreter(path, content=content, delegate=False)
     ops = tflite_ops(it)
@@ -143,12 +142,12 @@ def format_text(info: dict) -> str:
     if "tflite_metadata" in info:
         md = info["tflite_metadata"]
         if md is None:
-            lines.append("  TFLite metadata: none (MediaPipe Tasks and ML Kit refuse a float input without it)")
+            lines.append("  TFLite metadata: none (MediaPipe Tasks refuses a float-input file without it)")
         else:
-            norm = md.get("normalization") or {}
+            norm, files = md.get("normalization") or {}, ", ".join(md.get("label_files") or []) or "no file"
             lines.append(f"  TFLite metadata: {md.get('color_space')} image, mean {norm.get('mean')} std "
-                         f"{norm.get('std')}, {len(md.get('labels') or [])} labels in "
-                         f"{', '.join(md.get('label_files') or []) or 'no file'}; {md.get('name')} {md.get('version')}")
+                         f"{norm.get('std')}, {len(md.get('labels') or [])} labels in {files}; {md.get('name')} "
+                         f"{md.get('version')}")
     lines.append("  ops: " + ", ".join(f"{k} x{v}" for k, v in info["ops"].items()))
     for k, v in (info.get("metadata") or {}).items():
         lines.append(f"  metadata {k}: {v[:120]}")

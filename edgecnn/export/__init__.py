@@ -196,9 +196,9 @@ def export(cfg: ExportConfig, log=print) -> dict:
                              f"kept as written, {'batch 1' if dim else 'dynamic batch'}"))
         for fmt, option, given, differs, why in kept:
             if differs and filename(fmt, "int8") in qat_entries and (fmt, "int8") in pairs:
-                raise EdgeCNNError(f"{option} {given}".strip() + f": this run's model_int8.{fmt} comes from "
-                                   "quantization-aware "
-                                   f"training ({why}); export the run it was fine-tuned from, or leave out {option}")
+                said = f"{option} {given}".strip()
+                raise EdgeCNNError(f"{said}: this run's model_int8.{fmt} comes from quantization-aware training "
+                                   f"({why}); export the run it was fine-tuned from, or leave out {option}")
     with tempfile.TemporaryDirectory(prefix="edgecnn-export-") as tmp:
         saved = None
         float_onnx = None

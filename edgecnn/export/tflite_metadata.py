@@ -2,8 +2,8 @@
 
 The metadata is the TFLite metadata flatbuffer (``metadata_schema.fbs``, file identifier ``M001``), stored in
 the model's ``metadata`` list as ``TFLITE_METADATA``, with ``labels.txt`` zipped onto the end of the file:
-the layout MediaPipe Tasks (``ImageClassifier``), the TFLite Task Library and ML Kit's custom models read, so
-they classify with the file alone and return class names. LiteRT and TFLite Micro ignore it.
+the layout MediaPipe Tasks (``ImageClassifier``) reads, as do the TFLite Task Library and ML Kit's custom
+models, to classify with the file alone and return class names. LiteRT and TFLite Micro ignore it.
 
 Written by field slot with the ``flatbuffers`` package (a TensorFlow and LiteRT dependency): the writers in
 ``tflite-support`` (protobuf<4) and MediaPipe (absl-py~=2.3, and a wheel without its C extension) cannot be
