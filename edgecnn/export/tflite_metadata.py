@@ -68,8 +68,9 @@ def build(labels: dict, variant: str, input_dtype: str, version: str) -> bytes:
     s = b.CreateString
 
     # Input: an RGB (or grayscale) image; the model divides by 255 itself, so pixels go in as they are.
-    in_name, in_desc = s("image"), s(f"{'RGB' if c == 3 else 'grayscale'} image, {h}x{w}, pixels 0..255 as "
-                                     f"{input_dtype} (the model scales them itself)")
+    pixels = "pixels minus 128 as int8" if input_dtype == "int8" else f"pixels 0..255 as {input_dtype}"
+    in_name, in_desc = s("image"), s(f"{'RGB' if c == 3 else 'grayscale'} image, {h}x{w}, {pixels} (the model "
+                                     "scales them itself)")
     image = _table(b, [(0, "byte", RGB if c == 3 else GRAYSCALE)])
     in_content = _table(b, [(0, "byte", IMAGE_PROPERTIES), (1, "offset", image)])
     norm = _table(b, [(0, "offset", _floats(b, [0.0])), (1, "offset", _floats(b, [1.0]))])  # mean, std
