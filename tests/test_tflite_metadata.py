@@ -63,6 +63,14 @@ def test_metadata_changes_no_output_and_adds_under_a_kilobyte(tiny_exports, bare
             tm.populate(with_md, {"class_names": ["a"], "input_shape": [16, 16, 3]}, "test")
 
 
+def test_class_names_in_any_script_and_none_with_a_line_break(bare):
+    plain = (bare / "model_int8.tflite").read_bytes()
+    names = ["café", "猫", "a b", "x,y", *map(str, range(6))]
+    assert tm.read(tm.populate(plain, {"class_names": names, "input_shape": [16, 16, 3]}, "int8"))["labels"] == names
+    with pytest.raises(EdgeCNNError, match=r"class name 'a\\nb' has a line break, which labels.txt cannot hold"):
+        tm.populate(plain, {"class_names": ["a\nb", *names[1:]], "input_shape": [16, 16, 3]}, "int8")
+
+
 def test_grayscale_models_say_so():
     labels = {"class_names": ["x", "y"], "input_shape": [8, 8, 1]}
     blob = tm.build(labels, "float32", "float32", "0")

@@ -110,6 +110,10 @@ def populate(model: bytes, labels: dict, variant: str) -> bytes:
 
     from edgecnn import __version__
 
+    broken = [n for n in labels["class_names"] if "\n" in n or "\r" in n]
+    if broken:  # labels.txt holds one name per line: this one would shift every label after it
+        raise EdgeCNNError(f"class name {broken[0]!r} has a line break, which labels.txt cannot hold: rename its "
+                           "folder, or export with --no-metadata")
     obj = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
     if any(m.name.decode() == NAME for m in obj.metadata or []):
         raise EdgeCNNError(f"the TFLite model already has {NAME}")
