@@ -89,8 +89,11 @@ def write(run_dir: Path) -> tuple[Path, Path]:
         sections.append(("Learning curves", "", None, "curves.png"))
     sections.append(("Confusion matrix (test split)", "", None, "confusion_matrix.png"))
     if exports:
+        tfl = [e for e in exports.get("exports", []) if e.get("format") == "tflite" and e.get("status") == "ok"]
+        meta = (" The .tflite files carry TFLite metadata (class names, input normalization): MediaPipe Tasks "
+                "classifies with each file alone." if tfl and all(e.get("tflite_metadata") for e in tfl) else "")
         sections.append(("Exports", "Each file was loaded in its own runtime and compared with Keras on held-out "
-                         "images (agreement on images whose top-1 leads by at least 0.05).",
+                         "images (agreement on images whose top-1 leads by at least 0.05)." + meta,
                          _export_table(exports), None))
     else:
         sections.append(("Exports", "No exports yet: run `edgecnn export --format all`.", None, None))

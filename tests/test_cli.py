@@ -254,6 +254,7 @@ def test_run_pipeline_end_to_end(tmp_path):
     md = (run / "report.md").read_text()
     for section in ("## Training", "## Learning curves", "## Confusion matrix", "## Exports", "## Benchmark"):
         assert section in md
+    assert "The .tflite files carry TFLite metadata (class names, input normalization)" in md
     assert "data:image/png;base64," in (run / "report.html").read_text()
     assert "report:" in out.stdout and "| tflite-int8 |" in out.stdout
 

@@ -28,7 +28,11 @@ def bare(tiny_run, tmp_path_factory) -> Path:
     shutil.copytree(tiny_run, dst, ignore=shutil.ignore_patterns("exports"))
     report = export(ExportConfig(run=str(dst), formats="tflite", metadata=False, calib_samples=100,
                                  verify_samples=100), log=lambda m: None)
-    assert report["tflite_metadata"] is False
+    assert report["tflite_metadata"] is False and not any(e["tflite_metadata"] for e in report["exports"])
+    from edgecnn import report as run_report
+
+    md = run_report.write(dst)[0].read_text()
+    assert "## Exports" in md and "carry TFLite metadata" not in md
     return dst / "exports"
 
 
@@ -36,6 +40,8 @@ def test_every_tflite_export_carries_labels_and_normalization(tiny_exports):
     names = json.loads((tiny_exports / "labels.json").read_text())["class_names"]
     report = json.loads((tiny_exports / "export_report.json").read_text())
     assert report["tflite_metadata"] is True
+    assert {e["file"]: e.get("tflite_metadata") for e in report["exports"]} == \
+        {**dict.fromkeys(TFLITE, True), "model_float32.onnx": None, "model_int8.onnx": None}
     for name in TFLITE:
         info = inspect(tiny_exports / name)
         md = info["tflite_metadata"]

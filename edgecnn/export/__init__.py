@@ -317,6 +317,8 @@ def _write_verified(final: Path, blob: bytes, entry: dict, x_verify, ref, cfg: E
         info = inspect(tmp)
         entry.update({"size_bytes": len(blob), "sha256": info["sha256"], **compress.sizes(blob),
                       "inputs": info["inputs"], "outputs": info["outputs"], "ops": info["ops"]})
+        if "tflite_metadata" in info:  # what MediaPipe Tasks needs to classify with the file alone
+            entry["tflite_metadata"] = info["tflite_metadata"] is not None
         if "all_builtin" in info:
             entry["all_builtin"] = info["all_builtin"]
             if not info["all_builtin"]:
