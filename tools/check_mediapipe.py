@@ -10,6 +10,10 @@ refused. Run it with a Python that has MediaPipe, in its own venv: MediaPipe (ab
 IMAGES: a .npy of uint8 images (N, H, W, C) or image files. Prints one JSON object: the MediaPipe version and,
 for each image, every category (index, name, score) in index order; or {"error": ...} and exit 1 when
 MediaPipe refuses the model.
+
+``--api task-library`` runs the TFLite Task Library's ImageClassifier instead (``pip install tflite-support==0.4.4``
+in its own venv: protobuf<4; its native module wants libusb-1.0, which the ``libusb-package`` wheel carries if the
+system lacks it: put that file on LD_LIBRARY_PATH as libusb-1.0.so.0). Its version is printed under "mediapipe".
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model")
     ap.add_argument("images", nargs="+")
+    ap.add_argument("--api", choices=("mediapipe", "task-library"), default="mediapipe")
     args = ap.parse_args(argv)
+    if args.api == "task-library":
+        return task_library(args.model, args.images)
 
     import mediapipe as mp
     import numpy as np
@@ -50,6 +57,33 @@ def main(argv=None) -> int:
             out.append(sorted(({"index": c.index, "name": c.category_name, "score": c.score} for c in cats),
                               key=lambda c: c["index"]))
     print(json.dumps({"mediapipe": mp.__version__, "results": out}))
+    return 0
+
+
+def task_library(model: str, paths: list[str]) -> int:
+    """The same, with the TFLite Task Library (tflite-support), the API before MediaPipe Tasks."""
+    from importlib.metadata import version
+
+    import numpy as np
+    from tflite_support.task import core, processor, vision
+
+    images = np.load(paths[0]) if len(paths) == 1 and paths[0].endswith(".npy") else None
+    tensors = ([vision.TensorImage.create_from_array(np.ascontiguousarray(a)) for a in images] if images is not None
+               else [vision.TensorImage.create_from_file(p) for p in paths])
+    opts = vision.ImageClassifierOptions(base_options=core.BaseOptions(file_name=model),
+                                         classification_options=processor.ClassificationOptions(max_results=-1))
+    try:
+        classifier = vision.ImageClassifier.create_from_options(opts)
+    except Exception as exc:
+        print(json.dumps({"mediapipe": "tflite-support " + version("tflite-support"),
+                          "error": f"{type(exc).__name__}: {exc}"}))
+        return 1
+    out = []
+    for image in tensors:
+        cats = classifier.classify(image).classifications[0].categories
+        out.append(sorted(({"index": c.index, "name": c.category_name, "score": c.score} for c in cats),
+                          key=lambda c: c["index"]))
+    print(json.dumps({"mediapipe": "tflite-support " + version("tflite-support"), "results": out}))
     return 0
 
 

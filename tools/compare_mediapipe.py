@@ -4,7 +4,7 @@ the classes as labels.json does.
 
     python3 -m venv /tmp/mp && /tmp/mp/bin/pip install mediapipe==1.2.3     # its own venv (absl-py clash)
     python tools/compare_mediapipe.py RUN --mediapipe-python /tmp/mp/bin/python [--data SRC] [--samples N]
-        [--frame WxH] [--fit squash|crop|pad]
+        [--frame WxH] [--fit squash|crop|pad] [--api mediapipe|task-library]
 
 ``--frame WxH`` enlarges each test image (bicubic) to a WxH frame, as a camera would hand one over: MediaPipe
 fits it to the model its own way, LiteRT gets it fitted as edgecnn trained the run (``--fit``: the run's
@@ -31,12 +31,12 @@ CHECK = Path(__file__).resolve().parent / "check_mediapipe.py"
 
 
 def compare(model: Path, x: np.ndarray, y: np.ndarray, class_names: list[str], mediapipe_python: str,
-            images_npy: Path) -> dict:
+            images_npy: Path, api: str = "mediapipe") -> dict:
     """One row: ``images_npy`` (what MediaPipe is given) through MediaPipe, ``x`` through LiteRT."""
     from edgecnn.runners import open_runner
 
-    out = subprocess.run([mediapipe_python, str(CHECK), str(model), str(images_npy)], capture_output=True,
-                         text=True, timeout=3600)
+    out = subprocess.run([mediapipe_python, str(CHECK), str(model), str(images_npy), "--api", api],
+                         capture_output=True, text=True, timeout=3600)
     lines = out.stdout.strip().splitlines()
     if not lines:
         raise SystemExit(f"error: {CHECK.name} printed nothing for {model}: {out.stderr.strip()[-500:]}")
@@ -63,6 +63,8 @@ def main(argv=None) -> int:
     ap.add_argument("--frame", help="WxH: hand both runtimes test images enlarged to this size")
     ap.add_argument("--fit", choices=("squash", "crop", "pad"), help="how LiteRT's input is fitted from a --frame "
                     "(default: as the run was trained)")
+    ap.add_argument("--api", choices=("mediapipe", "task-library"), default="mediapipe",
+                    help="task-library: the TFLite Task Library (tflite-support) in that Python instead")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
@@ -92,13 +94,15 @@ def main(argv=None) -> int:
             x.shape[1:]) for a in given])
     with tempfile.TemporaryDirectory(prefix="edgecnn-mediapipe-") as tmp:
         np.save(Path(tmp) / "x.npy", given)
-        rows = [compare(m, x, y, ds.class_names, args.mediapipe_python, Path(tmp) / "x.npy") for m in models]
+        rows = [compare(m, x, y, ds.class_names, args.mediapipe_python, Path(tmp) / "x.npy", args.api)
+                for m in models]
     if args.json:
         print(json.dumps({"run": str(run), "frame": args.frame, "fit": fit, "rows": rows}))
     else:
-        print(f"MediaPipe {rows[0]['mediapipe']} vs LiteRT on {len(x)} test images of `{run.name}`"
+        print(f"{'' if args.api == 'task-library' else 'MediaPipe '}{rows[0]['mediapipe']} vs LiteRT on {len(x)} test images of `{run.name}`"
               + (f", enlarged to {args.frame} frames (LiteRT's input fitted by {fit})" if args.frame else "") + "\n")
-        print("| file | MediaPipe accuracy | LiteRT accuracy | max abs score difference | top-1 agreement |")
+        api = "Task Library" if args.api == "task-library" else "MediaPipe"
+        print(f"| file | {api} accuracy | LiteRT accuracy | max abs score difference | top-1 agreement |")
         print("|---|---|---|---|---|")
         for r in rows:
             if r["status"] != "ok":
