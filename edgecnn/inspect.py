@@ -37,7 +37,7 @@ def inspect_tflite(path: Path, content: bytes | None = None) -> dict:
     it = interpreter(path, content=content, delegate=False)
     ops = tflite_ops(it)
     non_builtin = sorted(op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE"))
-    return {
+    out = {
         "format": "tflite",
         "inputs": [_tensor(d) for d in it.get_input_details()],
         "outputs": [_tensor(d) for d in it.get_output_details()],
@@ -46,6 +46,27 @@ def inspect_tflite(path: Path, content: bytes | None = None) -> dict:
         "non_builtin_ops": non_builtin,
         "tflite_metadata": read_metadata(content if content is not None else path.read_bytes()),
     }
+    out["mediapipe_image_classifier"] = mediapipe_verdict(out)
+    return out
+
+
+def mediapipe_verdict(info: dict) -> dict:
+    """Whether MediaPipe Tasks' ImageClassifier (1.2.3, as measured) takes this TFLite file: {"takes": bool,
+    "why": str}. It takes uint8 or float32 RGB inputs; a float input needs the metadata's normalization, and
+    class names come from the metadata's labels.txt."""
+    inp = info["inputs"][0]
+    meta = info.get("tflite_metadata")
+    if inp["dtype"] not in ("uint8", "float32"):
+        return {"takes": False, "why": f"{inp['dtype']} input (it takes uint8 or float32; export with --io-dtype "
+                                       "uint8 or float32)"}
+    if len(inp["shape"]) != 4 or inp["shape"][-1] not in (3, 4):
+        return {"takes": False, "why": f"input shape {inp['shape']} (it takes RGB images, NHWC with 3 channels)"}
+    if meta is None and inp["dtype"] == "float32":
+        return {"takes": False, "why": "float input without TFLite metadata (it needs the normalization; export "
+                                       "without --no-metadata)"}
+    if meta is None or not meta.get("labels"):
+        return {"takes": True, "why": "without class names (no TFLite metadata labels)"}
+    return {"takes": True, "why": f"with the {len(meta['labels'])} class names of its metadata"}
 
 
 def inspect_onnx(path: Path) -> dict:
@@ -142,12 +163,15 @@ def format_text(info: dict) -> str:
     if "tflite_metadata" in info:
         md = info["tflite_metadata"]
         if md is None:
-            lines.append("  TFLite metadata: none (MediaPipe Tasks refuses a float-input file without it)")
+            lines.append("  TFLite metadata: none")
         else:
             norm, files = md.get("normalization") or {}, ", ".join(md.get("label_files") or []) or "no file"
             lines.append(f"  TFLite metadata: {md.get('color_space')} image, mean {norm.get('mean')} std "
                          f"{norm.get('std')}, {len(md.get('labels') or [])} labels in {files}; {md.get('name')} "
                          f"{md.get('version')}")
+    if "mediapipe_image_classifier" in info:
+        v = info["mediapipe_image_classifier"]
+        lines.append(f"  MediaPipe ImageClassifier: {'takes it' if v['takes'] else 'refuses it'}, {v['why']}")
     lines.append("  ops: " + ", ".join(f"{k} x{v}" for k, v in info["ops"].items()))
     for k, v in (info.get("metadata") or {}).items():
         lines.append(f"  metadata {k}: {v[:120]}")

@@ -77,6 +77,23 @@ def test_class_names_in_any_script_and_none_with_a_line_break(bare):
         tm.populate(plain, {"class_names": ["a\nb", *names[1:]], "input_shape": [16, 16, 3]}, "int8")
 
 
+@pytest.mark.parametrize("dtype, shape, labels, takes, why", [
+    ("uint8", [1, 16, 16, 3], ["a", "b"], True, "with the 2 class names"),
+    ("float32", [1, 16, 16, 3], None, False, "float input without TFLite metadata"),
+    ("uint8", [1, 16, 16, 3], None, True, "without class names"),
+    ("int8", [1, 16, 16, 3], ["a", "b"], False, "int8 input (it takes uint8 or float32"),
+    ("float32", [1, 16, 16, 1], ["a", "b"], False, "input shape [1, 16, 16, 1] (it takes RGB images"),
+])
+def test_inspect_says_whether_mediapipe_takes_the_file(dtype, shape, labels, takes, why):
+    """The rules measured with MediaPipe 1.2.3 (the grayscale and int8-input refusals by hand, the others in
+    test_mediapipe_classifies_every_tflite_export_as_litert_does)."""
+    from edgecnn.inspect import mediapipe_verdict
+
+    info = {"inputs": [{"dtype": dtype, "shape": shape}], "tflite_metadata": labels and {"labels": labels}}
+    verdict = mediapipe_verdict(info)
+    assert verdict["takes"] is takes and why in verdict["why"], verdict
+
+
 def test_grayscale_models_say_so():
     labels = {"class_names": ["x", "y"], "input_shape": [8, 8, 1]}
     blob = tm.build(labels, "float32", "float32", "0")
@@ -150,6 +167,7 @@ def test_mediapipe_classifies_every_tflite_export_as_litert_does(tiny_run, tiny_
         return out.returncode, doc["rows"]
 
     code, rows = compare(tiny_run)
+    rows_ok = rows
     assert code == 0 and [r["file"] for r in rows] == sorted(TFLITE), rows
     for r in rows:
         assert r["status"] == "ok" and r["mediapipe"] == MEDIAPIPE.split("==")[1] and r["images"] == 40, r
@@ -162,3 +180,11 @@ def test_mediapipe_classifies_every_tflite_export_as_litert_does(tiny_run, tiny_
     code, rows = compare(bare.parent)
     float32 = next(r for r in rows if r["file"] == "model_float32.tflite")
     assert code == 1 and float32["status"] == "refused" and "NormalizationOptions" in float32["error"], rows
+    int8 = next(r for r in rows if r["file"] == "model_int8.tflite")  # uint8 input: runs, nameless
+    assert int8["status"] == "ok" and not int8["class_names_match"], rows
+    # inspect's verdict is what MediaPipe did, file by file
+    for folder, ran in ((tiny_exports, rows_ok), (bare, rows)):
+        for r in ran:
+            verdict = inspect(folder / r["file"])["mediapipe_image_classifier"]
+            assert verdict["takes"] == (r["status"] == "ok"), (r, verdict)
+            assert ("class names of its metadata" in verdict["why"]) == bool(r.get("class_names_match")), (r, verdict)
