@@ -34,6 +34,7 @@ def inspect_tflite(path: Path, content: bytes | None = None) -> dict:
     from edgecnn.export.tflite_metadata import read as read_metadata
     from edgecnn.runners.tflite import interpreter
 
+    content = path.read_bytes() if content is None else content  # read once: the interpreter and the metadata
     it = interpreter(path, content=content, delegate=False)
     ops = tflite_ops(it)
     non_builtin = sorted(op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE"))
@@ -44,7 +45,7 @@ def inspect_tflite(path: Path, content: bytes | None = None) -> dict:
         "ops": dict(sorted(ops.items())),
         "all_builtin": not non_builtin,
         "non_builtin_ops": non_builtin,
-        "tflite_metadata": read_metadata(content if content is not None else path.read_bytes()),
+        "tflite_metadata": read_metadata(content),
     }
     out["mediapipe_image_classifier"] = mediapipe_verdict(out)
     return out

@@ -29,62 +29,54 @@ def main(argv=None) -> int:
     ap.add_argument("images", nargs="+")
     ap.add_argument("--api", choices=("mediapipe", "task-library"), default="mediapipe")
     args = ap.parse_args(argv)
-    if args.api == "task-library":
-        return task_library(args.model, args.images)
+    import numpy as np
 
+    arrays = np.load(args.images[0]) if len(args.images) == 1 and args.images[0].endswith(".npy") else None
+    version, images, create = (task_library if args.api == "task-library" else mediapipe)(args.model, args.images,
+                                                                                         arrays)
+    try:
+        classifier = create()
+    except Exception as exc:  # each API raises ValueError/RuntimeError with its own status text
+        print(json.dumps({"mediapipe": version, "error": f"{type(exc).__name__}: {exc}"}))
+        return 1
+    out = []
+    for image in images:
+        cats = classifier.classify(image).classifications[0].categories
+        out.append(sorted(({"index": c.index, "name": c.category_name, "score": c.score} for c in cats),
+                          key=lambda c: c["index"]))
+    print(json.dumps({"mediapipe": version, "results": out}))
+    return 0
+
+
+def mediapipe(model: str, paths: list[str], arrays):
+    """(version, images, a function creating the classifier) for MediaPipe Tasks."""
     import mediapipe as mp
     import numpy as np
     from mediapipe.tasks.python.core.base_options import BaseOptions
     from mediapipe.tasks.python.vision import image_classifier
 
-    if len(args.images) == 1 and args.images[0].endswith(".npy"):
-        arrays = np.load(args.images[0])
+    if arrays is not None:
         images = [mp.Image(image_format=mp.ImageFormat.GRAY8 if a.shape[-1] == 1 else mp.ImageFormat.SRGB,
                            data=np.ascontiguousarray(a[..., 0] if a.shape[-1] == 1 else a)) for a in arrays]
     else:
-        images = [mp.Image.create_from_file(p) for p in args.images]
-    opts = image_classifier.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=args.model),
-                                                   max_results=-1)
-    try:
-        classifier = image_classifier.ImageClassifier.create_from_options(opts)
-    except Exception as exc:  # MediaPipe raises ValueError/RuntimeError with its own status text
-        print(json.dumps({"mediapipe": mp.__version__, "error": f"{type(exc).__name__}: {exc}"}))
-        return 1
-    out = []
-    with classifier:
-        for image in images:
-            cats = classifier.classify(image).classifications[0].categories
-            out.append(sorted(({"index": c.index, "name": c.category_name, "score": c.score} for c in cats),
-                              key=lambda c: c["index"]))
-    print(json.dumps({"mediapipe": mp.__version__, "results": out}))
-    return 0
+        images = [mp.Image.create_from_file(p) for p in paths]
+    opts = image_classifier.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=model), max_results=-1)
+    return mp.__version__, images, lambda: image_classifier.ImageClassifier.create_from_options(opts)
 
 
-def task_library(model: str, paths: list[str]) -> int:
-    """The same, with the TFLite Task Library (tflite-support), the API before MediaPipe Tasks."""
+def task_library(model: str, paths: list[str], arrays):
+    """The same for the TFLite Task Library (tflite-support), the API before MediaPipe Tasks."""
     from importlib.metadata import version
 
     import numpy as np
     from tflite_support.task import core, processor, vision
 
-    images = np.load(paths[0]) if len(paths) == 1 and paths[0].endswith(".npy") else None
-    tensors = ([vision.TensorImage.create_from_array(np.ascontiguousarray(a)) for a in images] if images is not None
-               else [vision.TensorImage.create_from_file(p) for p in paths])
+    images = ([vision.TensorImage.create_from_array(np.ascontiguousarray(a)) for a in arrays] if arrays is not None
+              else [vision.TensorImage.create_from_file(p) for p in paths])
     opts = vision.ImageClassifierOptions(base_options=core.BaseOptions(file_name=model),
                                          classification_options=processor.ClassificationOptions(max_results=-1))
-    try:
-        classifier = vision.ImageClassifier.create_from_options(opts)
-    except Exception as exc:
-        print(json.dumps({"mediapipe": "tflite-support " + version("tflite-support"),
-                          "error": f"{type(exc).__name__}: {exc}"}))
-        return 1
-    out = []
-    for image in tensors:
-        cats = classifier.classify(image).classifications[0].categories
-        out.append(sorted(({"index": c.index, "name": c.category_name, "score": c.score} for c in cats),
-                          key=lambda c: c["index"]))
-    print(json.dumps({"mediapipe": "tflite-support " + version("tflite-support"), "results": out}))
-    return 0
+    return ("tflite-support " + version("tflite-support"), images,
+            lambda: vision.ImageClassifier.create_from_options(opts))
 
 
 if __name__ == "__main__":
