@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -67,6 +68,8 @@ def main(argv=None) -> int:
                     help="task-library: the TFLite Task Library (tflite-support) in that Python instead")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.frame and not re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", args.frame.lower()):
+        ap.error(f"--frame must be WIDTHxHEIGHT, like 96x64, got {args.frame!r}")
 
     from edgecnn import runs
     from edgecnn.data.images import resize_mode
