@@ -74,7 +74,9 @@ def write(run_dir: Path) -> tuple[Path, Path]:
                ["epochs (kept)", f"{metrics.get('epochs_run', '-')} ({metrics.get('kept_epoch', metrics.get('best_epoch', '-'))}"
                                  f"{', last' if metrics.get('kept') == 'last' else ''})"],
                ["class balance", f"{metrics.get('class_balance', 'none')}"],
-               ["training time", f"{metrics.get('train_seconds', 0):.1f} s on {metrics.get('device', '-')}"]]
+               ["training time", f"{metrics.get('train_seconds', 0):.1f} s on {metrics.get('device', '-')}"
+                                 + (f" ({metrics['cpu']}, {metrics.get('cpu_cores', '?')} cores)"
+                                    if metrics.get("cpu") and "GPU" not in metrics.get("device", "") else "")]]
     if metrics.get("ema"):
         summary.append(["weights", f"moving average (--ema {metrics['ema']:g}), BatchNorm statistics recomputed"])
     imported = cfg.get("imported")

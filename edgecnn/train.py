@@ -6,6 +6,7 @@ import csv
 import functools
 import io
 import math
+import os
 import signal
 import sys
 import time
@@ -622,6 +623,8 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
         "macs": model_mod.count_macs(deploy),
         "train_seconds": round(train_seconds, 2),
         "cpu_steal_percent": steal,  # CPU time the hypervisor took during fit (shared machines); None: unknown
+        "cpu": device_mod.cpu_info()["name"],  # the processor the seconds were measured on
+        "cpu_cores": os.cpu_count(),
         "stopped_by_time_budget": bool(budget and budget.exhausted),
         "seconds_per_epoch": round(train_seconds / max(1, len(history_rows)), 2),
         "epochs_run": len(history_rows),

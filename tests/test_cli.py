@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -255,6 +256,8 @@ def test_run_pipeline_end_to_end(tmp_path):
     for section in ("## Training", "## Learning curves", "## Confusion matrix", "## Exports", "## Benchmark"):
         assert section in md
     assert "The .tflite files carry TFLite metadata (class names, input normalization)" in md
+    from edgecnn.device import cpu_info  # the training time names the processor it was measured on
+    assert f"on CPU, float32 ({cpu_info()['name']}, {os.cpu_count()} cores) |" in md
     assert "data:image/png;base64," in (run / "report.html").read_text()
     assert "report:" in out.stdout and "| tflite-int8 |" in out.stdout
 

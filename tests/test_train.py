@@ -288,7 +288,9 @@ def test_presets_fill_only_untyped_options():
         apply_preset(TrainConfig(), "fast")
 
 
-def test_cpu_steal_is_measured_around_training(tiny_run):
+def test_cpu_steal_and_processor_are_recorded_with_the_training_time(tiny_run):
+    import os
+
     from edgecnn import device
 
     before = device.cpu_counters()
@@ -299,6 +301,8 @@ def test_cpu_steal_is_measured_around_training(tiny_run):
     assert device.steal_percent(after, before) is None and device.steal_percent(None, after) is None
     m = json.loads((tiny_run / "metrics.json").read_text())
     assert 0.0 <= m["cpu_steal_percent"] <= 100.0
+    # The seconds mean little without the machine: the processor (Linux: /proc/cpuinfo's model name) and its cores.
+    assert m["cpu"] == device.cpu_info()["name"] and m["cpu"].strip() and m["cpu_cores"] == os.cpu_count()
 
 
 def test_time_budget_stops_training_with_the_schedule_annealed(tmp_path):

@@ -91,6 +91,16 @@ def cpu() -> str:
         return platform.processor()
 
 
+def machines(b: Bench, stages: list[str]) -> str:
+    """The processors the stages' runs trained on, as they recorded it; this one where none did."""
+    names = {m["cpu"] for s in stages if (m := load(b.runs / s / "metrics.json")) and m.get("cpu")}
+    return " / ".join(sorted(names)) or cpu()
+
+
+def _on(m: dict) -> str:
+    return f" on {m['cpu']} ({m.get('cpu_cores', '?')} cores)" if m.get("cpu") else ""
+
+
 def run_preset(b: Bench, preset: str) -> None:
     if not b.has(preset):
         b.edgecnn("train", "--data", b.data, "--preset", preset, "--name", preset, key=f"{preset}/train")
@@ -157,9 +167,11 @@ def main() -> int:
         ap.error("--update keeps 'Other recipes tried' as it is: put runs into it with --add-row")
     if a.update and not out.is_file():
         sys.exit(f"--update: {out} does not exist yet; write it once without --update")
-    text = write_doc(b, stages, a.sweep, [Path(p) for p in a.also])
+    from edgecnn.fsutil import write_text
+
+    text = write_doc(b, stages, a.sweep, [Path(p) for p in a.also], out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(update_doc(out.read_text(), text) if a.update else text)
+    write_text(out, update_doc(out.read_text(), text) if a.update else text)
     print(f"wrote {out}")
     if a.readme:
         write_readme(b, stages, out, a.sweep, update=a.update)
@@ -202,7 +214,7 @@ def _train_line(b: Bench, name: str, command: str) -> list[str]:
             f"Test accuracy **{m['test_accuracy'] * 100:.2f}%** (loss {m['test_loss']:.3f}) after "
             f"{_epochs(m['epochs_run'])}, {_kept(m)}; {m['parameters']:,} parameters, {m['macs'] / 1e6:.1f} M MACs per "
             f"image. Training (model.fit) took **{_minutes(m['train_seconds'])}** ({m['seconds_per_epoch']:.0f} s per "
-            "epoch)" + (f"; the whole command, data loading and final evaluation included, {_minutes(outer)}"
+            f"epoch){_on(m)}" + (f"; the whole command, data loading and final evaluation included, {_minutes(outer)}"
                         if outer else "") + "." + _steal(m.get("cpu_steal_percent")) + _iterator(b.runs / name), ""]
 
 
@@ -261,15 +273,21 @@ def _targets(b: Bench, stages: list[str]) -> list[str]:
     return lines + [""]
 
 
-def write_doc(b: Bench, stages: list[str], sweep: str | None, also: list[Path] = ()) -> str:
+def write_doc(b: Bench, stages: list[str], sweep: str | None, also: list[Path] = (), out: Path | None = None) -> str:
     from edgecnn.benchmark import table_markdown
+
+    command = f"python tools/bench_cifar10.py --data {b.data}"
+    if stages != list(STAGES):
+        command += f" --stages {','.join(stages)}"
+    if out is not None and out.resolve() != (ROOT / "docs" / "benchmarks.md").resolve():
+        command += f" --out {out.resolve().relative_to(ROOT) if out.resolve().is_relative_to(ROOT) else out}"
 
     cores = next((bm["meta"]["machine"]["cores"] for s in stages
                   if (bm := load(b.runs / s / "benchmark.json"))), "?")
     lines = ["# CIFAR-10 (JPEG) benchmarks", "",
-             f"Machine: {cpu()}, {cores} cores, no GPU; the machine is shared, so epoch times vary by up to 2x "
+             f"Machine: {machines(b, stages)}, {cores} cores, no GPU; the machine is shared, so epoch times vary by up to 2x "
              "within a run. Data: CIFAR-10 as JPEG class folders (pixel values differ slightly from the Keras "
-             f"download). Reproduce with `python tools/bench_cifar10.py --data {b.data}`.", "",
+             f"download). Reproduce with `{command}`.", "",
              "Training minutes are wall time on that shared machine. Runs since CPU steal time was recorded "
              "say how much the hypervisor took; for older runs (`regularized`, some of the other recipes) "
              "other jobs may also have shared the two cores, so compare their accuracy, not their minutes.", ""]
@@ -288,7 +306,7 @@ def write_doc(b: Bench, stages: list[str], sweep: str | None, also: list[Path] =
         if bench:
             lines += [f"`edgecnn benchmark` on the {bench['meta']['images']:,} test images, "
                       f"{bench['meta']['threads']} thread; it took {b.seconds.get(f'{preset}/benchmark', 0):.0f} s.",
-                      "", table_markdown(bench["rows"]), ""]
+                      "", table_markdown(bench["rows"]).rstrip("\n"), ""]
         micro = (exports or {}).get("micro")
         if micro:
             lines += [f"TFLite Micro: every op supported; smallest tensor arena **{micro['arena_kb']} KB**, flash "
@@ -377,7 +395,7 @@ def _regularized(b: Bench) -> list[str]:
              *_train_line(b, name, f"edgecnn train --data {b.data} {' '.join(REGULARIZED_ARGS)}")]
     lines += _exports_table(exports)
     if bench:
-        lines += [table_markdown(bench["rows"]), ""]
+        lines += [table_markdown(bench["rows"]).rstrip("\n"), ""]
     if not m:
         return lines
     rows = [("float32 (Keras)", m["test_accuracy"], None)]
@@ -427,7 +445,8 @@ def write_readme(b: Bench, stages: list[str], doc: Path, sweep: str | None, upda
 
     rel = doc.resolve().relative_to(ROOT) if doc.resolve().is_relative_to(ROOT) else doc
     lines = [MARKERS[0],
-             "Measured on this project's machine (AMD EPYC, 2 cores, no GPU, shared: epoch times vary by up to 2x) "
+             f"Measured on this project's machine ({machines(b, stages)}, 2 cores, no GPU, shared: epoch times vary by "
+             "up to 2x) "
              "on CIFAR-10 as JPEG files (`../shared/data/cifar10-jpg.tar.gz`), so these are \"CIFAR-10 (JPEG)\" "
              f"numbers. Full tables: [{rel}]({rel}), written by `python tools/bench_cifar10.py --data "
              f"{b.data} --readme`, which also wrote this section.", ""]
@@ -445,7 +464,7 @@ def write_readme(b: Bench, stages: list[str], doc: Path, sweep: str | None, upda
                   + (f", {_pct(q['accuracy'])} as full-integer int8 TFLite ({q['size_bytes'] / 1024:.0f} KB, "
                      f"{q['latency_ms_p50']:.3f} ms per image on one thread" if q else "")
                   + (f" vs {f32['latency_ms_p50']:.3f} ms float32)" if q and f32 else ")" if q else "")
-                  + f"; {_epochs(m['epochs_run'])}, training took {_minutes(m['train_seconds'])}"
+                  + f"; {_epochs(m['epochs_run'])}, training took {_minutes(m['train_seconds'])}{_on(m)}"
                   + (f" (CPU steal time meanwhile: {m['cpu_steal_percent']:.0f}%)"
                      if m.get("cpu_steal_percent") is not None else "") + ", "
                   f"{m['parameters']:,} parameters, {m['macs'] / 1e6:.1f} M MACs.", ""]
