@@ -285,8 +285,8 @@ def write_doc(b: Bench, stages: list[str], sweep: str | None, also: list[Path] =
     cores = next((bm["meta"]["machine"]["cores"] for s in stages
                   if (bm := load(b.runs / s / "benchmark.json"))), "?")
     lines = ["# CIFAR-10 (JPEG) benchmarks", "",
-             f"Machine: {machines(b, stages)}, {cores} cores, no GPU; the machine is shared, so epoch times vary by up to 2x "
-             "within a run. Data: CIFAR-10 as JPEG class folders (pixel values differ slightly from the Keras "
+             f"Machine: {machines(b, stages)}, {cores} cores, no GPU; the machine is shared, so epoch times vary by "
+             "up to 2x within a run. Data: CIFAR-10 as JPEG class folders (pixel values differ slightly from the Keras "
              f"download). Reproduce with `{command}`.", "",
              "Training minutes are wall time on that shared machine. Runs since CPU steal time was recorded "
              "say how much the hypervisor took; for older runs (`regularized`, some of the other recipes) "
