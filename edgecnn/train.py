@@ -527,7 +527,8 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
         write_json(run_dir / "config.json", cfg_dict)
         write_json(run_dir / "labels.json", labels_info(ds, cfg.channels, cfg.resize))
     log(f"run: {run_dir}  device: {setup.description}")
-    for warning in (device_mod.precision_warning(setup.precision, setup.device, device_mod.cpu_info()),
+    cpu = device_mod.cpu_info()
+    for warning in (device_mod.precision_warning(setup.precision, setup.device, cpu),
                     device_mod.onednn_warning() if setup.device == "cpu" else None):
         if warning:
             log(f"warning: {warning}")
@@ -623,7 +624,7 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
         "macs": model_mod.count_macs(deploy),
         "train_seconds": round(train_seconds, 2),
         "cpu_steal_percent": steal,  # CPU time the hypervisor took during fit (shared machines); None: unknown
-        "cpu": device_mod.cpu_info()["name"],  # the processor the seconds were measured on
+        "cpu": cpu["name"],  # the processor the seconds were measured on
         "cpu_cores": os.cpu_count(),
         "stopped_by_time_budget": bool(budget and budget.exhausted),
         "seconds_per_epoch": round(train_seconds / max(1, len(history_rows)), 2),
