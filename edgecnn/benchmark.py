@@ -31,7 +31,7 @@ KEYS = ["name", "format", "variant", "runtime", "device", "status", "reason", "a
         "agreement", "flips_bad", "flips_good", "mcnemar_p", "kl", "worst_class", "worst_class_delta_pp",
         "latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "latency_ms_mean", "latency_ms_std", "latency_ms_min",
         "throughput_ips", "cold_start_ms", "peak_rss_mb", "size_bytes", "sha256", "arena_kb", "flash_kb", "images",
-        "threads",
+        "threads", "tta",
         "providers", "note", "seconds", "cpu_steal_percent",
         "baseline_accuracy", "accuracy_change_pp", "size_change_bytes", "latency_change",
         "same_file_as_baseline"]
@@ -146,6 +146,7 @@ def plan_rows(run_dir: Path, request: list[tuple[str, bool]], device: str) -> li
     devices = {"cpu": ["cpu"], "cuda": ["cuda", "tensorrt"], "all": ["cpu", "cuda", "tensorrt"],
                "auto": ["cpu", *(["cuda"] if _cuda_likely() else [])]}[device]
     rows = []
+    tta = _tta_files(run_dir)
     for name, explicit in request:
         path = model_file(run_dir, name)
         if not path.is_file():
@@ -160,10 +161,21 @@ def plan_rows(run_dir: Path, request: list[tuple[str, bool]], device: str) -> li
             variant, runtime = "int8", "tflite-micro"
         row = {"name": name, "format": fmt, "variant": variant, "runtime": runtime,
                "model": str(path), "size_bytes": path.stat().st_size, "sha256": sha256(path)}  # read once per file
+        row["tta"] = tta.get(path.name) == row["sha256"]
         rows += [row | {"device": dev} for dev in devices if dev in supported]
         if name == "keras" and "cpu" not in devices:
             rows.insert(0, row | {"device": "cpu"})
     return rows
+
+
+def _tta_files(run_dir: Path) -> dict[str, str]:
+    """{file: sha256} of the exports made with flip TTA inside (``edgecnn export --tta``), from the export
+    report: a file exported again since, without it, no longer matches its sha256."""
+    try:
+        report = json.loads((run_dir / "exports" / "export_report.json").read_text())
+        return {e["file"]: e.get("sha256") for e in report.get("exports", []) if e.get("tta")}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return {}
 
 
 @functools.lru_cache(maxsize=8)
@@ -210,6 +222,8 @@ def _run_row(row: dict, cfg: BenchmarkConfig, images_path: Path, tmp: Path, i: i
            "warmup_seconds": cfg.warmup_seconds, "runs": cfg.runs, "min_seconds": cfg.min_seconds,
            "probs_out": str(tmp / f"probs{i}.npy"), "result_out": str(tmp / f"result{i}.json"),
            "runtime": row["runtime"], "limit": MICRO_SAMPLES if row["runtime"] == "tflite-micro" else None}
+    if row.get("flip_reference"):
+        job["flip_probs_out"] = str(tmp / f"flip{i}.npy")
     job_path = tmp / f"job{i}.json"
     job_path.write_text(json.dumps(job))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", OMP_NUM_THREADS=str(cfg.threads))
@@ -225,6 +239,8 @@ def _run_row(row: dict, cfg: BenchmarkConfig, images_path: Path, tmp: Path, i: i
         return {"status": "failed", "reason": f"worker crashed ({how}) {tail[0][:200]}".strip()}, None
     result = json.loads(result_path.read_text())
     probs = np.load(job["probs_out"]) if result.get("status") == "ok" else None
+    if probs is not None and job.get("flip_probs_out"):  # the TTA reference: the two outputs averaged
+        result["tta_probs"] = (probs + np.load(job["flip_probs_out"])) / 2
     return result, probs
 
 
@@ -247,7 +263,9 @@ def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
     log(f"benchmark: {run_dir} on {len(x)} test images of {ds.source}"
         + (f" ({ds.info['classes_matched']})" if ds.info.get("classes_matched") else "")
         + f", {cfg.threads} thread(s), batch sizes {sorted(cfg.batch_sizes)}")
-    ref_probs = None
+    ref_probs = tta_probs = None
+    if any(r["tta"] for r in rows):
+        rows[0]["flip_reference"] = True  # the Keras row also scores the mirrored images
     with tempfile.TemporaryDirectory(prefix="edgecnn-bench-") as tmp:
         tmp = Path(tmp)
         images_path = tmp / "images.npy"
@@ -255,6 +273,7 @@ def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
         for i, row in enumerate(rows):
             t0, cpu0 = time.perf_counter(), device.cpu_counters()
             result, probs = _run_row(row, cfg, images_path, tmp, i)
+            row_tta_probs = result.pop("tta_probs", None)
             info = result.pop("info", {}) or {}
             result.pop("traceback", None)
             row.update(result)
@@ -266,12 +285,13 @@ def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
             row["cpu_steal_percent"] = device.steal_percent(cpu0, device.cpu_counters())
             if probs is not None:
                 if row["name"] == "keras" and ref_probs is None:
-                    ref_probs = probs
+                    ref_probs, tta_probs = probs, row_tta_probs
                 from edgecnn.stats import compare_to_reference, score
 
                 n = len(probs)  # the TFLite Micro row scores a prefix of the test split
-                if ref_probs is not None:
-                    row.update(compare_to_reference(y[:n], ref_probs[:n], probs, ds.class_names))
+                ref = tta_probs if row["tta"] else ref_probs  # flip TTA inside: compared with Keras under TTA
+                if ref is not None:
+                    row.update(compare_to_reference(y[:n], ref[:n], probs, ds.class_names))
                 else:  # the Keras row failed (no TensorFlow, say): each row still scores against the labels
                     row.update(score(y[:n], probs))
                 row["images"] = n
@@ -279,6 +299,9 @@ def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
                 st = Path(row["model"]).stat()
                 row.update(dict(_micro_sizes(Path(row["model"]), (st.st_mtime_ns, st.st_size))))
             log(_row_line(row))
+            if row["name"] == "keras" and row_tta_probs is not None:
+                log(f"    under flip TTA (the reference of the rows marked so): acc "
+                    f"{np.mean(row_tta_probs.argmax(1) == y):.4f}")
     if ref_probs is None:
         rows[0].setdefault("reason", "reference failed")
     test_labels = hashlib.sha256(np.asarray(y, np.int64).tobytes()).hexdigest()[:16]
@@ -288,6 +311,7 @@ def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
     if code == 0 and any(r["status"] == "failed" for r in rows):
         code = 2
     meta = {"run": str(run_dir), "data": ds.source, "images": int(len(x)), "test_labels": test_labels,
+            "keras_tta_accuracy": None if tta_probs is None else float(np.mean(tta_probs.argmax(1) == y)),
             "threads": cfg.threads, "baseline": cfg.baseline,
             "batch_sizes": sorted(cfg.batch_sizes), "machine": machine(),
             "gate": {"max_drop_pp": cfg.max_drop, "min_agreement": cfg.min_agreement, "max_size_kb": cfg.max_size_kb,
@@ -388,17 +412,26 @@ def _fmt(v, spec: str, dash: str = "-") -> str:
     return dash if v is None else format(v, spec)
 
 
+TTA_MARK = " (flip TTA)"  # after the name of a row whose file averages each image with its mirror image
+
+
 def _row_line(r: dict) -> str:
+    name = r["name"] + (TTA_MARK if r.get("tta") else "")
     if r["status"] != "ok":
-        return f"  {r['name']:<15} {r['runtime']:<12} {r['device']:<8} {r['status']}: {r.get('reason')}"
-    return (f"  {r['name']:<15} {r['runtime']:<12} {r['device']:<8} ok  acc {_fmt(r.get('accuracy'), '.4f')}  "
+        return f"  {name:<15} {r['runtime']:<12} {r['device']:<8} {r['status']}: {r.get('reason')}"
+    return (f"  {name:<15} {r['runtime']:<12} {r['device']:<8} ok  acc {_fmt(r.get('accuracy'), '.4f')}  "
             f"agree {_fmt(r.get('agreement'), '.4f')}  p50 {r['latency_ms_p50']:.3f} ms  "
             f"{r['throughput_ips']:.0f} img/s" + (f"\n    note: {r['note']}" if r.get("note") else ""))
 
 
-def notes_markdown(rows: list[dict]) -> str:
-    """The rows' notes (where the nodes of a CUDA/TensorRT row really ran, say) as a list under the table."""
+def notes_markdown(rows: list[dict], keras_tta_accuracy: float | None = None) -> str:
+    """The rows' notes (where the nodes of a CUDA/TensorRT row really ran, say) as a list under the table,
+    and what the rows marked flip TTA were compared with."""
     notes = [f"* {r['name']} ({r['device']}): {r['note']}" for r in rows if r["status"] == "ok" and r.get("note")]
+    if any(r.get("tta") for r in rows):
+        ref = f": {keras_tta_accuracy * 100:.2f}%" if keras_tta_accuracy is not None else " (it failed)"
+        notes.append(f"* rows marked{TTA_MARK}: the file averages each image's output with its mirror image's "
+                     f"(`edgecnn export --tta`); drop and agreement are against Keras under the same averaging{ref}")
     return "\nNotes:\n\n" + "\n".join(notes) + "\n" if notes else ""
 
 
@@ -414,7 +447,7 @@ def table_markdown(rows: list[dict]) -> str:
         status = r["status"] if ok else f"{r['status']}: {r.get('reason') or ''}".replace("|", "/")
         acc = r.get("accuracy")
         cells = [
-            r["name"], r["runtime"], r["device"], status,
+            r["name"] + (TTA_MARK if r.get("tta") else ""), r["runtime"], r["device"], status,
             _fmt(acc * 100 if acc is not None else None, ".2f"),
             _fmt(r.get("drop_pp"), "+.2f"),
             _fmt(r["agreement"] * 100 if r.get("agreement") is not None else None, ".2f"),
@@ -429,7 +462,8 @@ def table_markdown(rows: list[dict]) -> str:
         if versus:
             cells.insert(5, _fmt(r.get("accuracy_change_pp"), "+.2f"))
         if r["runtime"] == "tflite-micro":
-            cells[0] = f"tflite-micro (first {r.get('images') or MICRO_SAMPLES} images, host reference kernels)"
+            cells[0] = (f"tflite-micro (first {r.get('images') or MICRO_SAMPLES} images, host reference kernels)"
+                        + (TTA_MARK if r.get("tta") else ""))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -454,7 +488,7 @@ def write_outputs(rows: list[dict], meta: dict, run_dir: Path, cfg: BenchmarkCon
         gpus = "; GPU: " + ", ".join(f"{g['name']} (driver {g['driver']})" for g in m["gpus"])
     md = (f"Benchmark of `{meta['run']}` on {meta['images']} test images of `{meta['data']}`; "
           f"{meta['threads']} thread(s); {m['cpu']} ({m['cores']} cores){gpus}.\n\n" + table_markdown(rows)
-          + notes_markdown(rows))
+          + notes_markdown(rows, meta.get("keras_tta_accuracy")))
     write_text(run_dir / "benchmark.md", md)
     plots.accuracy_vs_latency(rows, run_dir / "benchmark.png")
     if cfg.json_path:

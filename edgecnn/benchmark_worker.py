@@ -74,6 +74,11 @@ def measure(job: dict) -> dict:
     for i in range(0, len(images), batch):
         probs[i:i + batch] = runner.predict_batch(np.ascontiguousarray(images[i:i + batch]))
     np.save(job["probs_out"], probs)
+    if job.get("flip_probs_out"):  # the reference of exports made with flip TTA inside (export --tta)
+        flipped = np.empty_like(probs)
+        for i in range(0, len(images), batch):
+            flipped[i:i + batch] = runner.predict_batch(np.ascontiguousarray(images[i:i + batch, :, ::-1]))
+        np.save(job["flip_probs_out"], flipped)
 
     one = np.ascontiguousarray(images[:1])
     timed(lambda: runner.predict_batch(one), job["warmup_runs"], job["warmup_seconds"])

@@ -72,16 +72,14 @@ def match_classes(ds, model_classes: list[str], src: str):
 
 def evaluate_run(run: str | None, runs_dir: str, data: str | None = None, tta: bool = False) -> dict:
     """Score the run's model on the test split. ``tta``: average with the horizontally flipped
-    images (test-time augmentation; exported models do not include it)."""
+    images (test-time augmentation; exports include it only when made with ``edgecnn export --tta``)."""
     from edgecnn import metrics, model
 
     run_dir = runs.resolve(run, runs_dir)
     core = model.load_keras(run_dir / runs.MODEL_FILE)
     ds = load_run_data(run_dir, data)
     x = ds.x_test.astype("float32")
-    probs = core.predict(x, batch_size=256, verbose=0)
-    if tta:
-        probs = (probs + core.predict(x[:, :, ::-1], batch_size=256, verbose=0)) / 2
+    probs = model.flip_tta_predict(core, x) if tta else core.predict(x, batch_size=256, verbose=0)
     out = metrics.evaluate(probs, ds.y_test, ds.class_names)
     out["report"] = metrics.classification_report(ds.y_test, probs.argmax(1), ds.class_names)
     out["data"] = ds.source

@@ -326,6 +326,31 @@ def _producer(layer):
     return history.operation if history is not None else None
 
 
+def with_flip_tta(core):
+    """``core`` with test-time flip augmentation inside: each image is classified as it is and mirrored
+    left-right, and the two softmax outputs are averaged (what ``edgecnn evaluate --tta`` scores).
+
+    The mirrored copy joins the batch (CONCATENATION, REVERSE_V2, then a MEAN over the pair), so the
+    weights are stored once: the file barely grows, while latency and activation memory double.
+    """
+    from edgecnn._tf import keras
+
+    ops = keras.ops
+    image = keras.Input(core.input_shape[1:], name=INPUT_NAME)
+    probs = core(ops.concatenate([image, ops.flip(image, axis=2)], axis=0))
+    mean = ops.mean(ops.reshape(probs, (2, -1, probs.shape[-1])), axis=0)
+    return keras.Model(image, mean, name=f"{core.name}_flip_tta")
+
+
+def flip_tta_predict(core, x, batch_size: int = 256):
+    """Softmax outputs of ``core`` averaged over ``x`` and ``x`` mirrored left-right (NHWC images)."""
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float32)
+    return (core.predict(x, batch_size=batch_size, verbose=0)
+            + core.predict(x[:, :, ::-1], batch_size=batch_size, verbose=0)) / 2
+
+
 def fold_pooled_batchnorm(core):
     """Fold each Conv2D -> MaxPooling2D -> BatchNormalization chain into Conv2D -> MaxPooling2D.
 

@@ -604,3 +604,43 @@ def test_bench_onnx_int8_tool_compares_layouts_and_input_types(tiny_run):
     bad = subprocess.run([sys.executable, str(tool), str(tiny_run), "--variants", "uint8,uint9"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith("unknown variant uint9")
+
+
+def test_tta_export_holds_the_flip_average_and_the_benchmark_compares_it_so(run_copy, capsys):
+    """``export --tta``: every file answers what ``evaluate --tta`` scores (the image and its mirror image
+    averaged), with one copy of the graph's convolutions; the benchmark compares such a file with Keras under
+    the same averaging, and marks it."""
+    import onnxruntime as ort
+
+    from edgecnn import model
+    from edgecnn.benchmark import BenchmarkConfig, benchmark
+    from edgecnn.runners import open_runner
+
+    code, out, _ = run_main(capsys, "export", str(run_copy), "--format", "all", "--tta", "--calib-samples", "100",
+                            "--verify-samples", "100")
+    assert code == 0 and "trained without flips" in out  # the tiny run trained with --augment none
+    report = json.loads((run_copy / "exports" / "export_report.json").read_text())
+    assert report["tta"] and [e["tta"] for e in report["exports"]] == [True] * 6
+    assert all(e["verify"]["passed"] for e in report["exports"]) and "(flip TTA inside)" in out
+    core = model.load_keras(run_copy / "model.keras")
+    x = np.random.default_rng(0).integers(0, 256, (24, 16, 16, 3), dtype=np.uint8)
+    plain, tta = core.predict(x.astype(np.float32), verbose=0), model.flip_tta_predict(core, x)
+    assert np.abs(plain - tta).max() > 1e-2  # the mirror image changes this model's answers
+    for name in ("model_float32.tflite", "model_float32.onnx"):
+        np.testing.assert_allclose(open_runner(run_copy / "exports" / name).predict(x), tta, atol=1e-4)
+    sess = ort.InferenceSession(str(run_copy / "exports" / "model_float32.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"image": x[:5].astype(np.float32)})[0].shape == (5, tta.shape[1])  # any batch
+    i8 = inspect(run_copy / "exports" / "model_int8.tflite")
+    assert {"REVERSE_V2", "CONCATENATION"} <= set(i8["ops"]) and i8["all_builtin"]
+    assert i8["ops"]["CONV_2D"] == 3 and i8["inputs"][0]["shape"] == [1, 16, 16, 3]  # one pass over a batch of 2
+
+    rows, code = benchmark(BenchmarkConfig(run=str(run_copy), formats="tflite-float32,onnx-float32", limit=200,
+                                           runs=3, warmup_runs=0, min_seconds=0.0, batch_sizes=(1,)),
+                           log=lambda m: None)
+    by = {r["name"]: r for r in rows}
+    assert code == 0 and not by["keras"]["tta"] and by["tflite-float32"]["tta"] and by["onnx-float32"]["tta"]
+    assert by["tflite-float32"]["agreement"] == by["onnx-float32"]["agreement"] == 1.0  # against Keras under TTA
+    doc = json.loads((run_copy / "benchmark.json").read_text())
+    assert doc["meta"]["keras_tta_accuracy"] == pytest.approx(by["tflite-float32"]["accuracy"])
+    md = (run_copy / "benchmark.md").read_text()
+    assert "| tflite-float32 (flip TTA) |" in md and "against Keras under the same averaging" in md

@@ -98,6 +98,9 @@ def test_qat_writes_verified_int8_tflite_and_qdq_onnx(tiny_run):
     with pytest.raises(EdgeCNNError, match=r"--no-metadata: this run's model_int8.tflite comes from .*with its"):
         export(ExportConfig(run=str(dst), formats="tflite", metadata=False, verify_samples=64, calib_samples=50),
                log=lambda m: None)
+    with pytest.raises(EdgeCNNError, match=r"--tta: this run's model_int8.onnx comes from .*without flip averaging"):
+        export(ExportConfig(run=str(dst), formats="onnx", tta=True, verify_samples=64, calib_samples=50),
+               log=lambda m: None)
 
 
 @pytest.mark.slow

@@ -6,7 +6,8 @@
 Stages (each reuses a finished run of the same name in --runs-dir; delete the folder to redo it):
 
 - ``cifar10``: ``edgecnn train --preset cifar10``, every export (with .gz), the benchmark table,
-  ``evaluate --tta`` (reported apart: exports do not include it) and the TFLite Micro check.
+  ``evaluate --tta`` and the TFLite Micro check; then a copy of the run, ``PRESET-tta``, exported with
+  ``--tta`` (flip averaging inside the TFLite files, reported apart) and benchmarked.
 - ``resnet8``: ``edgecnn train --preset resnet8`` (MLPerf Tiny), its TFLite exports and benchmark.
 - ``regularized``: the ``regularized`` architecture, then ``finetune --qat`` and ``finetune --prune 0.5``
   with their exports and benchmarks (gzip sizes of pruned vs unpruned int8).
@@ -114,6 +115,26 @@ def run_preset(b: Bench, preset: str) -> None:
         b.edgecnn("benchmark", preset, "--formats", "tflite-float32,tflite-int8", key=f"{preset}/benchmark")
     tta = b.evaluate_json(preset, "--tta")
     (b.runs / preset / "tta.json").write_text(json.dumps(tta, indent=2) + "\n")
+    run_tta_exports(b, preset)
+
+
+def run_tta_exports(b: Bench, preset: str) -> None:
+    """TFLite files with flip TTA inside (``export --tta``), from a copy of the run: its plain files stay."""
+    import shutil
+
+    src, dst = b.runs / preset, b.runs / f"{preset}-tta"
+    dst.mkdir(exist_ok=True)
+    for name in ("model.keras", "labels.json", "config.json", "metrics.json"):
+        shutil.copyfile(src / name, dst / name)
+    b.edgecnn("export", dst.name, "--format", "tflite", "--tta", key=f"{dst.name}/export")
+    b.edgecnn("benchmark", dst.name, "--formats", "tflite-float32,tflite-int8", key=f"{dst.name}/benchmark")
+
+
+def _tta_rows(b: Bench, preset: str) -> tuple[dict | None, dict | None]:
+    """(int8, float32) benchmark rows of the preset's files with flip TTA inside, if measured."""
+    bench = load(b.runs / f"{preset}-tta" / "benchmark.json")
+    q, f32 = _row(bench, "tflite-int8"), _row(bench, "tflite-float32")
+    return (q, f32) if q and q.get("tta") else (None, None)
 
 
 def run_regularized(b: Bench) -> None:
@@ -191,6 +212,10 @@ def _row(bench: dict | None, name: str) -> dict | None:
 
 def _export(exports: dict | None, file: str) -> dict:
     return next((e for e in (exports or {}).get("exports", []) if e["file"] == file), {})
+
+
+def _fmt_ms(row: dict | None) -> str:
+    return "-" if not row else f"{row['latency_ms_p50']:.3f} ms"
 
 
 def _pct(x) -> str:
@@ -300,13 +325,25 @@ def write_doc(b: Bench, stages: list[str], sweep: str | None, also: list[Path] =
                   *_train_line(b, preset, f"edgecnn train --data {b.data} --preset {preset}")]
         tta = load(base / "tta.json")
         if tta:
-            lines += [f"With flip test-time augmentation (`edgecnn evaluate --tta`, not part of any export): "
-                      f"{_pct(tta['test_accuracy'])}.", ""]
+            lines += [f"With flip test-time augmentation (`edgecnn evaluate --tta`; the files below do not include "
+                      f"it, those of `export --tta` at the end of this section do): {_pct(tta['test_accuracy'])}.", ""]
         lines += _exports_table(exports)
         if bench:
             lines += [f"`edgecnn benchmark` on the {bench['meta']['images']:,} test images, "
                       f"{bench['meta']['threads']} thread; it took {b.seconds.get(f'{preset}/benchmark', 0):.0f} s.",
                       "", table_markdown(bench["rows"]).rstrip("\n"), ""]
+        tq, tf32 = _tta_rows(b, preset)
+        if tq:
+            q, f32 = _row(bench, "tflite-int8"), _row(bench, "tflite-float32")
+            vs = (f", against {q['latency_ms_p50']:.3f} and {f32['latency_ms_p50']:.3f} ms without it (table above, "
+                  "measured minutes earlier)" if q and f32 else "")
+            lines += [f"**Flip TTA inside the files** (`edgecnn export {preset}-tta --format tflite --tta` on a copy of "
+                      f"the run, then `edgecnn benchmark {preset}-tta --formats tflite-float32,tflite-int8`): "
+                      f"float32 TFLite {_pct(tf32 and tf32['accuracy'])}, int8 TFLite {_pct(tq['accuracy'])} "
+                      f"({tq['size_bytes'] / 1024:.0f} KB" + (f", tensor arena {tq['arena_kb']} KB" if tq.get(
+                          "arena_kb") is not None else "") + f"); batch-1 median {tq['latency_ms_p50']:.3f} ms int8 and "
+                      f"{_fmt_ms(tf32)} float32 on one thread{vs}. Each image is classified as it is and "
+                      "mirrored, in one batch of two, so the latency doubles and the weights are stored once.", ""]
         micro = (exports or {}).get("micro")
         if micro:
             lines += [f"TFLite Micro: every op supported; smallest tensor arena **{micro['arena_kb']} KB**, flash "
@@ -459,11 +496,14 @@ def write_readme(b: Bench, stages: list[str], doc: Path, sweep: str | None, upda
         q, f32 = _row(bench, "tflite-int8"), _row(bench, "tflite-float32")
         if not m:
             continue
+        tq, _ = _tta_rows(b, preset)
         lines += [f"**`edgecnn train --preset {preset}`**: {_pct(m['test_accuracy'])} float "
-                  f"({_pct(tta and tta['test_accuracy'])} with `evaluate --tta`, which no export includes)"
+                  f"({_pct(tta and tta['test_accuracy'])} with flip test-time augmentation, `evaluate --tta`)"
                   + (f", {_pct(q['accuracy'])} as full-integer int8 TFLite ({q['size_bytes'] / 1024:.0f} KB, "
                      f"{q['latency_ms_p50']:.3f} ms per image on one thread" if q else "")
                   + (f" vs {f32['latency_ms_p50']:.3f} ms float32)" if q and f32 else ")" if q else "")
+                  + (f" and {_pct(tq['accuracy'])} with the flip averaging inside the int8 file (`export --tta`: "
+                     f"{tq['size_bytes'] / 1024:.0f} KB, {tq['latency_ms_p50']:.3f} ms)" if tq else "")
                   + f"; {_epochs(m['epochs_run'])}, training took {_minutes(m['train_seconds'])}{_on(m)}"
                   + (f" (CPU steal time meanwhile: {m['cpu_steal_percent']:.0f}%)"
                      if m.get("cpu_steal_percent") is not None else "") + ", "

@@ -51,6 +51,7 @@ class ExportConfig:
     c_array: bool = False  # model_data.h / model_data.cc for TFLite Micro projects
     gzip: bool = False  # also write <file>.gz (the smallest standard gzip stream) next to each export
     metadata: bool = True  # TFLite metadata (input normalization, labels.txt) in each .tflite, as MediaPipe reads it
+    tta: bool = False  # flip test-time augmentation inside each file (model.with_flip_tta): 2x latency, same weights
 
     def check(self) -> list[tuple[str, str]]:
         """Refuse bad options before anything is loaded (``run`` calls it before training); return the plan."""
@@ -168,8 +169,14 @@ def export(cfg: ExportConfig, log=print) -> dict:
     calib = tfl.calibration_images(ds.x_train, cfg.calib_samples, seed) if cfg.calib_samples > 0 else None
     n_verify = min(cfg.verify_samples, len(ds.x_test))
     x_verify = ds.x_test[:n_verify]
-    ref = core.predict(x_verify.astype(np.float32), batch_size=256, verbose=0) if cfg.verify else None
+    if cfg.tta:
+        ref = model_mod.flip_tta_predict(core, x_verify) if cfg.verify else None
+        _warn_unflipped(run_cfg, log)
+    else:
+        ref = core.predict(x_verify.astype(np.float32), batch_size=256, verbose=0) if cfg.verify else None
     deploy = model_mod.fold_pooled_batchnorm(core)  # verified against ``core``, as every conversion is
+    if cfg.tta:
+        deploy = model_mod.with_flip_tta(deploy)
 
     entries = []
     qat_entries = {}
@@ -188,7 +195,8 @@ def export(cfg: ExportConfig, log=print) -> dict:
              "tf2onnx writes uint8 activations with zero points"),
             ("onnx", "--onnx-input", cfg.onnx_input, cfg.onnx_input != "float32", "kept as written, float32 input"),
             ("onnx", "--onnx-layout", cfg.onnx_layout, cfg.onnx_layout != "nhwc", "kept as written, NHWC input"),
-            ("tflite", "--no-metadata", "", not cfg.metadata, "kept as written, with its TFLite metadata")]
+            ("tflite", "--no-metadata", "", not cfg.metadata, "kept as written, with its TFLite metadata"),
+            *((fmt, "--tta", "", cfg.tta, "kept as written, without flip averaging") for fmt in ("tflite", "onnx"))]
         if cfg.batch != "auto":  # auto takes the QAT files as they are (older ones have a dynamic batch)
             for fmt in ("tflite", "onnx"):
                 dim = qat_batch(fmt)
@@ -210,7 +218,7 @@ def export(cfg: ExportConfig, log=print) -> dict:
                 log(f"  kept {entry['file']} from quantization-aware training")
                 continue
             entry = {"file": filename(fmt, variant), "format": fmt, "variant": variant, "status": "ok",
-                     "calib_samples": int(len(calib)) if variant == "int8" else 0}
+                     "calib_samples": int(len(calib)) if variant == "int8" else 0, "tta": cfg.tta}
             if (fmt, variant) == ("onnx", "int8"):
                 entry["onnx_target"] = cfg.onnx_target
             if fmt == "onnx":
@@ -273,6 +281,7 @@ def export(cfg: ExportConfig, log=print) -> dict:
         "onnx_layout": cfg.onnx_layout,
         "batch": cfg.batch,
         "tflite_metadata": cfg.metadata,
+        "tta": cfg.tta,
         "calibration": {"split": "train", "samples": int(len(calib)) if calib is not None else 0, "seed": seed},
         "verification": {"split": "test", "images": n_verify, "enabled": cfg.verify,
                          "thresholds": asdict(cfg.thresholds)},
@@ -372,6 +381,19 @@ def _micro(cfg: ExportConfig, out_dir: Path, ds, labels: dict, log) -> dict | No
     return info
 
 
+def _warn_unflipped(run_cfg: dict, log) -> None:
+    """--tta on a run that never saw mirrored images: the mirrored half of each answer is a guess."""
+    from edgecnn.model import parse_augment
+
+    try:
+        names = parse_augment(run_cfg.get("augment", "none"))
+    except EdgeCNNError:
+        return
+    if not {"flip", "altflip"} & set(names):
+        log(f"  note: --tta averages over left-right mirrored images, but this run trained without flips (--augment "
+            f"{run_cfg.get('augment', 'none')}); compare `edgecnn evaluate --tta` with `edgecnn evaluate` first")
+
+
 def _log_entry(e: dict, log) -> None:
     if e["status"] != "ok":
         log(f"  FAILED {e['file']}: {e.get('error')}")
@@ -385,4 +407,5 @@ def _log_entry(e: dict, log) -> None:
     if e.get("onnx_layout") == "nchw":
         qs += " NCHW"
     target = "  (for TensorRT: symmetric int8)" if e.get("onnx_target") == "tensorrt" else ""
-    log(f"  ok {e['file']:<22} {e['size_bytes']:>10,} B{qs}{vs}{target}")
+    tta = "  (flip TTA inside)" if e.get("tta") else ""
+    log(f"  ok {e['file']:<22} {e['size_bytes']:>10,} B{qs}{vs}{target}{tta}")
