@@ -94,6 +94,12 @@ def write(run_dir: Path) -> tuple[Path, Path]:
         tfl = [e for e in exports.get("exports", []) if e.get("format") == "tflite" and e.get("status") == "ok"]
         meta = (" The .tflite files carry TFLite metadata (class names, input normalization): MediaPipe Tasks "
                 "classifies with each file alone." if tfl and all(e.get("tflite_metadata") for e in tfl) else "")
+        ok = [e for e in exports.get("exports", []) if e.get("status") == "ok"]
+        tta = [e["file"] for e in ok if e.get("tta")]
+        if tta:
+            meta += (" " + ("Every file" if len(tta) == len(ok) else ", ".join(tta)) + " averages each image's output "
+                     "with its mirror image's (`export --tta`): twice the latency, compared with Keras under the same "
+                     "averaging.")
         sections.append(("Exports", "Each file was loaded in its own runtime and compared with Keras on held-out "
                          "images (agreement on images whose top-1 leads by at least 0.05)." + meta,
                          _export_table(exports), None))

@@ -245,8 +245,9 @@ def test_doctor_says_which_setting_leaves_native_bfloat16_unused(capsys, monkeyp
 
 @pytest.mark.slow
 def test_run_pipeline_end_to_end(tmp_path):
+    """With --tta (plain exports are the other tests'): the files, the benchmark rows and the report say so."""
     out = cli("run", "--data", "shapes:400", "--image-size", "16", "--arch", "C: 8n 16n gap", "--epochs", "2",
-              "--calib-samples", "50", "--runs-dir", str(tmp_path / "runs"), "--name", "e2e", cwd=tmp_path)
+              "--calib-samples", "50", "--tta", "--runs-dir", str(tmp_path / "runs"), "--name", "e2e", cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     run = tmp_path / "runs" / "e2e"
     for name in ("model.keras", "report.md", "report.html", "benchmark.json", "benchmark.png",
@@ -259,7 +260,8 @@ def test_run_pipeline_end_to_end(tmp_path):
     from edgecnn.device import cpu_info  # the training time names the processor it was measured on
     assert f"on CPU, float32 ({cpu_info()['name']}, {os.cpu_count()} cores) |" in md
     assert "data:image/png;base64," in (run / "report.html").read_text()
-    assert "report:" in out.stdout and "| tflite-int8 |" in out.stdout
+    assert "report:" in out.stdout and "| tflite-int8 (flip TTA) |" in out.stdout
+    assert "Every file averages each image's output with its mirror image's (`export --tta`)" in md
 
 
 def test_train_on_a_folder_of_large_non_square_jpegs(capsys, tmp_path):

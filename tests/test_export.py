@@ -633,6 +633,8 @@ def test_tta_export_holds_the_flip_average_and_the_benchmark_compares_it_so(run_
     i8 = inspect(run_copy / "exports" / "model_int8.tflite")
     assert {"REVERSE_V2", "CONCATENATION"} <= set(i8["ops"]) and i8["all_builtin"]
     assert i8["ops"]["CONV_2D"] == 3 and i8["inputs"][0]["shape"] == [1, 16, 16, 3]  # one pass over a batch of 2
+    assert "int8 with flip TTA inside" in i8["tflite_metadata"]["description"]  # the file says what it does
+    assert sess.get_modelmeta().custom_metadata_map["edgecnn_variant"] == "float32 with flip TTA inside"
 
     rows, code = benchmark(BenchmarkConfig(run=str(run_copy), formats="tflite-float32,onnx-float32", limit=200,
                                            runs=3, warmup_runs=0, min_seconds=0.0, batch_sizes=(1,)),

@@ -226,11 +226,12 @@ def export(cfg: ExportConfig, log=print) -> dict:
 
             def make_blob(fmt=fmt, variant=variant):
                 nonlocal saved, float_onnx
+                described = variant + (" with flip TTA inside" if cfg.tta else "")  # in the file's metadata
                 if fmt == "tflite":
                     if saved is None:
                         saved = tfl.export_saved_model(deploy, Path(tmp) / "saved_model", batch_of(cfg.batch, fmt))
                     blob = tfl.convert(saved, variant, calib if variant == "int8" else None, cfg.io_dtype)
-                    return tflite_metadata.populate(blob, labels, variant) if cfg.metadata else blob
+                    return tflite_metadata.populate(blob, labels, described) if cfg.metadata else blob
                 from edgecnn.export import onnx as onx
 
                 if float_onnx is None:
@@ -242,7 +243,7 @@ def export(cfg: ExportConfig, log=print) -> dict:
                     proto = onx.quantize_int8(float_onnx, calib, activations=onx.ACTIVATIONS[cfg.onnx_target])
                 if cfg.onnx_input == "uint8":
                     onx.take_uint8_input(proto)
-                return onx.finalize(proto, labels, variant)
+                return onx.finalize(proto, labels, described)
 
             export_one(entry, out_dir, make_blob, x_verify, ref, cfg)
             entries.append(entry)
@@ -385,13 +386,15 @@ def _warn_unflipped(run_cfg: dict, log) -> None:
     """--tta on a run that never saw mirrored images: the mirrored half of each answer is a guess."""
     from edgecnn.model import parse_augment
 
+    if "augment" not in run_cfg:  # a model trained elsewhere (edgecnn import): its augmentation is unknown
+        return
     try:
-        names = parse_augment(run_cfg.get("augment", "none"))
+        names = parse_augment(run_cfg["augment"])
     except EdgeCNNError:
         return
     if not {"flip", "altflip"} & set(names):
         log(f"  note: --tta averages over left-right mirrored images, but this run trained without flips (--augment "
-            f"{run_cfg.get('augment', 'none')}); compare `edgecnn evaluate --tta` with `edgecnn evaluate` first")
+            f"{run_cfg['augment']}); compare `edgecnn evaluate --tta` with `edgecnn evaluate` first")
 
 
 def _log_entry(e: dict, log) -> None:
