@@ -263,7 +263,7 @@ def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
     log(f"benchmark: {run_dir} on {len(x)} test images of {ds.source}"
         + (f" ({ds.info['classes_matched']})" if ds.info.get("classes_matched") else "")
         + f", {cfg.threads} thread(s), batch sizes {sorted(cfg.batch_sizes)}")
-    ref_probs = tta_probs = None
+    ref_probs = tta_probs = tta_accuracy = None
     if any(r["tta"] for r in rows):
         rows[0]["flip_reference"] = True  # the Keras row also scores the mirrored images
     with tempfile.TemporaryDirectory(prefix="edgecnn-bench-") as tmp:
@@ -286,6 +286,8 @@ def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
             if probs is not None:
                 if row["name"] == "keras" and ref_probs is None:
                     ref_probs, tta_probs = probs, row_tta_probs
+                    if tta_probs is not None:
+                        tta_accuracy = float(np.mean(tta_probs.argmax(1) == y))
                 from edgecnn.stats import compare_to_reference, score
 
                 n = len(probs)  # the TFLite Micro row scores a prefix of the test split
@@ -300,8 +302,7 @@ def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
                 row.update(dict(_micro_sizes(Path(row["model"]), (st.st_mtime_ns, st.st_size))))
             log(_row_line(row))
             if row["name"] == "keras" and row_tta_probs is not None:
-                log(f"    under flip TTA (the reference of the rows marked so): acc "
-                    f"{np.mean(row_tta_probs.argmax(1) == y):.4f}")
+                log(f"    under flip TTA (the reference of the rows marked so): acc {tta_accuracy:.4f}")
     if ref_probs is None:
         rows[0].setdefault("reason", "reference failed")
     test_labels = hashlib.sha256(np.asarray(y, np.int64).tobytes()).hexdigest()[:16]
@@ -311,7 +312,7 @@ def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
     if code == 0 and any(r["status"] == "failed" for r in rows):
         code = 2
     meta = {"run": str(run_dir), "data": ds.source, "images": int(len(x)), "test_labels": test_labels,
-            "keras_tta_accuracy": None if tta_probs is None else float(np.mean(tta_probs.argmax(1) == y)),
+            "keras_tta_accuracy": tta_accuracy,
             "threads": cfg.threads, "baseline": cfg.baseline,
             "batch_sizes": sorted(cfg.batch_sizes), "machine": machine(),
             "gate": {"max_drop_pp": cfg.max_drop, "min_agreement": cfg.min_agreement, "max_size_kb": cfg.max_size_kb,

@@ -170,10 +170,11 @@ def export(cfg: ExportConfig, log=print) -> dict:
     n_verify = min(cfg.verify_samples, len(ds.x_test))
     x_verify = ds.x_test[:n_verify]
     if cfg.tta:
-        ref = model_mod.flip_tta_predict(core, x_verify) if cfg.verify else None
         _warn_unflipped(run_cfg, log)
-    else:
-        ref = core.predict(x_verify.astype(np.float32), batch_size=256, verbose=0) if cfg.verify else None
+    ref = None  # what each file must answer: the Keras model's outputs (averaged with the mirror image's, --tta)
+    if cfg.verify:
+        ref = (model_mod.flip_tta_predict(core, x_verify) if cfg.tta
+               else core.predict(x_verify.astype(np.float32), batch_size=256, verbose=0))
     deploy = model_mod.fold_pooled_batchnorm(core)  # verified against ``core``, as every conversion is
     if cfg.tta:
         deploy = model_mod.with_flip_tta(deploy)
