@@ -88,7 +88,8 @@ def train(
                                   "edgecnn doctor)."),
     cpu_replicas: int = typer.Option(1, help="Mirror over N logical CPU devices (tests the multi-GPU path)."),
     jit_compile: bool = typer.Option(False, "--xla/--no-xla", help="Compile the training step with XLA."),
-    deterministic: bool = typer.Option(False, help="Deterministic TensorFlow ops (slower)."),
+    deterministic: bool = typer.Option(False, help="Deterministic TensorFlow ops, and Keras's own BatchNorm ops "
+                                       "instead of the fused kernel (slower)."),
     name: Optional[str] = typer.Option(None, help="Run name (default: run1, run2, ...)."),
     runs_dir: str = RUNS_DIR_OPT,
     preset: Optional[str] = typer.Option(None, "--preset", help="Training recipe: cifar10 (19.5 min time budget) "

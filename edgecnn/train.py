@@ -536,12 +536,16 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
     global_batch = cfg.batch_size * setup.replicas
     steps = math.ceil(len(ds.x_train) / global_batch)
     bn_momentum = model_mod.batchnorm_momentum(steps)  # short epochs: a shorter moving average
+    # TensorFlow's fused BatchNorm kernel trains 1.4x faster on the CPU; --deterministic keeps Keras's own
+    # ops (TensorFlow's determinism work lists the fused kernel's gradient as nondeterministic on GPUs).
+    fused_bn = not cfg.deterministic
     with setup.strategy.scope():
         if resume_dir is not None:
             _one_cycle_class()  # register the schedule classes for deserialization
             _budgeted_class()
             model_mod.cutout_class(keras)
             model_mod.alternating_flip_class(keras)
+            model_mod.fused_batchnorm_class(keras)
             try:
                 train_model = keras.saving.load_model(run_dir / CHECKPOINT, safe_mode=True)
             except Exception as exc:
@@ -549,7 +553,8 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
             core = train_model if train_model.name == "core" else train_model.get_layer("core")
         else:
             core = model_mod.build_core(spec, ds.input_shape, ds.num_classes,
-                                        setup.precision if setup.precision != "float32" else None)
+                                        setup.precision if setup.precision != "float32" else None,
+                                        fused_batchnorm=fused_bn)
             if cfg.whiten:
                 k = model_mod.whiten_first_conv(core, ds.x_train)
                 log(f"whiten: first convolution set to {k} whitened principal components (and negatives), frozen")
@@ -607,7 +612,7 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
     if tracker.kept_weights is None:
         raise EdgeCNNError(f"training stopped before the first epoch finished; nothing saved in {run_dir}")
     core.set_weights(tracker.kept_weights)
-    deploy = model_mod.to_float32(core, spec, ds.num_classes)
+    deploy = model_mod.to_deployable(core, spec, ds.num_classes)
     recalibrated = 0
     if bn_momentum < model_mod.BN_MOMENTUM or cfg.ema:  # BN statistics were gathered by other weights than these
         recalibrated = model_mod.recalibrate_batchnorm(deploy, balance.training_images(
@@ -640,6 +645,7 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
         "batchnorm_momentum": round(bn_momentum, 4),
         "batchnorm_recalibration_images": recalibrated,
         "ema": cfg.ema,
+        "fused_batchnorm": any(type(layer).__name__ == "FusedBatchNormalization" for layer in core.layers),
         "precision": setup.precision,
         "device": setup.description,
         "data": ds.source,

@@ -240,11 +240,50 @@ def test_parse_augment():
 def test_mixed_precision_core_is_rebuilt_in_float32():
     core = model.build_core("C: 4n 8n gap | D: 8", (16, 16, 3), 3, "mixed_float16")
     assert core.get_layer("conv1").compute_dtype == "float16"
-    clean = model.to_float32(core, "C: 4n 8n gap | D: 8", 3)
+    clean = model.to_deployable(core, "C: 4n 8n gap | D: 8", 3)
     assert all(w.dtype == "float32" for w in clean.weights)
     assert clean.get_layer("conv1").compute_dtype == "float32"
     x = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3)).astype("float32")
     assert np.abs(clean.predict(x, verbose=0) - core.predict(x, verbose=0)).max() < 1e-2
+
+
+def test_fused_batchnorm_trains_as_keras_batchnorm_and_is_saved_as_it():
+    """The fused kernel's training step equals Keras's own BatchNorm: outputs, gradients, moving statistics
+    (Keras's biased variance), a pooled BN's NonNeg constraint; the deployable copy holds stock layers."""
+    import keras
+    import tensorflow as tf
+
+    arch = "C: 8n 8np r8 gap | D: 8n"  # conv BN, BN behind a pool (gamma >= 0), residual BNs, a Dense BN
+    stock = model.build_core(arch, (16, 16, 3), 3)
+    fused = model.build_core(arch, (16, 16, 3), 3, fused_batchnorm=True)
+    kinds = {type(layer).__name__ for layer in fused.layers}
+    assert "FusedBatchNormalization" in kinds and "FusedBatchNormalization" not in {
+        type(layer).__name__ for layer in stock.layers}
+    fused.set_weights(stock.get_weights())
+    model.set_batchnorm_momentum(stock, 0.5)
+    model.set_batchnorm_momentum(fused, 0.5)
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.integers(0, 256, (32, 16, 16, 3)).astype("float32"))
+    y = tf.constant(np.eye(3, dtype="float32")[rng.integers(0, 3, 32)])
+    grads = {}
+    for name, core in (("stock", stock), ("fused", fused)):
+        with tf.GradientTape() as tape:
+            probs = core(x, training=True)
+            loss = keras.losses.categorical_crossentropy(y, probs)
+        grads[name] = [g.numpy() for g in tape.gradient(loss, core.trainable_variables)]
+        grads[name + " probs"] = probs.numpy()
+    assert np.abs(grads["stock probs"] - grads["fused probs"]).max() < 1e-5
+    for a, b in zip(grads["stock"], grads["fused"]):
+        assert np.abs(a - b).max() <= 1e-4 * max(1.0, np.abs(a).max())
+    for a, b in zip(stock.weights, fused.weights):  # moving means and variances after one step
+        assert np.allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6), a.path
+    assert [type(layer.gamma_constraint).__name__ for layer in fused.layers if "Fused" in type(layer).__name__] == [
+        type(layer.gamma_constraint).__name__ for layer in stock.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+    deploy = model.to_deployable(fused, arch, 3)
+    assert deploy is not fused and not any(type(layer).__name__ == "FusedBatchNormalization" for layer in deploy.layers)
+    assert np.abs(deploy.predict(x, verbose=0) - fused.predict(x, verbose=0)).max() < 1e-6
+    assert model.to_deployable(stock, arch, 3) is stock, "a stock float32 model is kept as it is"
 
 
 def test_macs_count_depthwise_separable_and_nested_layers():

@@ -2,6 +2,7 @@ import json
 import platform
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,11 @@ def test_training_writes_a_complete_run_directory(tiny_run):
     seconds = [r["seconds"] for r in hist]
     assert 0 < seconds[0] and seconds == sorted(seconds) and seconds[-1] <= m["train_seconds"]
     assert (tiny_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # trained with TensorFlow's fused BatchNorm kernel, saved with Keras's stock layer (no edgecnn class inside)
+    assert m["fused_batchnorm"] is True
+    with zipfile.ZipFile(tiny_run / "model.keras") as z:
+        saved = z.read("config.json").decode()
+    assert '"BatchNormalization"' in saved and "Fused" not in saved and "edgecnn" not in saved
 
 
 @pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
@@ -142,6 +148,24 @@ def test_short_epochs_still_give_batchnorm_the_statistics_of_the_data(tmp_path):
     # CPU kernels are not bit-reproducible under load), so one image of slack; chance is 33%
     assert m["test_accuracy"] >= 11 / 12, "the classes differ in colour: learned, and kept in inference mode"
     assert read_history(run / "history.csv")[-1]["val_accuracy"] >= 11 / 12
+
+
+def test_deterministic_training_keeps_keras_batchnorm_and_repeats_itself(tmp_path):
+    """--deterministic trains with Keras's own BatchNorm ops (not the fused kernel) and two runs give the same
+    model (a fresh process: TensorFlow's op determinism cannot be turned off again)."""
+    code = (
+        "from edgecnn.train import TrainConfig, train; from edgecnn.model import load_keras; import json;"
+        "import numpy as np; k = []\n"
+        "for name in ('a', 'b'):\n"
+        f"    r = train(TrainConfig(data='shapes:60', image_size=16, arch='C: 4n 8n gap', epochs=2, batch_size=16,"
+        f" deterministic=True, runs_dir={str(tmp_path)!r}, name=name), log=print)\n"
+        "    print('FUSED', json.load(open(r / 'metrics.json'))['fused_batchnorm'])\n"
+        "    k.append(load_keras(r / 'model.keras').get_layer('conv2').get_weights()[0])\n"
+        "print('SAME', bool(np.array_equal(*k)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("FUSED False") == 2 and "SAME True" in out.stdout
 
 
 def test_xla_is_reported_as_it_ran(tmp_path):
@@ -420,9 +444,10 @@ def test_bench_train_speed_tool_times_each_variant_in_its_own_environment():
     tool = Path(__file__).parent.parent / "tools" / "bench_train_speed.py"
     out = subprocess.run([sys.executable, str(tool), "--data", "shapes:64", "--images", "64", "--epochs", "1",
                           "--rounds", "1", "--batch-size", "32", "--archs", "C: 4n gap",
-                          "--variants", "default,onednn-off"], capture_output=True, text=True, timeout=300)
+                          "--variants", "default,onednn-off,keras-bn"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [[c.strip() for c in ln.split("|")[1:-1]] for ln in out.stdout.splitlines() if ln.startswith("| C: 4n")]
-    assert [r[1] for r in rows] == ["augment, no XLA (default)", "augment, no XLA, oneDNN off"]
+    assert [r[1] for r in rows] == ["augment, no XLA (default)", "augment, no XLA, oneDNN off",
+                                    "augment, no XLA, Keras's BatchNorm ops"]
     assert rows[0][4] == "1.00x" and float(rows[1][2]) > 0 and rows[1][4].endswith("x")
-    assert "--variants default,onednn-off --archs 'C: 4n gap'`" in out.stdout  # a command that runs as printed
+    assert "--variants default,onednn-off,keras-bn --archs 'C: 4n gap'`" in out.stdout  # a command that runs as printed

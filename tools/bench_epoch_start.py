@@ -67,7 +67,7 @@ def main() -> int:
         ap.error("--epochs must be at least 2 (the first epoch of each call is not compared), --rounds at least 1")
     ds = data_mod.load(a.data, val_split=0.02)
     steps = math.ceil(len(ds.x_train) / a.batch_size)
-    core = model_mod.build_core(a.arch, ds.input_shape, ds.num_classes)
+    core = model_mod.build_core(a.arch, ds.input_shape, ds.num_classes, fused_batchnorm=True)  # as edgecnn train
     model = compiled(core, model_mod.parse_augment("light"), a.epochs * a.rounds * 2, steps, label_smoothing=0.1)
     variants = {
         "new iterator per epoch (finite dataset)": (make_dataset(ds.x_train, ds.y_train, ds.num_classes,

@@ -1,7 +1,8 @@
 """Training throughput (images/s at batch 128) per architecture: with/without XLA, augmentation, bfloat16.
 
     python tools/bench_train_speed.py --data ../shared/data/cifar10-jpg.tar.gz [--images 5000] [--rounds 2]
-        [--archs basic,regularized,resnet8] [--variants default,xla,noaug,noaug-xla,bf16,bf16-emulated,onednn-off]
+        [--archs basic,regularized,resnet8]
+        [--variants default,xla,noaug,noaug-xla,bf16,bf16-emulated,onednn-off,keras-bn]
 
 Every measurement runs in its own process (one model per process: several models in one process
 disturbed each other's timings by up to 2x, depending on their order) that trains, as `edgecnn train`
@@ -35,6 +36,8 @@ from pathlib import Path
 # worker's extra environment: ONEDNN_MAX_CPU_ISA=AVX512_CORE keeps oneDNN (TensorFlow's CPU kernels) to
 # AVX-512 without its bfloat16 instructions, as on an AVX-512 CPU that lacks them (Skylake, Cascade Lake);
 # TF_ENABLE_ONEDNN_OPTS=0 (named in TensorFlow's start-up message) swaps oneDNN for Eigen's kernels.
+# Every variant but keras-bn trains its BatchNorm layers with TensorFlow's fused kernel, as `edgecnn train`
+# does (model.fused_batchnorm_class); keras-bn keeps Keras 3's own BatchNormalization ops.
 VARIANTS = {"default": ("augment, no XLA (default)", "model", False, "float32", {}),
             "xla": ("augment in tf.data, XLA", "data", True, "float32", {}),
             "noaug": ("no augment, no XLA", "none", False, "float32", {}),
@@ -43,12 +46,15 @@ VARIANTS = {"default": ("augment, no XLA (default)", "model", False, "float32", 
             "bf16-emulated": ("augment, no XLA, mixed_bfloat16 emulated", "model", False,
                               "mixed_bfloat16", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}),
             "onednn-off": ("augment, no XLA, oneDNN off", "model", False, "float32",
-                           {"TF_ENABLE_ONEDNN_OPTS": "0"})}
+                           {"TF_ENABLE_ONEDNN_OPTS": "0"}),
+            "keras-bn": ("augment, no XLA, Keras's BatchNorm ops", "model", False, "float32", {})}
+UNFUSED = {"keras-bn"}
 
 
-def worker(npz: str, arch: str, augment: str, xla: bool, batch: int, epochs: int, precision: str) -> None:
-    """Train ``arch`` on the arrays in ``npz`` for 1 + ``epochs`` epochs; print the timed epochs' seconds
-    and whether the step really was XLA-compiled."""
+def worker(npz: str, arch: str, augment: str, xla: bool, batch: int, epochs: int, precision: str,
+           fused: bool) -> None:
+    """Train ``arch`` on the arrays in ``npz`` for 1 + ``epochs`` epochs; print the timed epochs' seconds,
+    whether the step really was XLA-compiled and how many BatchNorm layers trained with the fused kernel."""
     import numpy as np
 
     from bench_epoch_start import compiled, timer
@@ -59,7 +65,7 @@ def worker(npz: str, arch: str, augment: str, xla: bool, batch: int, epochs: int
     arrays = np.load(npz)
     x, y, n_classes = arrays["x"], arrays["y"], int(arrays["num_classes"])
     steps = math.ceil(len(x) / batch)
-    core = model_mod.build_core(arch, x.shape[1:], n_classes, dtype_policy=precision)
+    core = model_mod.build_core(arch, x.shape[1:], n_classes, dtype_policy=precision, fused_batchnorm=fused)
     names = model_mod.parse_augment("none" if augment == "none" else "light")
     data = make_dataset(x, y, n_classes, batch, True, 0, repeat=True)
     if augment == "data":
@@ -74,13 +80,15 @@ def worker(npz: str, arch: str, augment: str, xla: bool, batch: int, epochs: int
         onednn = bool(_pywrap_util_port.IsMklEnabled())
     except (ImportError, AttributeError):
         onednn = None
-    print(json.dumps({"epochs": clock.epochs[1:], "xla": bool(model.jit_compile), "onednn": onednn}))
+    fused_layers = sum(type(layer).__name__ == "FusedBatchNormalization" for layer in core.layers)
+    print(json.dumps({"epochs": clock.epochs[1:], "xla": bool(model.jit_compile), "onednn": onednn,
+                      "fused_batchnorm": fused_layers}))
 
 
 def measure(npz: Path, arch: str, augment: str, xla: bool, batch: int, epochs: int, precision: str,
-            env: dict[str, str]) -> list[float]:
+            env: dict[str, str], fused: bool = True) -> list[float]:
     out = subprocess.run([sys.executable, __file__, "--worker", str(npz), arch, augment, str(int(xla)),
-                          str(batch), str(epochs), precision], capture_output=True, text=True,
+                          str(batch), str(epochs), precision, str(int(fused))], capture_output=True, text=True,
                          env={**os.environ, **env})
     if out.returncode != 0:
         raise SystemExit(f"error: {arch} (augment {augment}, {'XLA' if xla else 'no XLA'}) failed: "
@@ -88,6 +96,8 @@ def measure(npz: Path, arch: str, augment: str, xla: bool, batch: int, epochs: i
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if result["xla"] != xla:
         raise SystemExit(f"error: {arch} (augment {augment}): XLA asked {xla}, Keras compiled {result['xla']}")
+    if not fused and result["fused_batchnorm"]:
+        raise SystemExit(f"error: {arch}: Keras's BatchNorm asked, {result['fused_batchnorm']} fused layers trained")
     from edgecnn.device import onednn_off
 
     if (setting := onednn_off(env)) and result["onednn"]:
@@ -96,9 +106,9 @@ def measure(npz: Path, arch: str, augment: str, xla: bool, batch: int, epochs: i
 
 
 def main() -> int:
-    if len(sys.argv) == 9 and sys.argv[1] == "--worker":
-        npz, arch, aug, xla, batch, epochs, precision = sys.argv[2:]
-        worker(npz, arch, aug, xla == "1", int(batch), int(epochs), precision)
+    if len(sys.argv) == 10 and sys.argv[1] == "--worker":
+        npz, arch, aug, xla, batch, epochs, precision, fused = sys.argv[2:]
+        worker(npz, arch, aug, xla == "1", int(batch), int(epochs), precision, fused == "1")
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True)
@@ -115,7 +125,7 @@ def main() -> int:
     keys = a.variants.split(",")
     if not keys or any(k not in VARIANTS for k in keys) or len(set(keys)) != len(keys):
         ap.error(f"--variants takes a comma list of {', '.join(VARIANTS)}, each once; got {a.variants!r}")
-    variants = [VARIANTS[k] for k in keys]
+    variants = [(*VARIANTS[k], k not in UNFUSED) for k in keys]
     import numpy as np
 
     from edgecnn import data as data_mod
@@ -132,8 +142,8 @@ def main() -> int:
         for arch in a.archs.split(","):
             times: dict[str, list[float]] = {v[0]: [] for v in variants}
             for r in range(a.rounds):
-                for name, aug, xla, precision, env in variants[r % len(variants):] + variants[: r % len(variants)]:
-                    times[name] += measure(npz, arch, aug, xla, a.batch_size, a.epochs, precision, env)
+                for name, aug, xla, precision, env, fused in variants[r % len(variants):] + variants[: r % len(variants)]:
+                    times[name] += measure(npz, arch, aug, xla, a.batch_size, a.epochs, precision, env, fused)
             base = statistics.median(times[variants[0][0]])
             for name, *_ in variants:
                 med = statistics.median(times[name])
@@ -158,7 +168,9 @@ def main() -> int:
           "bfloat16 instructions, as on an AVX-512 CPU that lacks them (an AVX2-only CPU takes other kernels, not "
           "measured here). \"oneDNN off\" sets `TF_ENABLE_ONEDNN_OPTS=0`, the setting TensorFlow's start-up "
           "message names for turning its oneDNN operations off (to get other rounding): it then trains with its "
-          "Eigen kernels.\n")
+          "Eigen kernels. BatchNorm layers train with TensorFlow's fused kernel (FusedBatchNormV3), as `edgecnn "
+          "train` does; \"Keras's BatchNorm ops\" keeps Keras 3's own layer, which computes the batch moments and "
+          "the normalization as separate ops.\n")
     print(f"| architecture | variant | images/s | s per {full:,}-image epoch | "
           f"vs {'default' if keys[0] == 'default' else variants[0][0]} |")
     print("|---|---|---:|---:|---:|")
