@@ -160,7 +160,7 @@ def test_deterministic_training_keeps_keras_batchnorm_and_repeats_itself(tmp_pat
         f"    r = train(TrainConfig(data='shapes:60', image_size=16, arch='C: 4n 8n gap', epochs=2, batch_size=16,"
         f" deterministic=True, runs_dir={str(tmp_path)!r}, name=name), log=print)\n"
         "    print('FUSED', json.load(open(r / 'metrics.json'))['fused_batchnorm'])\n"
-        "    k.append(load_keras(r / 'model.keras').get_layer('conv2').get_weights()[0])\n"
+        "    k.append(load_keras(r / 'model.keras').get_layer('conv5').get_weights()[0])\n"
         "print('SAME', bool(np.array_equal(*k)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
