@@ -645,7 +645,7 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
         "batchnorm_momentum": round(bn_momentum, 4),
         "batchnorm_recalibration_images": recalibrated,
         "ema": cfg.ema,
-        "fused_batchnorm": any(type(layer).__name__ == "FusedBatchNormalization" for layer in core.layers),
+        "fused_batchnorm": model_mod.fused_batchnorms(core) > 0,
         "precision": setup.precision,
         "device": setup.description,
         "data": ds.source,

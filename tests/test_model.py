@@ -256,9 +256,7 @@ def test_fused_batchnorm_trains_as_keras_batchnorm_and_is_saved_as_it():
     arch = "C: 8n 8np r8 gap | D: 8n"  # conv BN, BN behind a pool (gamma >= 0), residual BNs, a Dense BN
     stock = model.build_core(arch, (16, 16, 3), 3)
     fused = model.build_core(arch, (16, 16, 3), 3, fused_batchnorm=True)
-    kinds = {type(layer).__name__ for layer in fused.layers}
-    assert "FusedBatchNormalization" in kinds and "FusedBatchNormalization" not in {
-        type(layer).__name__ for layer in stock.layers}
+    assert model.fused_batchnorms(fused) == 5 and model.fused_batchnorms(stock) == 0  # the Dense BN too
     fused.set_weights(stock.get_weights())
     model.set_batchnorm_momentum(stock, 0.5)
     model.set_batchnorm_momentum(fused, 0.5)
@@ -281,9 +279,30 @@ def test_fused_batchnorm_trains_as_keras_batchnorm_and_is_saved_as_it():
         type(layer.gamma_constraint).__name__ for layer in stock.layers if isinstance(layer, keras.layers.BatchNormalization)]
 
     deploy = model.to_deployable(fused, arch, 3)
-    assert deploy is not fused and not any(type(layer).__name__ == "FusedBatchNormalization" for layer in deploy.layers)
+    assert deploy is not fused and model.fused_batchnorms(deploy) == 0
     assert np.abs(deploy.predict(x, verbose=0) - fused.predict(x, verbose=0)).max() < 1e-6
     assert model.to_deployable(stock, arch, 3) is stock, "a stock float32 model is kept as it is"
+
+
+def test_fused_batchnorm_under_mixed_bfloat16_keeps_float32_statistics():
+    """16-bit activations go into the fused kernel as they are: a training step's outputs and moving statistics
+    stay within bfloat16 rounding of Keras's layer (which computes in float32), and the statistics stay float32."""
+    import tensorflow as tf
+
+    arch = "C: 8n r8 gap"
+    stock = model.build_core(arch, (16, 16, 3), 3, "mixed_bfloat16")
+    fused = model.build_core(arch, (16, 16, 3), 3, "mixed_bfloat16", fused_batchnorm=True)
+    fused.set_weights(stock.get_weights())
+    model.set_batchnorm_momentum(stock, 0.5)
+    model.set_batchnorm_momentum(fused, 0.5)
+    x = tf.constant(np.random.default_rng(1).integers(0, 256, (32, 16, 16, 3)).astype("float32"))
+    a, b = stock(x, training=True).numpy(), fused(x, training=True).numpy()
+    assert np.abs(a - b).max() < 2e-2
+    bns = [layer for layer in fused.layers if "bn" in layer.name]
+    assert len(bns) == 3 and all(bn.moving_variance.dtype == "float32" for bn in bns)
+    for s, f in zip(stock.weights, fused.weights):
+        assert np.allclose(s.numpy(), f.numpy(), rtol=2e-2, atol=2e-2), s.path
+    assert not np.allclose(fused.get_layer("bn2").moving_mean.numpy(), 0.0), "the step moved the statistics"
 
 
 def test_macs_count_depthwise_separable_and_nested_layers():

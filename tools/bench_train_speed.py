@@ -80,7 +80,7 @@ def worker(npz: str, arch: str, augment: str, xla: bool, batch: int, epochs: int
         onednn = bool(_pywrap_util_port.IsMklEnabled())
     except (ImportError, AttributeError):
         onednn = None
-    fused_layers = sum(type(layer).__name__ == "FusedBatchNormalization" for layer in core.layers)
+    fused_layers = model_mod.fused_batchnorms(core)
     print(json.dumps({"epochs": clock.epochs[1:], "xla": bool(model.jit_compile), "onednn": onednn,
                       "fused_batchnorm": fused_layers}))
 
