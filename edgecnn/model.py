@@ -187,7 +187,7 @@ def fused_batchnorm_class(keras):
                     or len(inputs.shape) != 4 or self.axis not in (-1, 3) or not (self.center and self.scale)):
                 return super().call(inputs, training=training, mask=mask)
             # 16-bit inputs go in as they are (as tf.keras's fused path did): the kernel keeps its statistics
-            # in float32 itself, and skipping two casts per layer and step is what makes it fast.
+            # in float32 itself; two casts fewer per layer and step (docs/train_speed.md, last table).
             x = inputs if inputs.dtype in (tf.float16, tf.bfloat16) else ops.cast(inputs, "float32")
             y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
                 x, ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32"), epsilon=self.epsilon,
