@@ -83,9 +83,9 @@ def train(
     test_split: float = typer.Option(0.1, help="Test fraction when an image folder has no split."),
     skip_bad_images: bool = typer.Option(False, help="Skip unreadable images (counted) instead of failing."),
     device: str = typer.Option("auto", help="auto, cpu or gpu."),
-    precision: str = typer.Option("auto", help="auto (mixed_float16 on tensor-core GPUs, else float32), float32, "
-                                  "mixed_float16, mixed_bfloat16 (faster on CPUs with native bfloat16: see "
-                                  "edgecnn doctor)."),
+    precision: str = typer.Option("auto", help="auto (mixed_float16 on tensor-core GPUs, mixed_bfloat16 on CPUs "
+                                  "with native bfloat16 (AVX512-BF16 or AMX: see edgecnn doctor), else float32), "
+                                  "float32, mixed_float16, mixed_bfloat16."),
     cpu_replicas: int = typer.Option(1, help="Mirror over N logical CPU devices (tests the multi-GPU path)."),
     jit_compile: bool = typer.Option(False, "--xla/--no-xla", help="Compile the training step with XLA."),
     deterministic: bool = typer.Option(False, help="Deterministic TensorFlow ops, and Keras's own BatchNorm ops "

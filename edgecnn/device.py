@@ -123,6 +123,16 @@ def _gpu_supports_fp16(gpus) -> bool:
     return bool(gpus)
 
 
+def auto_precision(gpus, cpu: dict | None = None) -> str:
+    """What ``--precision auto`` trains in: mixed_float16 on GPUs with tensor cores, mixed_bfloat16 on a CPU
+    whose native bfloat16 (AVX512-BF16, AMX) TensorFlow uses (1.46-1.50x float32's speed on the Xeon with AMX,
+    docs/train_speed.md), float32 otherwise (``cpu`` as from :func:`cpu_info`, read when not given)."""
+    if gpus:
+        return "mixed_float16" if _gpu_supports_fp16(gpus) else "float32"
+    cpu = cpu_info() if cpu is None else cpu
+    return "mixed_bfloat16" if cpu["bfloat16"] and not cpu["bfloat16_off"] else "float32"
+
+
 def setup(device: str = "auto", precision: str = "auto", cpu_replicas: int = 1) -> DeviceSetup:
     """Configure TensorFlow for ``device`` and pick a distribution strategy and precision.
 
@@ -153,7 +163,7 @@ def setup(device: str = "auto", precision: str = "auto", cpu_replicas: int = 1) 
         raise EdgeCNNError("--device gpu: TensorFlow sees no GPU (run `edgecnn doctor` to see why)")
 
     if precision == "auto":
-        precision = "mixed_float16" if gpus and _gpu_supports_fp16(gpus) else "float32"
+        precision = auto_precision(gpus)
 
     if os.environ.get("TF_CONFIG"):
         try:

@@ -7,7 +7,7 @@ import os
 import platform
 from importlib import metadata
 
-from edgecnn.device import cpu_info, nvidia_gpus, onednn_warning
+from edgecnn.device import auto_precision, cpu_info, nvidia_gpus, onednn_warning
 from edgecnn.errors import first_line
 
 PACKAGES = ["tensorflow", "keras", "tf-keras", "tensorflow-model-optimization", "tf2onnx", "onnx",
@@ -81,6 +81,7 @@ def collect() -> dict:
         gpus = tf.config.list_physical_devices("GPU")
         info["tensorflow_gpus"] = [g.name for g in gpus]
         info["tensorflow_cuda_build"] = tf.test.is_built_with_cuda()
+        info["precision_auto"] = auto_precision(gpus, cpu)
     except Exception as exc:
         info["tensorflow_gpus"] = []
         warnings.append(f"TensorFlow does not import: {exc}")
@@ -111,6 +112,8 @@ def format_text(info: dict) -> str:
     gpus = [f"{g['name']} (driver {g['driver']})" for g in info["nvidia_gpus"]]
     lines.append(f"NVIDIA GPUs                    {', '.join(gpus) or 'none'}")
     lines.append(f"TensorFlow GPUs                {', '.join(info['tensorflow_gpus']) or 'none'}")
+    if info.get("precision_auto"):
+        lines.append(f"{'train --precision auto':<31}{info['precision_auto']}")
     for prov, status in info["onnxruntime_providers"].items():
         lines.append(f"onnxruntime {prov:<28} {status}")
     found = [lib for lib, ok in info["cuda_libraries"].items() if ok]

@@ -216,6 +216,9 @@ def test_doctor_reports_versions_and_providers(capsys):
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     assert info["cpu_bfloat16"] == [f for f in ("avx512_bf16", "amx_bf16") if f" {f}" in cpuinfo]
     assert info["cpu_bfloat16_off"] == bfloat16_off()
+    native = info["cpu_bfloat16"] and not info["cpu_bfloat16_off"]
+    if not info["tensorflow_gpus"]:
+        assert info["precision_auto"] == ("mixed_bfloat16" if native else "float32")
     assert info["cpu"] and (not cpuinfo or info["cpu"] in cpuinfo)
     for prov, status in info["onnxruntime_providers"].items():
         if prov != "CPUExecutionProvider" and not info["tensorflow_gpus"]:
@@ -235,6 +238,7 @@ def test_doctor_says_which_setting_leaves_native_bfloat16_unused(capsys, monkeyp
     assert code == 0 and "native bfloat16: " in cpu_line
     assert ("unused: ONEDNN_MAX_CPU_ISA=AVX512_CORE" in cpu_line) == bool(cpu_info()["bfloat16"])
     assert "oneDNN kernels off" not in out
+    assert "train --precision auto         float32" in out  # capped below its bfloat16: not worth it
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")  # oneDNN off: float32 trains slower too, and doctor says so
     code, out, _ = run_main(capsys, "doctor", "--json")
     info = json.loads(out)
@@ -257,8 +261,8 @@ def test_run_pipeline_end_to_end(tmp_path):
     for section in ("## Training", "## Learning curves", "## Confusion matrix", "## Exports", "## Benchmark"):
         assert section in md
     assert "The .tflite files carry TFLite metadata (class names, input normalization)" in md
-    from edgecnn.device import cpu_info  # the training time names the processor it was measured on
-    assert f"on CPU, float32 ({cpu_info()['name']}, {os.cpu_count()} cores) |" in md
+    from edgecnn.device import auto_precision, cpu_info  # the training time names the processor it was measured on
+    assert f"on CPU, {auto_precision([])} ({cpu_info()['name']}, {os.cpu_count()} cores) |" in md
     assert "data:image/png;base64," in (run / "report.html").read_text()
     assert "report:" in out.stdout and "| tflite-int8 (flip TTA) |" in out.stdout
     assert "Every file averages each image's output with its mirror image's (`export --tta`)" in md

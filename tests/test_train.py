@@ -68,6 +68,22 @@ def test_mixed_precision_training_saves_a_float32_model(tmp_path, precision):
     assert not precision_warning("mixed_bfloat16", "gpu", none) and not precision_warning("float32", "cpu", none)
 
 
+def test_precision_auto_is_bfloat16_on_a_cpu_with_native_bfloat16(tmp_path):
+    """--precision auto trains in mixed_bfloat16 where TensorFlow uses the CPU's bfloat16 instructions, in
+    float32 where it has none or a setting keeps oneDNN from them (and what it picked is recorded)."""
+    from edgecnn.device import auto_precision, cpu_info
+
+    none, native = {"bfloat16": [], "bfloat16_off": None}, {"bfloat16": ["amx_bf16"], "bfloat16_off": None}
+    assert auto_precision([], none) == "float32" and auto_precision([], native) == "mixed_bfloat16"
+    assert auto_precision([], native | {"bfloat16_off": "ONEDNN_MAX_CPU_ISA=AVX512_CORE"}) == "float32"
+    run = train(TrainConfig(data="shapes:60", image_size=16, arch="C: 4n gap", epochs=1, batch_size=16,
+                            runs_dir=str(tmp_path)), log=lambda _: None)
+    cpu = cpu_info()
+    expected = "mixed_bfloat16" if cpu["bfloat16"] and not cpu["bfloat16_off"] else "float32"
+    assert json.loads((run / "metrics.json").read_text())["precision"] == expected
+    assert json.loads((run / "config.json").read_text())["device_used"] == f"CPU, {expected}"
+
+
 @pytest.mark.parametrize("env, off", [({}, None), ({"ONEDNN_MAX_CPU_ISA": "avx512_core"}, "ONEDNN_MAX_CPU_ISA=avx512_core"),
                                       ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, None),
                                       ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, None),
@@ -447,7 +463,7 @@ def test_bench_train_speed_tool_times_each_variant_in_its_own_environment():
                           "--variants", "default,onednn-off,keras-bn"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [[c.strip() for c in ln.split("|")[1:-1]] for ln in out.stdout.splitlines() if ln.startswith("| C: 4n")]
-    assert [r[1] for r in rows] == ["augment, no XLA (default)", "augment, no XLA, oneDNN off",
+    assert [r[1] for r in rows] == ["augment, no XLA, float32", "augment, no XLA, oneDNN off",
                                     "augment, no XLA, Keras's BatchNorm ops"]
     assert rows[0][4] == "1.00x" and float(rows[1][2]) > 0 and rows[1][4].endswith("x")
     assert "--variants default,onednn-off,keras-bn --archs 'C: 4n gap'`" in out.stdout  # a command that runs as printed

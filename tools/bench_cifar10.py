@@ -99,7 +99,9 @@ def machines(b: Bench, stages: list[str]) -> str:
 
 
 def _on(m: dict) -> str:
-    return f" on {m['cpu']} ({m.get('cpu_cores', '?')} cores)" if m.get("cpu") else ""
+    """Where and in what precision a run trained, as its metrics.json says (older runs: no precision)."""
+    where = f" on {m['cpu']} ({m.get('cpu_cores', '?')} cores)" if m.get("cpu") else ""
+    return where + (f" in {m['precision']}" if m.get("precision") else "")
 
 
 def run_preset(b: Bench, preset: str) -> None:
@@ -554,8 +556,9 @@ def write_readme(b: Bench, stages: list[str], doc: Path, sweep: str | None, upda
                           "`r8-t2px-e84-bf16`). Emulated bfloat16 (oneDNN kept from those instructions, as on an AVX-512 CPU "
                           "without them) trained at 0.45-0.51x float32's speed, and float32 with oneDNN turned off "
                           "(`TF_ENABLE_ONEDNN_OPTS=0`) at 0.47-0.58x; `edgecnn train` warns in both cases and `edgecnn "
-                          "doctor` names the setting. The presets and `--precision auto` stay float32 on the "
-                          "CPU: their documented runs are float32. Measured on a day the host ran at about half the speed of "
+                          "doctor` names the setting. `--precision auto` picks mixed_bfloat16 where the CPU "
+                          "has native bfloat16 and float32 elsewhere (since 2026-12-05, when BatchNorm's fused kernel took "
+                          "bfloat16 as it is; before, the presets trained in float32). Measured on a day the host ran at about half the speed of "
                           "the preset runs above: compare ratios, not images/s, with them.",
         "epoch_start.md": "**Epoch starts** (the cifar10 network on the 49,000 training images; "
                           "`python tools/bench_epoch_start.py --data ../shared/data/cifar10-jpg.tar.gz`, "

@@ -38,7 +38,7 @@ from pathlib import Path
 # TF_ENABLE_ONEDNN_OPTS=0 (named in TensorFlow's start-up message) swaps oneDNN for Eigen's kernels.
 # Every variant but keras-bn trains its BatchNorm layers with TensorFlow's fused kernel, as `edgecnn train`
 # does (model.fused_batchnorm_class); keras-bn keeps Keras 3's own BatchNormalization ops.
-VARIANTS = {"default": ("augment, no XLA (default)", "model", False, "float32", {}),
+VARIANTS = {"default": ("augment, no XLA, float32", "model", False, "float32", {}),
             "xla": ("augment in tf.data, XLA", "data", True, "float32", {}),
             "noaug": ("no augment, no XLA", "none", False, "float32", {}),
             "noaug-xla": ("no augment, XLA", "none", True, "float32", {}),
@@ -172,7 +172,7 @@ def main() -> int:
           "train` does; \"Keras's BatchNorm ops\" keeps Keras 3's own layer, which computes the batch moments and "
           "the normalization as separate ops.\n")
     print(f"| architecture | variant | images/s | s per {full:,}-image epoch | "
-          f"vs {'default' if keys[0] == 'default' else variants[0][0]} |")
+          f"vs {'float32' if keys[0] == 'default' else variants[0][0]} |")
     print("|---|---|---:|---:|---:|")
     print("\n".join(rows))
     return 0
