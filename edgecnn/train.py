@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn import balance, runs, tfdata
+from edgecnn.device import PRECISIONS
 from edgecnn.errors import EdgeCNNError
 from edgecnn.fsutil import atomic_path, read_json, write_json, write_text
 from edgecnn.model import TRANSLATE
@@ -459,7 +460,13 @@ def config_from_run(run_dir: Path) -> TrainConfig:
     if not saved:
         raise EdgeCNNError(f"{run_dir} has no config.json; it cannot be resumed")
     names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in saved.items() if k in names})
+    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in names})
+    # --precision auto resumes in the precision it picked at the start (its checkpoint's layers have it), not in
+    # what it would pick on this machine now: "device_used" ends with it ("CPU, mixed_bfloat16").
+    used = str(saved.get("device_used", "")).rsplit(", ", 1)[-1]
+    if cfg.precision == "auto" and used in PRECISIONS and used != "auto":
+        cfg.precision = used
+    return cfg
 
 
 def resume(run: str, runs_dir: str = "runs", log=print) -> Path:
