@@ -125,8 +125,9 @@ def _gpu_supports_fp16(gpus) -> bool:
 
 def auto_precision(gpus, cpu: dict | None = None) -> str:
     """What ``--precision auto`` trains in: mixed_float16 on GPUs with tensor cores, mixed_bfloat16 on a CPU
-    whose native bfloat16 (AVX512-BF16, AMX) TensorFlow uses (1.46-1.50x float32's speed on the Xeon with AMX,
-    docs/train_speed.md), float32 otherwise (``cpu`` as from :func:`cpu_info`, read when not given)."""
+    whose native bfloat16 (AVX512-BF16, AMX) TensorFlow uses (1.21-1.34x float32's speed on an AMD EPYC,
+    1.46-1.50x on a Xeon with AMX; docs/train_speed.md), float32 otherwise (``cpu`` as from :func:`cpu_info`,
+    read when not given)."""
     if gpus:
         return "mixed_float16" if _gpu_supports_fp16(gpus) else "float32"
     cpu = cpu_info() if cpu is None else cpu
