@@ -98,10 +98,16 @@ def nvidia_gpus(root: str = "/proc/driver/nvidia") -> list[dict]:
     return out
 
 
+def native_bfloat16(cpu: dict) -> bool:
+    """Whether TensorFlow trains on this CPU's own bfloat16 instructions: it has them (AVX512-BF16, AMX) and
+    oneDNN is neither off nor capped below them (``cpu`` as from :func:`cpu_info`)."""
+    return bool(cpu["bfloat16"]) and not cpu["bfloat16_off"]
+
+
 def precision_warning(precision: str, device: str, cpu: dict) -> str | None:
     """A line for training with mixed_bfloat16 on a CPU whose native bfloat16 TensorFlow will not use
     (``cpu`` as from :func:`cpu_info`); None otherwise."""
-    if precision != "mixed_bfloat16" or device != "cpu" or (cpu["bfloat16"] and not cpu["bfloat16_off"]):
+    if precision != "mixed_bfloat16" or device != "cpu" or native_bfloat16(cpu):
         return None
     why = (f"with this CPU's bfloat16 instructions unused ({cpu['bfloat16_off']})" if cpu["bfloat16"] else
            "on a CPU without native bfloat16 (AVX512-BF16 or AMX; `edgecnn doctor` lists them)")
@@ -131,7 +137,7 @@ def auto_precision(gpus, cpu: dict | None = None) -> str:
     if gpus:
         return "mixed_float16" if _gpu_supports_fp16(gpus) else "float32"
     cpu = cpu_info() if cpu is None else cpu
-    return "mixed_bfloat16" if cpu["bfloat16"] and not cpu["bfloat16_off"] else "float32"
+    return "mixed_bfloat16" if native_bfloat16(cpu) else "float32"
 
 
 def setup(device: str = "auto", precision: str = "auto", cpu_replicas: int = 1) -> DeviceSetup:

@@ -462,8 +462,9 @@ def config_from_run(run_dir: Path) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in saved.items() if k in names})
     # --precision auto resumes in the precision it picked at the start (its checkpoint's layers have it), not in
-    # what it would pick on this machine now: "device_used" ends with it ("CPU, mixed_bfloat16").
-    used = str(saved.get("device_used", "")).rsplit(", ", 1)[-1]
+    # what it would pick on this machine now. Runs started before "precision_used" was written: "device_used"
+    # ends with it ("CPU, mixed_bfloat16").
+    used = saved.get("precision_used") or str(saved.get("device_used", "")).rsplit(", ", 1)[-1]
     if cfg.precision == "auto" and used in PRECISIONS and used != "auto":
         cfg.precision = used
     return cfg
@@ -530,7 +531,7 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
         cfg_dict = asdict(cfg) | {"arch_spec": describe(spec), "augment_layers": list(augment),
                                   "translate_interpolation": model_mod.TRANSLATE_INTERPOLATION,
                                   "train_iterator": "repeated",  # one endless iterator (older runs: per epoch)
-                                  "device_used": setup.description}
+                                  "device_used": setup.description, "precision_used": setup.precision}
         write_json(run_dir / "config.json", cfg_dict)
         write_json(run_dir / "labels.json", labels_info(ds, cfg.channels, cfg.resize))
     log(f"run: {run_dir}  device: {setup.description}")

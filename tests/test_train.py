@@ -71,27 +71,33 @@ def test_mixed_precision_training_saves_a_float32_model(tmp_path, precision):
 def test_precision_auto_is_bfloat16_on_a_cpu_with_native_bfloat16(tmp_path):
     """--precision auto trains in mixed_bfloat16 where TensorFlow uses the CPU's bfloat16 instructions, in
     float32 where it has none or a setting keeps oneDNN from them (and what it picked is recorded)."""
-    from edgecnn.device import auto_precision, cpu_info
+    from edgecnn.device import auto_precision, cpu_info, native_bfloat16
 
     none, native = {"bfloat16": [], "bfloat16_off": None}, {"bfloat16": ["amx_bf16"], "bfloat16_off": None}
+    capped = native | {"bfloat16_off": "ONEDNN_MAX_CPU_ISA=AVX512_CORE"}
     assert auto_precision([], none) == "float32" and auto_precision([], native) == "mixed_bfloat16"
-    assert auto_precision([], native | {"bfloat16_off": "ONEDNN_MAX_CPU_ISA=AVX512_CORE"}) == "float32"
+    assert auto_precision([], capped) == "float32"
+    assert [native_bfloat16(c) for c in (none, native, capped)] == [False, True, False]
     run = train(TrainConfig(data="shapes:60", image_size=16, arch="C: 4n gap", epochs=1, batch_size=16,
                             runs_dir=str(tmp_path)), log=lambda _: None)
     cpu = cpu_info()
     expected = "mixed_bfloat16" if cpu["bfloat16"] and not cpu["bfloat16_off"] else "float32"
     assert json.loads((run / "metrics.json").read_text())["precision"] == expected
-    assert json.loads((run / "config.json").read_text())["device_used"] == f"CPU, {expected}"
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["precision_used"] == expected and saved["device_used"] == f"CPU, {expected}"
     # a resumed run keeps what auto picked when it started (its checkpoint has those layers), wherever it resumes
     from edgecnn.train import config_from_run
 
-    cfg = json.loads((run / "config.json").read_text())
+    cfg = {k: v for k, v in saved.items() if k not in ("device_used", "precision_used")}
+    for used in ("mixed_bfloat16", "mixed_float16", "float32"):
+        (run / "config.json").write_text(json.dumps(cfg | {"precision_used": used, "device_used": "CPU, float32"}))
+        assert config_from_run(run).precision == used  # the structured key wins over the description
+    # runs from before "precision_used": the description ends with it; before "device_used": auto as it was
     for started, resumes in (("CPU, mixed_bfloat16", "mixed_bfloat16"), ("1 GPU, mixed_float16", "mixed_float16"),
-                             ("CPU, float32", "float32"), (None, "auto")):  # None: a run from before "device_used"
-        (run / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "device_used"}
-                                                    | ({"device_used": started} if started else {})))
+                             ("CPU, float32", "float32"), (None, "auto")):
+        (run / "config.json").write_text(json.dumps(cfg | ({"device_used": started} if started else {})))
         assert config_from_run(run).precision == resumes
-    (run / "config.json").write_text(json.dumps(cfg | {"precision": "float32", "device_used": "CPU, mixed_bfloat16"}))
+    (run / "config.json").write_text(json.dumps(cfg | {"precision": "float32", "precision_used": "mixed_bfloat16"}))
     assert config_from_run(run).precision == "float32"  # as asked, never overridden
 
 
