@@ -18,3 +18,35 @@ def test_readme_opens_with_the_two_setup_commands():
     assert blocks[1].endswith('pip install -e ".[dev]" && pytest')
     ci = (ROOT / ".ci" / "run").read_text()
     assert 'pip install --quiet -e ".[dev]"' in ci and "python -m pytest" in ci
+
+
+def _bench_cifar10():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_cifar10", ROOT / "tools" / "bench_cifar10.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_rewrite_keeps_the_paragraphs_other_tools_measure():
+    """tools/bench_cifar10.py --readme rewrites README's Results from its runs; the hand-kept paragraphs on
+    docs/train_speed.md and docs/epoch_start.md (other tools' measurements) stay as they are, tables included."""
+    bench = _bench_cifar10()
+    text = (ROOT / "README.md").read_text()
+    block = text.partition(bench.MARKERS[0])[2].partition(bench.MARKERS[1])[0]
+    throughput = next(g for g in bench._groups(block) if g[0].startswith("**Training throughput**"))
+    kept = "\n".join(bench.other_tools_paragraphs(block))
+    assert "\n\n".join(throughput) in kept and "**Epoch starts**" in kept
+    # --update with one preset's paragraph: everything else, the throughput paragraph first, is left alone
+    new = "\n".join([bench.MARKERS[0], "intro", "", "**`edgecnn train --preset resnet8`**: 99.99% float.", "",
+                     bench.MARKERS[1]])
+    updated = bench.update_readme(bench.MARKERS[0] + block + bench.MARKERS[1], new)
+    assert "\n\n".join(throughput) in updated and "99.99% float" in updated
+    assert updated.count("| architecture | variant |") == block.count("| architecture | variant |") == 1
+    # a README without them gets each doc's caption and its first table only (docs/train_speed.md has several)
+    fresh = bench.other_tools_paragraphs("")
+    first = (ROOT / "docs" / "train_speed.md").read_text().split("\n\n## ")[0]
+    assert fresh[0].startswith("**Training throughput**") and [ln for ln in fresh if ln.startswith("|")][:3] == \
+        [ln for ln in first.splitlines() if ln.startswith("|")][:3]
+    assert sum(ln.startswith("| architecture |") for ln in fresh) == 1

@@ -543,42 +543,47 @@ def write_readme(b: Bench, stages: list[str], doc: Path, sweep: str | None, upda
         lines += ["**Architecture sweep**: int8 accuracy against int8 size; \"val std\" and \"worst drop\" are the "
                   "spread of the last three epochs' validation accuracy and its largest epoch-to-epoch fall.", "",
                   *_sweep(Path(sweep)), f"![int8 accuracy vs int8 size, Pareto front]({pareto.relative_to(ROOT)})", ""]
-    captions = {
-        "train_speed.md": "**Training throughput** (batch 128, tf.data, one process per measurement, variants timed "
-                          "alternately; `python tools/bench_train_speed.py --data ../shared/data/cifar10-jpg.tar.gz`, "
-                          "[docs/train_speed.md](docs/train_speed.md)). Without XLA (the default) is the fastest float32 way "
-                          "to train here: real XLA, with augmentation (run in tf.data, since Keras compiles no XLA step with "
-                          "RandomTranslation in the model) or without, trained at 0.28-0.60x the default's speed. Leaving "
-                          "augmentation out is at most 1.07x faster; differences near 10% are within this machine's "
-                          "noise. `--precision mixed_bfloat16` (this CPU has native bfloat16, AVX512-BF16) trained 1.07-1.36x "
-                          "faster than float32 (1.18-1.49x in the previous run); `resnet8` trained so for 84 epochs scored "
-                          "85.17%, int8 TFLite 85.07% (float32, same seed: 85.09%, 85.05%; docs/benchmarks.md row "
-                          "`r8-t2px-e84-bf16`). Emulated bfloat16 (oneDNN kept from those instructions, as on an AVX-512 CPU "
-                          "without them) trained at 0.45-0.51x float32's speed, and float32 with oneDNN turned off "
-                          "(`TF_ENABLE_ONEDNN_OPTS=0`) at 0.47-0.58x; `edgecnn train` warns in both cases and `edgecnn "
-                          "doctor` names the setting. `--precision auto` picks mixed_bfloat16 where the CPU "
-                          "has native bfloat16 and float32 elsewhere (since 2026-12-05, when BatchNorm's fused kernel took "
-                          "bfloat16 as it is; before, the presets trained in float32). Measured on a day the host ran at about half the speed of "
-                          "the preset runs above: compare ratios, not images/s, with them.",
-        "epoch_start.md": "**Epoch starts** (the cifar10 network on the 49,000 training images; "
-                          "`python tools/bench_epoch_start.py --data ../shared/data/cifar10-jpg.tar.gz`, "
-                          "[docs/epoch_start.md](docs/epoch_start.md)). Training fits one endless, reshuffled "
-                          "iterator with `steps_per_epoch` instead of a new iterator per epoch.",
-    }
-    for name, caption in captions.items():
-        doc = ROOT / "docs" / name
-        if doc.is_file():
-            lines += [caption, "", *[ln for ln in doc.read_text().splitlines() if ln.startswith("|")], ""]
-    lines.append(MARKERS[1])
     text = README.read_text()
     head, sep, rest = text.partition(MARKERS[0])
     old, sep2, tail = rest.partition(MARKERS[1])
     if not sep or not sep2:
         sys.exit(f"{README} has no {MARKERS[0]} ... {MARKERS[1]} block")
+    if not update:  # --update leaves them where they are, as every paragraph it does not write
+        lines += other_tools_paragraphs(old)
+    lines.append(MARKERS[1])
     block = "\n".join(lines)
     if update:
         block = update_readme(MARKERS[0] + old + MARKERS[1], block)
     README.write_text(head + block + tail)
+
+
+# Results paragraphs on what other tools measure: README keeps them as they are (their text is written by hand
+# around those tools' docs); a README without one gets the caption and the first table of the doc.
+OTHER_TOOLS = {
+    "train_speed.md": "**Training throughput** (batch 128, tf.data, one process per measurement, variants timed "
+                      "alternately; `python tools/bench_train_speed.py --data ../shared/data/cifar10-jpg.tar.gz`, "
+                      "[docs/train_speed.md](docs/train_speed.md)): images per second and the ratio to float32 "
+                      "without XLA, the default.",
+    "epoch_start.md": "**Epoch starts** (the cifar10 network on the 49,000 training images; "
+                      "`python tools/bench_epoch_start.py --data ../shared/data/cifar10-jpg.tar.gz`, "
+                      "[docs/epoch_start.md](docs/epoch_start.md)). Training fits one endless, reshuffled "
+                      "iterator with `steps_per_epoch` instead of a new iterator per epoch.",
+}
+
+
+def other_tools_paragraphs(old_block: str) -> list[str]:
+    """The Results paragraphs (each with its tables) on docs that other tools write: ``old_block``'s own where it
+    has them, else each doc's caption and first table."""
+    out: list[str] = []
+    for name, caption in OTHER_TOOLS.items():
+        title = caption.split(" (", 1)[0]
+        kept = next((g for g in _groups(old_block) if g[0].startswith(title)), None)
+        if kept:
+            out += ["\n\n".join(kept), ""]
+        elif (doc := ROOT / "docs" / name).is_file():
+            table = _table_at(doc.read_text().splitlines(), "|")
+            out += [caption, "", *doc.read_text().splitlines()[slice(*table)], ""] if table else [caption, ""]
+    return out
 
 
 # --------------------------------------------------------------------------- --update: merge into what is there
@@ -641,6 +646,17 @@ def update_doc(old: str, new: str) -> str:
     return "\n\n".join(t for t in texts if t.strip()) + "\n"
 
 
+def _groups(text: str) -> list[list[str]]:
+    """``text``'s paragraphs (blank-line separated), each with the tables and images after it."""
+    out: list[list[str]] = []
+    for para in text.split("\n\n"):
+        if out and para.lstrip().startswith(("|", "![")):
+            out[-1].append(para)
+        else:
+            out.append([para])
+    return out
+
+
 def update_readme(old: str, new: str) -> str:
     """README's Results block ``old`` with ``new``'s paragraphs and Targets rows put in.
 
@@ -648,19 +664,10 @@ def update_readme(old: str, new: str) -> str:
     and images after it belong to it. Each of ``new``'s paragraphs replaces its namesake in ``old`` (with what
     belongs to it), or goes after the last one replaced.
     """
-    def groups(text: str) -> list[list[str]]:
-        out: list[list[str]] = []
-        for para in text.split("\n\n"):
-            if out and para.lstrip().startswith(("|", "![")):
-                out[-1].append(para)
-            else:
-                out.append([para])
-        return out
-
     def key(group: list[str]) -> str:
         return group[0].split(":", 1)[0]
 
-    old_g, new_g = groups(_with_targets(old, new)), groups(new)
+    old_g, new_g = _groups(_with_targets(old, new)), _groups(new)
     last = None
     for g in new_g:
         if g[0].startswith(MARKERS[0]) or MARKERS[1] in g[0]:  # the opening (Targets: above) and the end
@@ -673,7 +680,6 @@ def update_readme(old: str, new: str) -> str:
             old_g[at] = g
         last = at
     return "\n\n".join(p for g in old_g for p in g)
-
 
 if __name__ == "__main__":
     sys.exit(main())
