@@ -273,7 +273,9 @@ def build_core(spec: Spec | str, input_shape, num_classes: int, dtype_policy: st
             y = L.BatchNormalization(name=name("bn"), dtype=policy)(y)
             y = L.ReLU(name=name("relu"), dtype=policy)(y)
             y = L.Conv2D(layer.width, 3, use_bias=False, name=name("conv"), **conv_kw)(y)
-            y = L.BatchNormalization(name=name("bn"), dtype=policy)(y)
+            # ``z``: gamma 0, so the block starts as its shortcut (Goyal et al., "zero-gamma")
+            y = L.BatchNormalization(name=name("bn"), dtype=policy,
+                                     gamma_initializer="zeros" if layer.zero_init else "ones")(y)
             if layer.relu_inside:
                 y = L.ReLU(name=name("relu"), dtype=policy)(y)
             if layer.se:

@@ -14,6 +14,8 @@ Grammar (sections separated by ``|``, tokens by spaces)::
                   either residual block with squeeze-and-excitation on its branch before the add
                   (Hu et al.): the branch's channels scaled by sigmoid(Conv1x1(ReLU(Conv1x1(GAP)))),
                   WIDTH/8 channels in between (``r120se``)
+        ...z      any residual block whose branch's last BatchNorm starts at gamma 0, so the block starts
+                  as its shortcut ("zero-gamma", Goyal et al.; ``r32z``, ``rr32sez``)
         p         2x2 max-pooling
         dRATE     dropout (``d0.25``)
         gap       global average pooling instead of flatten at the end
@@ -72,6 +74,7 @@ class Layer:
     pool: bool = False  # conv only: 2x2 max-pooling right after the convolution, before BN/ReLU
     relu_inside: bool = False  # res only: ReLU ends the branch, none after the add (``rrWIDTH``)
     se: bool = False  # res only: squeeze-and-excitation on the branch (``rWIDTHse``)
+    zero_init: bool = False  # res only: the branch's last BN starts with gamma 0, the block as identity (``rWIDTHz``)
 
 
 @dataclass
@@ -101,7 +104,7 @@ class Spec:
 
 
 _INT = re.compile(r"^(\d+)(n?)(p?)$")
-_RES = re.compile(r"^(rr?)(\d+)(se)?$")
+_RES = re.compile(r"^(rr?)(\d+)(se)?(z)?$")
 _DROP = re.compile(r"^d(\d*\.?\d+)$")
 _L2 = re.compile(r"^l2(?:=(.+))?$", re.IGNORECASE)
 
@@ -184,12 +187,13 @@ def _parse_token(section: str, token: str, text: str, spec: Spec) -> Layer | Non
             width = int(m.group(2))
             if not 1 <= width <= 4096:
                 raise SpecError(f"bad token {t!r} in section C: of {text!r}: width must be 1..4096")
-            return Layer("res", width=width, bn=True, relu_inside=m.group(1) == "rr", se=bool(m.group(3)))
+            return Layer("res", width=width, bn=True, relu_inside=m.group(1) == "rr", se=bool(m.group(3)),
+                         zero_init=bool(m.group(4)))
         if lt == "p":
             return Layer("pool")
         if lt in GLOBAL_POOLS:
             return Layer(lt)
-        expected = "WIDTH[n][p], r[r]WIDTH[se], p, dRATE, gap, gmp or L2"
+        expected = "WIDTH[n][p], r[r]WIDTH[se][z], p, dRATE, gap, gmp or L2"
     else:
         expected = "WIDTH[n], dRATE or L2"
     raise SpecError(f"bad token {t!r} in section {section}: of architecture spec {text!r}: expected {expected}")
@@ -231,7 +235,7 @@ def describe(spec: Spec) -> str:
         if layer.kind in GLOBAL_POOLS:
             return layer.kind
         if layer.kind == "res":
-            return f"{'rr' if layer.relu_inside else 'r'}{layer.width}{'se' if layer.se else ''}"
+            return f"{'rr' if layer.relu_inside else 'r'}{layer.width}{'se' if layer.se else ''}{'z' if layer.zero_init else ''}"
         return {"pool": "p", "drop": f"d{layer.rate:g}"}[layer.kind]
 
     parts = []

@@ -153,6 +153,26 @@ def test_residual_forms(token, after_add):
     assert core.count_params() == model.build_core("C: 8n r8 gap", (16, 16, 3), 4).count_params()
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_zero_gamma_residual_block_starts_as_its_shortcut(fused):
+    """``r8z``: the branch's last BN starts with gamma 0, so the untrained block passes its input through
+    (training and inference), and it has the parameters of ``r8``; the other BNs start at 1."""
+    from edgecnn._tf import keras
+
+    core = model.build_core("C: 8n r8z r16z gap", (16, 16, 3), 4, fused_batchnorm=fused)
+    adds = [layer for layer in core.layers if type(layer).__name__ == "Add"]
+    probe = keras.Model(core.input, [t for add in adds for t in add.input] + [add.output for add in adds])
+    x = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3)).astype("float32")
+    for training in (True, False):
+        b1, s1, b2, s2, a1, a2 = (np.asarray(t) for t in probe(x, training=training))
+        assert not b1.any() and not b2.any() and s1.any() and s2.any()
+        np.testing.assert_array_equal(a1, s1)
+        np.testing.assert_array_equal(a2, s2)
+    gammas = [float(np.asarray(bn.gamma).max()) for bn in model._batchnorms(core)]
+    assert gammas == [1.0, 1.0, 0.0, 1.0, 0.0]
+    assert core.count_params() == model.build_core("C: 8n r8 r16 gap", (16, 16, 3), 4).count_params()
+
+
 def test_squeeze_excitation_scales_each_channel_of_the_branch():
     """``r16se``: the branch's BN output times a per-image, per-channel gate in (0, 1), before the add."""
     from edgecnn._tf import keras

@@ -52,6 +52,12 @@ def test_squeeze_excitation_suffix_on_residual_blocks():
     assert spec.describe(s) == "C: 8n r8se rr16se r16 gap"
     assert [(layer.relu_inside, layer.se) for layer in s.conv if layer.kind == "res"] == [
         (False, True), (True, True), (False, False)]
+    z = spec.parse("C: 8n r8z rr16sez R16Z gap")  # z: the branch's last BN starts at gamma 0
+    assert spec.describe(z) == "C: 8n r8z rr16sez r16z gap"
+    assert [(layer.se, layer.zero_init) for layer in z.conv if layer.kind == "res"] == [
+        (False, True), (True, True), (False, True)]
+    with pytest.raises(spec.SpecError, match=r"r\[r\]WIDTH\[se\]\[z\]"):
+        spec.parse("C: 8n r8zse gap")
 
 
 def test_tokens_ignore_case_like_sections_and_presets():
