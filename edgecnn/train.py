@@ -462,12 +462,17 @@ def config_from_run(run_dir: Path) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in saved.items() if k in names})
     # --precision auto resumes in the precision it picked at the start (its checkpoint's layers have it), not in
-    # what it would pick on this machine now. Runs started before "precision_used" was written: "device_used"
-    # ends with it ("CPU, mixed_bfloat16").
-    used = saved.get("precision_used") or str(saved.get("device_used", "")).rsplit(", ", 1)[-1]
-    if cfg.precision == "auto" and used in PRECISIONS and used != "auto":
+    # what it would pick on this machine now.
+    if cfg.precision == "auto" and (used := precision_used(saved)):
         cfg.precision = used
     return cfg
+
+
+def precision_used(saved: dict) -> str | None:
+    """The precision a run trained in, from its config.json ``saved``; None when it does not say. Runs started
+    before "precision_used" was written: "device_used" ends with it ("CPU, mixed_bfloat16")."""
+    used = saved.get("precision_used") or str(saved.get("device_used", "")).rsplit(", ", 1)[-1]
+    return used if used in PRECISIONS and used != "auto" else None
 
 
 def resume(run: str, runs_dir: str = "runs", log=print) -> Path:
