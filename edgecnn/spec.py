@@ -235,7 +235,8 @@ def describe(spec: Spec) -> str:
         if layer.kind in GLOBAL_POOLS:
             return layer.kind
         if layer.kind == "res":
-            return f"{'rr' if layer.relu_inside else 'r'}{layer.width}{'se' if layer.se else ''}{'z' if layer.zero_init else ''}"
+            suffix = ("se" if layer.se else "") + ("z" if layer.zero_init else "")
+            return f"{'rr' if layer.relu_inside else 'r'}{layer.width}{suffix}"
         return {"pool": "p", "drop": f"d{layer.rate:g}"}[layer.kind]
 
     parts = []

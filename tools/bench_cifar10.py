@@ -378,12 +378,11 @@ TRAIN_FLAGS = ("arch", "epochs", "batch_size", "optimizer", "lr", "schedule", "l
 def _also_row(run: Path) -> str:
     from edgecnn.model import TRANSLATE, parse_augment
     from edgecnn.spec import describe, parse
-
     from edgecnn.train import precision_used
 
     cfg, m = load(run / "config.json") or {}, load(run / "metrics.json") or {}
-    if cfg.get("precision") == "auto" and precision_used(cfg):  # what auto picked there, so the row reproduces
-        cfg["precision"] = precision_used(cfg)
+    if cfg.get("precision") == "auto":  # what auto picked there, so that the command reproduces the run elsewhere
+        cfg["precision"] = precision_used(cfg) or "auto"
     if cfg.get("arch_spec") and describe(parse(cfg.get("arch", ""))) != cfg["arch_spec"]:
         cfg["arch"] = cfg["arch_spec"]  # a preset name whose network has changed since: spell out the one used
     defaults = {"time_budget": 0.0, "keep": "best", "translate": TRANSLATE, "seed": 0, "class_balance": "none", "ema": 0.0,
