@@ -50,3 +50,39 @@ def test_results_rewrite_keeps_the_paragraphs_other_tools_measure():
     assert fresh[0].startswith("**Training throughput**") and [ln for ln in fresh if ln.startswith("|")][:3] == \
         [ln for ln in first.splitlines() if ln.startswith("|")][:3]
     assert sum(ln.startswith("| architecture |") for ln in fresh) == 1
+
+
+def test_add_row_fills_the_int8_column_and_pads_an_older_table(tmp_path):
+    """--add-row: a run with a benchmark gets its int8 TFLite accuracy; a table from before that column existed
+    gains the header and its old rows say "-" there (a "\\|" inside a command is not a cell border)."""
+    import json
+
+    bench = _bench_cifar10()
+    doc = tmp_path / "benchmarks.md"
+    old_row = '| old | `edgecnn train --arch "C: 8 gap \\| L2: 1e-4"` | nearest | repeated | 3 | 1.0 min | 0% | 50.00% |'
+    doc.write_text("# doc\n\n## Other recipes tried\n\n"
+                   "| run | command | translation | iterator | epochs | training | CPU steal | test accuracy |\n"
+                   "|---|---|---|---|---:|---:|---:|---:|\n" + old_row + "\n\n## after\n\ntext\n")
+    run = tmp_path / "r8-s1"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"data": "cifar10", "arch": "resnet8", "epochs": 90, "seed": 1,
+                                                 "augment": "light", "precision": "auto",
+                                                 "precision_used": "mixed_bfloat16"}))
+    (run / "metrics.json").write_text(json.dumps({"test_accuracy": 0.853, "epochs_run": 86, "train_seconds": 1740.5}))
+    (run / "benchmark.json").write_text(json.dumps({"rows": [
+        {"name": "tflite-float32", "status": "ok", "accuracy": 0.853},
+        {"name": "tflite-int8", "status": "ok", "accuracy": 0.8504}]}))
+    bench.add_rows(doc, [run])
+    lines = doc.read_text().splitlines()
+    head = lines.index(bench.ALSO_HEAD[0])
+    assert lines[head - 2] == bench.ALSO_NOTE and lines[head + 1] == bench.ALSO_HEAD[1]
+    assert lines[head + 2] == old_row + " - |"
+    new = lines[head + 3]
+    assert new.startswith("| r8-s1 |") and new.endswith("| 85.30% | 85.04% |") and "--seed 1" in new
+    assert "--precision mixed_bfloat16" in new and lines[head + 4:] == ["", "## after", "", "text"]
+    # once migrated, adding the run again replaces its row and leaves the table's shape alone
+    (run / "benchmark.json").unlink()
+    bench.add_rows(doc, [run])
+    again = doc.read_text().splitlines()
+    assert again.count(bench.ALSO_HEAD[0]) == 1 and again.count(bench.ALSO_NOTE) == 1
+    assert again[head + 3].endswith("| 85.30% | - |") and len(again) == len(lines)

@@ -360,8 +360,7 @@ def write_doc(b: Bench, stages: list[str], sweep: str | None, also: list[Path] =
                   "their command now trains on sharp images and is not a reproduction. \"Iterator\" *per epoch*: made "
                   "before training kept one endless data iterator, paying seconds at most epoch starts "
                   "(docs/epoch_start.md), so the same time budget bought fewer epochs.", "",
-                  "| run | command | translation | iterator | epochs | training | CPU steal | test accuracy |",
-                  "|---|---|---|---|---:|---:|---:|---:|"]
+                  ALSO_NOTE, "", *ALSO_HEAD]
         lines += [_also_row(run) for run in also]
         lines.append("")
     if "regularized" in stages:
@@ -371,6 +370,10 @@ def write_doc(b: Bench, stages: list[str], sweep: str | None, also: list[Path] =
     return "\n".join(lines).rstrip() + "\n"
 
 
+ALSO_NOTE = ("\"int8 TFLite\": the run's full-integer TFLite file on the test set, where `edgecnn export` and "
+             "`edgecnn benchmark` were run on it.")
+ALSO_HEAD = ["| run | command | translation | iterator | epochs | training | CPU steal | test accuracy | int8 TFLite |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
 TRAIN_FLAGS = ("arch", "epochs", "batch_size", "optimizer", "lr", "schedule", "label_smoothing", "weight_decay",
                "augment", "translate", "class_balance", "ema", "val_split", "time_budget", "keep", "seed", "precision")
 
@@ -395,9 +398,10 @@ def _also_row(run: Path) -> str:
     layers = cfg.get("augment_layers") or parse_augment(cfg.get("augment", "none"))
     translate = cfg.get("translate_interpolation", "bilinear") if "translate" in layers else "-"
     iterator = cfg.get("train_iterator", "per epoch")
+    q = _row(load(run / "benchmark.json"), "tflite-int8")
     return (f"| {run.name} | `{command}` | {translate} | {iterator} | {m.get('epochs_run', '-')} | "
             f"{_minutes(m.get('train_seconds'))} | {'-' if steal is None else f'{steal:.0f}%'} | "
-            f"{_pct(m.get('test_accuracy'))} |")
+            f"{_pct(m.get('test_accuracy'))} | {_pct(q and q['accuracy'])} |")
 
 
 def add_rows(doc: Path, runs: list[Path]) -> None:
@@ -410,6 +414,11 @@ def add_rows(doc: Path, runs: list[Path]) -> None:
     while end < len(lines) and lines[end].startswith("|"):
         end += 1
     rows = lines[head + 2:end]
+    if lines[head] != ALSO_HEAD[0]:  # a table from before a column was added: its rows say "-" there
+        cells = ALSO_HEAD[0].count("|")
+        rows = [row + " - |" * (cells - row.replace("\\|", "").count("|")) for row in rows]
+        lines[head:head + 2] = [ALSO_NOTE, "", *ALSO_HEAD]
+        head, end = head + 2, end + 2
     for run in runs:
         if not (run / "metrics.json").is_file():
             sys.exit(f"{run}: not a finished training run (no metrics.json)")
