@@ -407,12 +407,10 @@ def _also_row(run: Path) -> str:
 def add_rows(doc: Path, runs: list[Path]) -> None:
     """Replace or append each run's row in ``doc``'s "Other recipes tried" table; keep everything else."""
     lines = doc.read_text().splitlines()
-    head = next((i for i, ln in enumerate(lines) if ln.startswith("| run | command |")), None)
-    if head is None:
+    table = _table_at(lines, "| run | command |")
+    if table is None:
         sys.exit(f"{doc}: no 'Other recipes tried' table; write the document with --also first")
-    end = head + 2
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
+    head, end = table
     rows = lines[head + 2:end]
     if lines[head] != ALSO_HEAD[0]:  # a table from before a column was added: its rows say "-" there
         cells = ALSO_HEAD[0].count("|")
