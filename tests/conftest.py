@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,9 @@ def write_image(path: Path, size=(20, 12), color=(200, 30, 30), mode="RGB", fmt=
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(abs(hash(str(path))) % 2**32)
+    # Seeded from the path's last two parts: str hashes change per process (PYTHONHASHSEED), and a test whose
+    # pixels changed from run to run failed once in CI (a pruned model scored 11/12 on a test it passes).
+    rng = np.random.default_rng(zlib.crc32("/".join(Path(path).parts[-2:]).encode()))
     arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     arr[: size[1] // 2] = color
     img = Image.fromarray(arr).convert(mode)
