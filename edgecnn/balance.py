@@ -29,7 +29,8 @@ def imbalance(y: np.ndarray, class_names: list[str]) -> tuple[float, str, str]:
     counts = class_counts(y, len(class_names))
     present = np.flatnonzero(counts)
     big, small = present[counts[present].argmax()], present[counts[present].argmin()]
-    return float(counts[big] / counts[small]), f"{class_names[big]} ({counts[big]})", f"{class_names[small]} ({counts[small]})"
+    return (float(counts[big] / counts[small]), f"{class_names[big]} ({counts[big]})",
+            f"{class_names[small]} ({counts[small]})")
 
 
 def class_weights(y: np.ndarray, num_classes: int) -> np.ndarray:

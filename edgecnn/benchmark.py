@@ -205,14 +205,16 @@ def machine() -> dict:
 
     from edgecnn.device import cpu_info, nvidia_gpus
 
-    cpu = cpu_info()["name"]
+    info = cpu_info()
+    cpu = info["name"]
     vers = {"python": platform.python_version()}
     for pkg in ("tensorflow", "keras", "ai-edge-litert", "onnxruntime-gpu", "onnxruntime", "onnx", "numpy"):
         try:
             vers[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpus": nvidia_gpus(), "platform": platform.platform(),
+    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_int8_dot": info["int8_dot"],
+            "cpu_int8_saturates": info["int8_saturates"], "gpus": nvidia_gpus(), "platform": platform.platform(),
             "versions": vers}
 
 
@@ -488,7 +490,9 @@ def write_outputs(rows: list[dict], meta: dict, run_dir: Path, cfg: BenchmarkCon
     if m.get("gpus") and any(r["device"] != "cpu" and r["status"] == "ok" for r in rows):
         gpus = "; GPU: " + ", ".join(f"{g['name']} (driver {g['driver']})" for g in m["gpus"])
     md = (f"Benchmark of `{meta['run']}` on {meta['images']} test images of `{meta['data']}`; "
-          f"{meta['threads']} thread(s); {m['cpu']} ({m['cores']} cores){gpus}.\n\n" + table_markdown(rows)
+          f"{meta['threads']} thread(s); {m['cpu']} ({m['cores']} cores"
+          f"{', no VNNI: int8 ONNX on exact uint8 kernels' if m.get('cpu_int8_saturates') else ''}){gpus}.\n\n"
+          + table_markdown(rows)
           + notes_markdown(rows, meta.get("keras_tta_accuracy")))
     write_text(run_dir / "benchmark.md", md)
     plots.accuracy_vs_latency(rows, run_dir / "benchmark.png")

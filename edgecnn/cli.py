@@ -94,7 +94,8 @@ def train(
     runs_dir: str = RUNS_DIR_OPT,
     preset: Optional[str] = typer.Option(None, "--preset", help="Training recipe: cifar10 (19.5 min time budget) "
                                          "or resnet8 (MLPerf Tiny, 29 min time budget); sets the architecture, epochs, "
-                                         "batch, schedule and regularization. Options you give override it.", show_default=False),
+                                         "batch, schedule and regularization. Options you give override it.",
+                                    show_default=False),
     summary: bool = typer.Option(False, "--summary", help="Print the layer table and MACs, then exit."),
     resume: Optional[str] = typer.Option(None, "--resume", help="Continue an interrupted run (its own options) "
                                          "from its last epoch checkpoint."),
@@ -217,7 +218,8 @@ def evaluate(
     else:
         _log(result["report"])
         _log(f"accuracy {result['test_accuracy']:.4f}  loss {result['test_loss']:.4f}  on {result['test_images']} "
-             f"images of {result['data']}" + (f" ({result['classes_matched']})" if result.get("classes_matched") else "")
+             f"images of {result['data']}"
+             + (f" ({result['classes_matched']})" if result.get("classes_matched") else "")
              + ("  (with flip test-time augmentation)" if tta else ""))
 
 

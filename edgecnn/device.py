@@ -55,11 +55,18 @@ def bfloat16_off(env=os.environ) -> str | None:
     return None
 
 
+# x86 int8 dot-product instructions (VNNI). Without them ONNX Runtime's default uint8 x int8 kernels sum pairs of
+# products in int16, which saturates (edgecnn.runners.onnx.PRECISE_INT8).
+INT8_DOT = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
 def cpu_info() -> dict:
     """The CPU's model name, its native bfloat16 instructions (AVX512-BF16, AMX; from Linux /proc/cpuinfo,
     elsewhere Python's platform name and an empty list) and the setting, if any, that keeps TensorFlow
     from them (``bfloat16_off``). With them, ``--precision mixed_bfloat16`` runs convolutions faster on
-    the CPU; without, TensorFlow emulates bfloat16, slower than float32 (docs/train_speed.md)."""
+    the CPU; without, TensorFlow emulates bfloat16, slower than float32 (docs/train_speed.md).
+    ``int8_dot``: its VNNI instructions; ``int8_saturates``: an x86 CPU without them (None where
+    /proc/cpuinfo is not there to say)."""
     import platform
 
     name, flags = platform.processor() or platform.machine(), []
@@ -73,8 +80,11 @@ def cpu_info() -> dict:
                     break  # the first processor's flags follow its model name
     except OSError:
         pass
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    vnni = [f for f in INT8_DOT if f in flags]
     return {"name": name, "bfloat16": [f for f in ("avx512_bf16", "amx_bf16") if f in flags],
-            "bfloat16_off": bfloat16_off()}
+            "bfloat16_off": bfloat16_off(), "int8_dot": vnni,
+            "int8_saturates": (x86 and not vnni) if flags else None}
 
 
 def nvidia_gpus(root: str = "/proc/driver/nvidia") -> list[dict]:

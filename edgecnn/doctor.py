@@ -68,8 +68,13 @@ def collect() -> dict:
     cpu = cpu_info()
     info: dict = {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu["name"],
                   "cpu_bfloat16": cpu["bfloat16"], "cpu_bfloat16_off": cpu["bfloat16_off"],
+                  "cpu_int8_dot": cpu["int8_dot"],
                   "cores": os.cpu_count(), "packages": {p: _version(p) for p in PACKAGES}}
     warnings = [w for w in (onednn_warning(),) if w]
+    if cpu["int8_saturates"]:
+        warnings.append("this x86 CPU has no VNNI: ONNX Runtime's default int8 kernels saturate here and int8 ONNX "
+                        "models lose accuracy; run them with session option session.x64quantprecision=1, as "
+                        "edgecnn and its infer_onnx.py do (README, \"int8 ONNX on x86 CPUs without VNNI\")")
     if info["packages"]["onnxruntime"] and info["packages"]["onnxruntime-gpu"]:
         warnings.append("both onnxruntime and onnxruntime-gpu are installed: uninstall one (they share files)")
     for p in ("tensorflow", "onnx", "ai-edge-litert", "tf2onnx"):
@@ -106,7 +111,8 @@ def format_text(info: dict) -> str:
     lines = [f"{'python':<31}{info['python']} on {info['platform']}",
              f"{'cpu':<31}{info['cpu']} ({info['cores']} cores; native bfloat16: "
              f"{', '.join(info['cpu_bfloat16']) or 'none'}"
-             f"{', unused: ' + info['cpu_bfloat16_off'] if info['cpu_bfloat16'] and info['cpu_bfloat16_off'] else ''})"]
+             f"{', unused: ' + info['cpu_bfloat16_off'] if info['cpu_bfloat16'] and info['cpu_bfloat16_off'] else ''}"
+             f"; int8 VNNI: {', '.join(info['cpu_int8_dot']) or 'none'})"]
     for p, v in info["packages"].items():
         lines.append(f"{p:<31}{v or 'not installed'}")
     gpus = [f"{g['name']} (driver {g['driver']})" for g in info["nvidia_gpus"]]

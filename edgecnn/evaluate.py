@@ -59,15 +59,17 @@ def match_classes(ds, model_classes: list[str], src: str):
     mapping = [lookup(n) for n in names]
     unknown = [n for n, m in zip(names, mapping) if m is None]
     if unknown:
-        raise EdgeCNNError(f"--data {src}: class {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise EdgeCNNError(f"--data {src}: class {unknown[0]!r}" + more
                            + f" is not one of the model's classes ({short_list(model_classes)})")
     if len(set(mapping)) < len(mapping):
         twice = next(n for n, m in zip(names, mapping) if mapping.count(m) > 1)
         raise EdgeCNNError(f"--data {src}: classes {twice!r} and another name the same model class "
                            f"{model_classes[mapping[names.index(twice)]]!r}")
     m = np.asarray(mapping, dtype=np.int64)
+    matched = f"{len(names)} of the model's {len(model_classes)} classes, by name"
     return replace(ds, y_train=m[ds.y_train], y_val=m[ds.y_val], y_test=m[ds.y_test], class_names=list(model_classes),
-                   info=ds.info | {"classes_matched": f"{len(names)} of the model's {len(model_classes)} classes, by name"})
+                   info=ds.info | {"classes_matched": matched})
 
 
 def evaluate_run(run: str | None, runs_dir: str, data: str | None = None, tta: bool = False) -> dict:

@@ -156,7 +156,8 @@ def format_text(info: dict) -> str:
             if key == "parameters" and info.get("parameter_dtypes"):
                 lines[-1] += " (" + ", ".join(f"{n:,} {k}" for k, n in info["parameter_dtypes"].items()) + ")"
     if "all_builtin" in info:
-        lines.append("  all ops builtin: " + ("yes" if info["all_builtin"] else "NO: " + ", ".join(info["non_builtin_ops"])))
+        builtin = "yes" if info["all_builtin"] else "NO: " + ", ".join(info["non_builtin_ops"])
+        lines.append("  all ops builtin: " + builtin)
     if info.get("tensorrt_int8") is not None:
         problems = info["tensorrt_int8"]
         lines.append("  TensorRT int8: " + ("yes (int8 Q/DQ, zero point 0)" if not problems else

@@ -18,8 +18,8 @@ def _load(path: Path):
 
 
 def _export_table(report: dict) -> list[list[str]]:
-    rows = [["file", "status", "size KB", "gzip -9 KB", "smallest .gz KB", "input", "quantization (in)", "agreement", "max abs dp",
-             "seconds"]]
+    rows = [["file", "status", "size KB", "gzip -9 KB", "smallest .gz KB", "input", "quantization (in)", "agreement",
+             "max abs dp", "seconds"]]
     for e in report.get("exports", []):
         inp = (e.get("inputs") or [{}])[0]
         q = inp.get("quantization")
@@ -71,7 +71,8 @@ def write(run_dir: Path) -> tuple[Path, Path]:
                ["test loss", f"{metrics.get('test_loss', float('nan')):.4f}"],
                ["parameters", f"{metrics.get('parameters', 0):,}"],
                ["MACs per image", f"{metrics.get('macs', 0):,}"],
-               ["epochs (kept)", f"{metrics.get('epochs_run', '-')} ({metrics.get('kept_epoch', metrics.get('best_epoch', '-'))}"
+               ["epochs (kept)", f"{metrics.get('epochs_run', '-')} "
+                                 f"({metrics.get('kept_epoch', metrics.get('best_epoch', '-'))}"
                                  f"{', last' if metrics.get('kept') == 'last' else ''})"],
                ["class balance", f"{metrics.get('class_balance', 'none')}"],
                ["training time", f"{metrics.get('train_seconds', 0):.1f} s on {metrics.get('device', '-')}"

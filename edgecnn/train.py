@@ -392,7 +392,8 @@ def labels_info(ds, channels: int, resize: str = "squash") -> dict:
         "image_size": h,
         "channels": c,
         "input": {"dtype": "uint8", "range": [0, 255], "layout": "NHWC", "color": "RGB" if c == 3 else "L",
-                  "resize": RESIZE_MODES[resize], "decode": DECODE, "scaling": "the model divides by 255 itself (Rescaling layer)"},
+                  "resize": RESIZE_MODES[resize], "decode": DECODE,
+                  "scaling": "the model divides by 255 itself (Rescaling layer)"},
     }
 
 
@@ -628,8 +629,9 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
     deploy = model_mod.to_deployable(core, spec, ds.num_classes)
     recalibrated = 0
     if bn_momentum < model_mod.BN_MOMENTUM or cfg.ema:  # BN statistics were gathered by other weights than these
-        recalibrated = model_mod.recalibrate_batchnorm(deploy, balance.training_images(
-            ds.x_train, ds.y_train, cfg.class_balance, cfg.seed, model_mod.RECALIBRATION_IMAGES), cfg.batch_size, cfg.seed)
+        images = balance.training_images(ds.x_train, ds.y_train, cfg.class_balance, cfg.seed,
+                                         model_mod.RECALIBRATION_IMAGES)
+        recalibrated = model_mod.recalibrate_batchnorm(deploy, images, cfg.batch_size, cfg.seed)
         if recalibrated:
             why = (f"weights averaged (--ema {cfg.ema:g})" if cfg.ema else
                    f"{steps} steps per epoch, so moving averages of momentum {bn_momentum:.3f} in training")
@@ -679,6 +681,8 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
     balanced = (f"  balanced accuracy {m['test_balanced_accuracy']:.4f}"
                 if cfg.class_balance != "none" or balance.imbalance(ds.y_test, ds.class_names)[0] >= 2 else "")
     log(f"test accuracy {m['test_accuracy']:.4f}{balanced}  loss {m['test_loss']:.4f}  "
-        f"({m['epochs_run']} epoch{'' if m['epochs_run'] == 1 else 's'}, {train_seconds:.1f} s, kept epoch {tracker.kept_epoch}: {cfg.keep}{'' if cfg.keep == 'best' else f', best by val {tracker.best_epoch}'})")
+        f"({m['epochs_run']} epoch{'' if m['epochs_run'] == 1 else 's'}, {train_seconds:.1f} s, "
+        f"kept epoch {tracker.kept_epoch}: {cfg.keep}"
+        f"{'' if cfg.keep == 'best' else f', best by val {tracker.best_epoch}'})")
     log(f"saved {run_dir / runs.MODEL_FILE}")
     return run_dir

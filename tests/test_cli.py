@@ -216,6 +216,10 @@ def test_doctor_reports_versions_and_providers(capsys):
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     assert info["cpu_bfloat16"] == [f for f in ("avx512_bf16", "amx_bf16") if f" {f}" in cpuinfo]
     assert info["cpu_bfloat16_off"] == bfloat16_off()
+    vnni = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f" {f}" in cpuinfo]
+    assert info["cpu_int8_dot"] == vnni  # none on the AMD EPYC of 2026-12-06: its int8 ONNX kernels saturate
+    saturates = bool(cpuinfo) and not vnni and platform.machine().lower() in ("x86_64", "amd64")
+    assert any("no VNNI" in w and "session.x64quantprecision=1" in w for w in info["warnings"]) == saturates
     native = info["cpu_bfloat16"] and not info["cpu_bfloat16_off"]
     if not info["tensorflow_gpus"]:
         assert info["precision_auto"] == ("mixed_bfloat16" if native else "float32")

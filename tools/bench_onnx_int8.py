@@ -12,6 +12,8 @@ counts the nodes of the graph ONNX Runtime runs after its optimizations (how man
 QLinearConv, how many stayed float), says whether TensorRT could build it as int8, scores the whole test
 split, and times batch-1 inference on one thread; the files are timed in turn, the order rotating round
 after round, and the median of each round's median is reported. Prints a markdown table.
+`--default-kernels` adds a row per int8 file run without `session.x64quantprecision=1`, ONNX Runtime's
+default: on an x86 CPU without VNNI its int8 kernels saturate (README, "int8 ONNX on x86 CPUs without VNNI").
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ def main() -> int:
     ap.add_argument("--variants", default=DEFAULT_VARIANTS,
                     help="comma-separated: int8, uint8, int8-symmetric or float32, each optionally followed by -nchw "
                          f"and -u8in (default {DEFAULT_VARIANTS})")
+    ap.add_argument("--default-kernels", action="store_true",
+                    help="also run each int8 file with ONNX Runtime's default kernels (no session.x64quantprecision)")
     a = ap.parse_args()
     if a.rounds < 1 or a.seconds <= 0:
         ap.error("--rounds must be at least 1 and --seconds positive")
@@ -111,19 +115,23 @@ def main() -> int:
             onx.set_metadata(proto, runs.labels(run_dir), act)  # the layout the runner reads
             onnx.save(proto, str(path))
             ops = optimized_ops(path, tmp)
-            runner = OnnxRunner(path, "cpu", threads=1)
-            probs = np.concatenate([runner.predict_batch(ds.x_test[i:i + 256])
-                                    for i in range(0, len(ds.x_test), 256)])
             problems = onx.tensorrt_int8_problems(proto)
-            rows[name] = {"ops": ops, "acc": float((probs.argmax(1) == labels).mean()), "ms": [],
-                          "kb": path.stat().st_size / 1024,
-                          "trt": "-" if problems is None else "yes" if not problems else "no"}
-            runners[name] = runner
+            trt = "-" if problems is None else "yes" if not problems else "no"
+            kernels = (True, False) if a.default_kernels and act != "float32" else (True,)
+            for precise in kernels:
+                row = name if precise else f"{name}, default kernels"
+                runner = OnnxRunner(path, "cpu", threads=1, precise_int8=precise)
+                probs = np.concatenate([runner.predict_batch(ds.x_test[i:i + 256])
+                                        for i in range(0, len(ds.x_test), 256)])
+                rows[row] = {"ops": ops, "acc": float((probs.argmax(1) == labels).mean()), "ms": [],
+                             "kb": path.stat().st_size / 1024, "trt": trt}
+                runners[row] = runner
         one = ds.x_test[:1]
         for runner in runners.values():
             timed(lambda: runner.predict_batch(one), 50, 1.0)  # warm-up
+        order = list(runners)
         for r in range(a.rounds):
-            for name in names[r % len(names):] + names[:r % len(names)]:
+            for name in order[r % len(order):] + order[:r % len(order)]:
                 times = timed(lambda: runners[name].predict_batch(one), 100, a.seconds)
                 rows[name]["ms"].append(statistics.median(times) * 1e3)
     print(f"`{run_dir.name}`: {len(labels):,} test images; batch 1, one thread, {a.rounds} rotating rounds of "
