@@ -96,6 +96,10 @@ def test_onnx_float_takes_any_batch_and_int8_is_qdq(tiny_exports, tiny_run):
     onnx.checker.check_model(m)
     meta = {p.key: p.value for p in m.metadata_props}
     assert json.loads(meta["class_names"]) == json.loads((tiny_run / "labels.json").read_text())["class_names"]
+    # what a deployer's session needs on an x86 CPU without VNNI (tests/test_runners.py, the saturation test)
+    assert json.loads(meta["onnxruntime_session_config"]) == {"session.x64quantprecision": "1"}
+    float_meta = {p.key for p in onnx.load(str(tiny_exports / "model_float32.onnx")).metadata_props}
+    assert "onnxruntime_session_config" not in float_meta
 
 
 def test_onnx_input_uint8_takes_raw_pixels_with_the_same_outputs(run_copy, tiny_exports, capsys):
@@ -106,6 +110,7 @@ def test_onnx_input_uint8_takes_raw_pixels_with_the_same_outputs(run_copy, tiny_
     import onnxruntime as ort
 
     from edgecnn.runners import open_runner
+    from edgecnn.runners.onnx import session_options  # what the runner uses: exact int8 kernels without VNNI
 
     lines = []
     report = export(ExportConfig(run=str(run_copy), formats="onnx", onnx_input="uint8", calib_samples=100,
@@ -119,9 +124,9 @@ def test_onnx_input_uint8_takes_raw_pixels_with_the_same_outputs(run_copy, tiny_
         assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
         first = [n.op_type for n in graph.node if "image" in n.input]
         assert first == (["DequantizeLinear"] if "int8" in name else ["Cast"]), first
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
         assert session.get_inputs()[0].type == "tensor(uint8)"
-        original = ort.InferenceSession(str(tiny_exports / name), providers=["CPUExecutionProvider"])
+        original = ort.InferenceSession(str(tiny_exports / name), session_options(), providers=["CPUExecutionProvider"])
         want = original.run(None, {"image": x.astype(np.float32)})[0]
         assert np.array_equal(session.run(None, {"image": x})[0], want), name
         assert np.array_equal(open_runner(path).predict(x), want), name
@@ -148,6 +153,7 @@ def test_onnx_layout_nchw_takes_channels_first_images(run_copy, tiny_exports, ca
     import onnxruntime as ort
 
     from edgecnn.runners import open_runner
+    from edgecnn.runners.onnx import session_options
 
     lines = []
     export(ExportConfig(run=str(run_copy), formats="onnx", onnx_layout="nchw", onnx_input="uint8", calib_samples=100,
@@ -159,11 +165,12 @@ def test_onnx_layout_nchw_takes_channels_first_images(run_copy, tiny_exports, ca
         proto = onnx.load(str(path))
         meta = {p.key: p.value for p in proto.metadata_props}
         assert json.loads(meta["input"])["layout"] == "NCHW"
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
         assert session.get_inputs()[0].shape == ["batch", 3, 16, 16]
         got = session.run(None, {"image": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0]
-        want = ort.InferenceSession(str(tiny_exports / name), providers=["CPUExecutionProvider"]).run(
-            None, {"image": x.astype(np.float32)})[0]
+        reference = ort.InferenceSession(str(tiny_exports / name), session_options(),
+                                         providers=["CPUExecutionProvider"])
+        want = reference.run(None, {"image": x.astype(np.float32)})[0]
         if name == "model_float32.onnx":
             assert np.abs(got - want).max() < 1e-5
         else:  # the same calibration ranges: the same top-1 on (nearly) every image
@@ -477,14 +484,13 @@ def test_int8_onnx_runs_a_residual_block_in_integer_kernels(tmp_path):
 
     from edgecnn import model as model_mod
     from edgecnn.export import onnx as onx
+    from edgecnn.runners.onnx import session_options
 
     core = model_mod.build_core("C: 8n p r8 gap", (16, 16, 3), 3)
     rng = np.random.default_rng(0)
     calib = rng.integers(0, 256, (64, 16, 16, 3)).astype(np.float32)
     proto = onx.quantize_int8(onx.convert_float(core), calib)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
+    opts = session_options(threads=1)  # edgecnn's: exact int8 kernels on x86 CPUs without VNNI, fused all the same
     opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     ops = Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)

@@ -51,8 +51,9 @@ def optimized_ops(path: Path, tmp: Path) -> Counter:
     import onnx
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    from edgecnn.runners.onnx import session_options
+
+    opts = session_options()
     opts.optimized_model_filepath = str(tmp / f"{path.stem}.optimized.onnx")
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)

@@ -66,8 +66,10 @@ def input_layout(proto, hwc) -> str:
 
 
 def set_metadata(proto, labels: dict, variant: str) -> None:
-    """Class names, input scaling and layout, and the variant in ``metadata_props``."""
+    """Class names, input scaling and layout, and the variant in ``metadata_props``; for a Q/DQ file also
+    ``onnxruntime_session_config``, the session option its int8 kernels need on x86 CPUs without VNNI."""
     import edgecnn
+    from edgecnn.runners.onnx import PRECISE_INT8
 
     meta = {
         "class_names": json.dumps(labels["class_names"]),
@@ -76,6 +78,8 @@ def set_metadata(proto, labels: dict, variant: str) -> None:
         "edgecnn_variant": variant,
         "edgecnn_version": edgecnn.__version__,
     }
+    if any(n.op_type == "QuantizeLinear" for n in proto.graph.node):
+        meta["onnxruntime_session_config"] = json.dumps(dict([PRECISE_INT8]))
     del proto.metadata_props[:]
     for k, v in meta.items():
         entry = proto.metadata_props.add()
