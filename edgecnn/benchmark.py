@@ -206,14 +206,13 @@ def machine() -> dict:
     from edgecnn.device import cpu_info, nvidia_gpus
 
     info = cpu_info()
-    cpu = info["name"]
     vers = {"python": platform.python_version()}
     for pkg in ("tensorflow", "keras", "ai-edge-litert", "onnxruntime-gpu", "onnxruntime", "onnx", "numpy"):
         try:
             vers[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "cpu_int8_dot": info["int8_dot"],
+    return {"cpu": info["name"], "cores": os.cpu_count(), "cpu_int8_dot": info["int8_dot"],
             "cpu_int8_saturates": info["int8_saturates"], "gpus": nvidia_gpus(), "platform": platform.platform(),
             "versions": vers}
 

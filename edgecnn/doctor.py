@@ -38,6 +38,7 @@ def _probe_onnx_providers() -> dict[str, str]:
     from onnx import TensorProto, helper
 
     from edgecnn._stderr import capture_fd2
+    from edgecnn.runners.onnx import _reason, session_options
 
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
@@ -48,16 +49,13 @@ def _probe_onnx_providers() -> dict[str, str]:
     onnx.checker.check_model(model)
     out = {}
     for prov in ort.get_available_providers():
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
+        opts = session_options()
         try:
             with capture_fd2() as log:
                 s = ort.InferenceSession(blob, sess_options=opts, providers=[prov, "CPUExecutionProvider"])
             if s.get_providers()[0] == prov:
                 out[prov] = "works"
             else:
-                from edgecnn.runners.onnx import _reason
-
                 out[prov] = _reason(log.lines(), prov)
         except Exception as exc:
             out[prov] = f"fails: {first_line(exc, 120)}"

@@ -83,8 +83,8 @@ def _needs() -> str:
 
 # ONNX Runtime's x86 int8 kernels multiply uint8 activations by int8 weights with VPMADDUBSW where the CPU lacks
 # VNNI (AVX2, AVX-512 without VNNI: Intel before Cascade Lake, AMD before Zen 4): pairs of products are summed
-# into int16 and saturate. The tiny test model's int8 file agreed with Keras on 87.7% of images there (99%+ on
-# VNNI CPUs). This option makes ONNX Runtime use its exact uint8 x uint8 kernels instead, only on such CPUs.
+# into int16 and saturate: the tiny test model's int8 file agreed with Keras on 87.7% of images on such a CPU.
+# This option makes ONNX Runtime use its exact uint8 x uint8 kernels instead, only on such CPUs.
 PRECISE_INT8 = ("session.x64quantprecision", "1")
 
 
