@@ -237,8 +237,10 @@ def export_cmd(
     io_dtype: str = typer.Option("uint8", help="int8 TFLite input/output type: uint8, int8 or float32."),
     opset: int = typer.Option(17, help="ONNX opset."),
     onnx_target: str = typer.Option("cpu", help="Who runs model_int8.onnx: cpu (ONNX Runtime's integer kernels, "
-                                    "uint8 activations) or tensorrt (int8 activations and weights with zero point 0, "
-                                    "what TensorRT builds as int8)."),
+                                    "uint8 activations; on x86 without VNNI its sessions need the session option "
+                                    "session.x64quantprecision=1), cpu-no-vnni (the same with 7-bit weights, exact "
+                                    "with ONNX Runtime's default options everywhere) or tensorrt (int8 activations "
+                                    "and weights with zero point 0, what TensorRT builds as int8)."),
     onnx_input: str = typer.Option("float32", help="What the ONNX files take: float32 (pixels 0..255 as floats) or "
                                    "uint8 (raw pixels; model_int8.onnx then starts at its first DequantizeLinear)."),
     onnx_layout: str = typer.Option("nhwc", help="The ONNX files' input layout: nhwc (TensorFlow's) or nchw "
@@ -444,7 +446,8 @@ _RUN_EXTRA = {
     "calib_samples": typer.Option(500, help="Training images used to calibrate int8."),
     "io_dtype": typer.Option("uint8", help="int8 TFLite input/output type: uint8, int8 or float32."),
     "opset": typer.Option(17, help="ONNX opset."),
-    "onnx_target": typer.Option("cpu", help="model_int8.onnx for cpu (ONNX Runtime) or tensorrt (symmetric int8)."),
+    "onnx_target": typer.Option("cpu", help="model_int8.onnx for cpu (ONNX Runtime), cpu-no-vnni (7-bit weights) "
+                                  "or tensorrt (symmetric int8)."),
     "onnx_input": typer.Option("float32", help="What the ONNX files take: float32 or uint8 (raw pixels)."),
     "onnx_layout": typer.Option("nhwc", help="The ONNX files' input layout: nhwc or nchw (channels first)."),
     "export_batch": typer.Option("auto", help="Batch dimension of the exports: auto (TFLite 1, ONNX dynamic), 1 or "

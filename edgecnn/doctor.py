@@ -72,7 +72,8 @@ def collect() -> dict:
     if cpu["int8_saturates"]:
         warnings.append("this x86 CPU has no VNNI: ONNX Runtime's default int8 kernels saturate here and int8 ONNX "
                         "models lose accuracy; run them with session option session.x64quantprecision=1, as "
-                        "edgecnn and its infer_onnx.py do (README, \"int8 ONNX on x86 CPUs without VNNI\")")
+                        "edgecnn and its infer_onnx.py do, or export them with --onnx-target cpu-no-vnni (README, "
+                        "\"int8 ONNX on x86 CPUs without VNNI\")")
     if info["packages"]["onnxruntime"] and info["packages"]["onnxruntime-gpu"]:
         warnings.append("both onnxruntime and onnxruntime-gpu are installed: uninstall one (they share files)")
     for p in ("tensorflow", "onnx", "ai-edge-litert", "tf2onnx"):

@@ -74,7 +74,7 @@ def inspect_onnx(path: Path) -> dict:
     import onnx
     from onnx import helper
 
-    from edgecnn.export.onnx import tensorrt_int8_problems
+    from edgecnn.export.onnx import tensorrt_int8_problems, weight_bits
     from edgecnn.runners.onnx import check_external_data
 
     check_external_data(path)
@@ -102,6 +102,7 @@ def inspect_onnx(path: Path) -> dict:
         "parameter_dtypes": dict(sorted(by_dtype.items())),
         "metadata": {p.key: p.value for p in m.metadata_props},
         "tensorrt_int8": tensorrt_int8_problems(m),  # None: no Q/DQ nodes; []: TensorRT can build it as int8
+        "weight_bits": weight_bits(m),  # None: no Q/DQ nodes; 7: exact in ONNX Runtime's kernels without VNNI
     }
 
 
@@ -162,6 +163,11 @@ def format_text(info: dict) -> str:
         problems = info["tensorrt_int8"]
         lines.append("  TensorRT int8: " + ("yes (int8 Q/DQ, zero point 0)" if not problems else
                                              "no: " + "; ".join(problems)))
+    if info.get("weight_bits") == 7:
+        lines.append("  int8 weights: 7-bit (-64..64), exact in ONNX Runtime's default kernels on x86 without VNNI")
+    elif info.get("weight_bits") == 8:
+        lines.append("  int8 weights: 8-bit; ONNX Runtime sessions on x86 without VNNI need the session option "
+                     "session.x64quantprecision=1 (or export --onnx-target cpu-no-vnni)")
     if "tflite_metadata" in info:
         md = info["tflite_metadata"]
         if md is None:

@@ -17,6 +17,9 @@ def _load(path: Path):
         return None
 
 
+TARGET_LABELS = {"tensorrt": " (for TensorRT)", "cpu-no-vnni": " (7-bit weights)"}  # export --onnx-target
+
+
 def _export_table(report: dict) -> list[list[str]]:
     rows = [["file", "status", "size KB", "gzip -9 KB", "smallest .gz KB", "input", "quantization (in)", "agreement",
              "max abs dp", "seconds"]]
@@ -25,7 +28,7 @@ def _export_table(report: dict) -> list[list[str]]:
         q = inp.get("quantization")
         v = e.get("verify") or {}
         rows.append([
-            e["file"] + (" (for TensorRT)" if e.get("onnx_target") == "tensorrt" else ""),
+            e["file"] + TARGET_LABELS.get(e.get("onnx_target"), ""),
             e["status"] if e["status"] == "ok" else f"failed: {e.get('error', '')}",
             f"{e['size_bytes'] / 1024:.0f}" if e.get("size_bytes") else "-",
             f"{e['gzip_bytes'] / 1024:.0f}" if e.get("gzip_bytes") else "-",

@@ -576,6 +576,37 @@ def test_tensorrt_problems_of_hand_made_qdq_graphs():
     assert tensorrt_int8_problems(graph([helper.make_node("Relu", ["x"], ["y"])], [])) is None
 
 
+def test_cpu_no_vnni_target_writes_seven_bit_weights_and_says_so(run_copy, tiny_exports, capsys):
+    """--onnx-target cpu-no-vnni: model_int8.onnx with uint8 activations and int8 weights in -64..64 (exact in
+    ONNX Runtime's default kernels without VNNI: tests/test_runners.py), verified against Keras, without the
+    session-option note of the 8-bit file; the log, report and inspect say which file it is."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    from edgecnn import report as report_mod
+    from edgecnn.inspect import format_text
+
+    code, out, _ = run_main(capsys, "export", str(run_copy), "--format", "onnx", "--quantize", "int8",
+                            "--onnx-target", "cpu-no-vnni", "--calib-samples", "50", "--verify-samples", "64")
+    assert code == 0 and "7-bit weights" in out, out
+    entry = json.loads((run_copy / "exports" / "export_report.json").read_text())["exports"][0]
+    assert entry["status"] == "ok" and entry["onnx_target"] == "cpu-no-vnni" and entry["verify"]["passed"], entry
+    path = run_copy / "exports" / "model_int8.onnx"
+    proto = onnx.load(str(path))
+    kernels = [numpy_helper.to_array(t) for t in proto.graph.initializer
+               if t.data_type == TensorProto.INT8 and len(t.dims) > 1]
+    assert len(kernels) >= 3 and max(int(np.abs(k.astype(int)).max()) for k in kernels) == 64
+    inits = {t.name: t for t in proto.graph.initializer}
+    quantized = [inits[n.input[2]].data_type for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    assert quantized and set(quantized) == {TensorProto.UINT8}  # activations
+    assert "onnxruntime_session_config" not in {p.key for p in proto.metadata_props}
+    assert "| model_int8.onnx (7-bit weights) | ok |" in report_mod.write(run_copy)[0].read_text()
+    assert "int8 weights: 7-bit (-64..64)" in format_text(inspect(path))
+    eight = format_text(inspect(tiny_exports / "model_int8.onnx"))
+    assert "int8 weights: 8-bit; ONNX Runtime sessions on x86 without VNNI need" in eight
+    assert "int8 weights" not in format_text(inspect(tiny_exports / "model_float32.onnx"))
+
+
 def test_bench_onnx_int8_tool_compares_the_activation_types(tiny_run):
     """tools/bench_onnx_int8.py (the README's table) on a real run: a row per activation type, the int8 and
     uint8 files fused into integer convolutions (this network has no residual block) and scoring the same;
@@ -603,7 +634,7 @@ def test_bench_onnx_int8_tool_compares_layouts_and_input_types(tiny_run):
     """--variants adds the NCHW and uint8-input files and the float32 file: the uint8 input changes no score,
     tf2onnx leaves the NCHW float file without a Transpose, and an unknown variant is one error line."""
     tool = Path(__file__).parent.parent / "tools" / "bench_onnx_int8.py"
-    names = ["uint8", "uint8-u8in", "uint8-nchw-u8in", "float32", "float32-nchw"]
+    names = ["uint8", "uint8-u8in", "uint8-nchw-u8in", "uint8-7bit", "float32", "float32-nchw"]
     out = subprocess.run([sys.executable, str(tool), str(tiny_run), "--rounds", "1", "--seconds", "0.2",
                           "--variants", ",".join(names)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -611,11 +642,13 @@ def test_bench_onnx_int8_tool_compares_layouts_and_input_types(tiny_run):
             for ln in out.stdout.splitlines() if ln.startswith("| ") and not ln.startswith("| variant")}
     assert list(rows) == names
     assert rows["uint8-u8in"][5] == rows["uint8"][5] and rows["uint8-u8in"][1] == "3"  # accuracy; QLinearConv
+    assert rows["uint8-7bit"][1] == "3" and rows["uint8-7bit"][3] == "none"  # 7-bit weights fuse all the same
     assert rows["float32"][0] == "-" and rows["float32"][2] == "3" and rows["float32"][4] == "1"
     assert rows["float32-nchw"][4] == "0"  # no Transpose left in the channels-first float file
-    bad = subprocess.run([sys.executable, str(tool), str(tiny_run), "--variants", "uint8,uint9"],
-                         capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith("unknown variant uint9")
+    for wrong in ("uint9", "float32-7bit"):  # a float file has no int8 weights to narrow
+        bad = subprocess.run([sys.executable, str(tool), str(tiny_run), "--variants", f"uint8,{wrong}"],
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith(f"unknown variant {wrong}")
 
 
 def test_tta_export_holds_the_flip_average_and_the_benchmark_compares_it_so(run_copy, capsys):

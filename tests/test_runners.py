@@ -164,3 +164,67 @@ def test_int8_onnx_sums_exactly_where_the_cpu_has_no_vnni(tmp_path):
     onnx.save(model, str(tmp_path / "saturation.onnx"))
     runner = open_runner(tmp_path / "saturation.onnx", "cpu", threads=1)
     assert runner.predict_batch(np.full((1, 1, 1, c), 255.0, np.float32)).ravel().tolist() == [exact]
+
+
+def test_exact_int8_kernels_are_asked_for_only_where_the_default_ones_saturate():
+    """The session option costs speed where the default kernels are exact (2.1x for the resnet8 int8 file on
+    the Intel Xeon with VNNI of 2026-12-06): edgecnn's sessions and the standalone infer_onnx.py set it on x86
+    CPUs without VNNI only, and agree about this CPU."""
+    import importlib.util
+    from pathlib import Path
+
+    import edgecnn
+    from edgecnn.device import cpu_info
+    from edgecnn.runners.onnx import PRECISE_INT8, int8_saturates, session_options
+
+    def has_option(opts) -> bool:
+        try:
+            return opts.get_session_config_entry(PRECISE_INT8[0]) == PRECISE_INT8[1]
+        except RuntimeError:  # not set
+            return False
+
+    assert int8_saturates() == (cpu_info()["int8_saturates"] is not False)
+    assert has_option(session_options()) == int8_saturates()
+    assert not has_option(session_options(precise_int8=False)) and has_option(session_options(precise_int8=True))
+    script = Path(edgecnn.__file__).parent / "standalone" / "infer_onnx.py"
+    spec = importlib.util.spec_from_file_location("standalone_infer_onnx", script)
+    standalone = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(standalone)
+    assert standalone.int8_saturates() == int8_saturates()
+
+
+def test_seven_bit_int8_onnx_sums_exactly_in_the_default_kernels(tmp_path):
+    """``quantize_int8(bits=7)`` (``--onnx-target cpu-no-vnni``): the weights stay in -64..64, so pixels 255
+    by a weight 64 twice make 32,640, under int16's 32,767, and ONNX Runtime's default kernels sum exactly
+    on every CPU. A 1x1 convolution of 8 channels of pixels 255 by weights 1.0 gives 2,040 that way; the
+    8-bit file (weights 127) gives it with the default kernels only where the CPU does not saturate."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgecnn.device import cpu_info
+    from edgecnn.export import onnx as onx
+    from edgecnn.runners.onnx import OnnxRunner
+
+    c = 8
+    graph = helper.make_graph([helper.make_node("Conv", ["image", "w"], ["probabilities"])], "sum",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, c, 1, 1])],
+                              [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, 1, 1, 1])],
+                              [numpy_helper.from_array(np.ones((1, c, 1, 1), np.float32), "w")])
+    float_proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    float_proto.ir_version = 8
+    calib = np.stack([np.zeros((1, 1, c)), np.full((1, 1, c), 255.0)]).astype(np.float32)  # NHWC
+    x = np.full((1, 1, 1, c), 255.0, np.float32)
+    sums = {}
+    for bits in (7, 8):
+        proto = onx.quantize_int8(float_proto, calib, bits=bits)
+        kernel = [numpy_helper.to_array(t) for t in proto.graph.initializer if t.data_type == TensorProto.INT8
+                  and len(t.dims) == 4]
+        assert len(kernel) == 1 and kernel[0].max() == {7: 64, 8: 127}[bits]
+        assert onx.weight_bits(proto) == bits
+        helper.set_model_props(proto, {"input": '{"layout": "NCHW"}'})
+        onnx.save(proto, str(tmp_path / f"sum{bits}.onnx"))
+        sums[bits] = [OnnxRunner(tmp_path / f"sum{bits}.onnx", "cpu", threads=1, precise_int8=precise)
+                      .predict_batch(x).item() for precise in (True, False)]  # exact kernels, ONNX Runtime's default
+    assert sums[7] == [2040.0, 2040.0], sums
+    assert sums[8][0] == 2040.0 and (sums[8][1] != 2040.0) == cpu_info()["int8_saturates"], sums
+    assert onx.weight_bits(float_proto) is None

@@ -6,14 +6,17 @@ or uint8 input: the integer kernels ONNX Runtime fuses, accuracy, latency.
 Writes RUN's model as `edgecnn export --format onnx` does (tf2onnx, the same 500 calibration images,
 static QDQ, int8 weights per channel) once per variant. The default three differ in their activations:
 int8 (the old file), uint8 (what `--onnx-target cpu` exports) and symmetric int8 (zero point 0, what
-`--onnx-target tensorrt` exports; TensorRT itself is not run here). A variant name may add `-nchw`
-(`--onnx-layout nchw`) and `-u8in` (`--onnx-input uint8`); `float32` is the float file. For each file it
+`--onnx-target tensorrt` exports; TensorRT itself is not run here). A variant name may add `-7bit` (weights
+in -64..64, what `--onnx-target cpu-no-vnni` exports with uint8), `-nchw` (`--onnx-layout nchw`) and `-u8in`
+(`--onnx-input uint8`), in that order; `float32` is the float file. For each file it
 counts the nodes of the graph ONNX Runtime runs after its optimizations (how many convolutions became
 QLinearConv, how many stayed float), says whether TensorRT could build it as int8, scores the whole test
 split, and times batch-1 inference on one thread; the files are timed in turn, the order rotating round
 after round, and the median of each round's median is reported. Prints a markdown table.
-`--default-kernels` adds a row per int8 file run without `session.x64quantprecision=1`, ONNX Runtime's
-default: on an x86 CPU without VNNI its int8 kernels saturate (README, "int8 ONNX on x86 CPUs without VNNI").
+Each file runs as edgecnn runs it (`session.x64quantprecision=1` on x86 CPUs without VNNI only).
+`--default-kernels` adds a row per int8 file run without that option, ONNX Runtime's default: on an x86 CPU
+without VNNI its int8 kernels saturate (README, "int8 ONNX on x86 CPUs without VNNI"); `--exact-kernels` one
+with it on any CPU (on one with VNNI it only costs speed).
 """
 
 from __future__ import annotations
@@ -33,16 +36,19 @@ ACTIVATIONS = ("int8", "uint8", "int8-symmetric")
 DEFAULT_VARIANTS = ",".join(ACTIVATIONS)
 
 
-def parse_variant(name: str) -> tuple[str, str, str]:
-    """"uint8-nchw-u8in" -> ("uint8", "nchw", "uint8"): activations (or float32), layout, input type."""
-    base, layout, inp = name, "nhwc", "float32"
+def parse_variant(name: str) -> tuple[str, str, str, int]:
+    """"uint8-7bit-nchw-u8in" -> ("uint8", "nchw", "uint8", 7): activations (or float32), layout, input type,
+    weight bits."""
+    base, layout, inp, bits = name, "nhwc", "float32", 8
     if base.endswith("-u8in"):
         base, inp = base[:-len("-u8in")], "uint8"
     if base.endswith("-nchw"):
         base, layout = base[:-len("-nchw")], "nchw"
-    if base not in (*ACTIVATIONS, "float32"):
+    if base.endswith("-7bit"):
+        base, bits = base[:-len("-7bit")], 7
+    if base not in (*ACTIVATIONS, "float32") or (base == "float32" and bits == 7):
         raise ValueError(name)
-    return base, layout, inp
+    return base, layout, inp, bits
 FLOAT_OPS = ("Conv", "Add", "MaxPool", "Mul", "Relu")  # ops ONNX Runtime runs in float between Dequantize/QuantizeLinear
 
 
@@ -66,10 +72,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5, help="timing rounds, the files in rotating order")
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per file per round")
     ap.add_argument("--variants", default=DEFAULT_VARIANTS,
-                    help="comma-separated: int8, uint8, int8-symmetric or float32, each optionally followed by -nchw "
-                         f"and -u8in (default {DEFAULT_VARIANTS})")
+                    help="comma-separated: int8, uint8, int8-symmetric or float32, each optionally followed by -7bit, "
+                         f"-nchw and -u8in (default {DEFAULT_VARIANTS})")
     ap.add_argument("--default-kernels", action="store_true",
                     help="also run each int8 file with ONNX Runtime's default kernels (no session.x64quantprecision)")
+    ap.add_argument("--exact-kernels", action="store_true",
+                    help="also run each int8 file with session.x64quantprecision=1 whatever the CPU")
     a = ap.parse_args()
     if a.rounds < 1 or a.seconds <= 0:
         ap.error("--rounds must be at least 1 and --seconds positive")
@@ -105,12 +113,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="edgecnn-bench-onnx-") as d:
         tmp = Path(d)
         runners = {}
-        for name, (act, layout, inp) in variants.items():
+        for name, (act, layout, inp, bits) in variants.items():
             path = tmp / f"{name}.onnx"
             proto = onnx.ModelProto()
             proto.CopyFrom(float_protos[layout])
             if act != "float32":
-                proto = onx.quantize_int8(proto, calib, activations=act)
+                proto = onx.quantize_int8(proto, calib, activations=act, bits=bits)
             if inp == "uint8":
                 onx.take_uint8_input(proto)
             onx.set_metadata(proto, runs.labels(run_dir), act)  # the layout the runner reads
@@ -118,9 +126,10 @@ def main() -> int:
             ops = optimized_ops(path, tmp)
             problems = onx.tensorrt_int8_problems(proto)
             trt = "-" if problems is None else "yes" if not problems else "no"
-            kernels = (True, False) if a.default_kernels and act != "float32" else (True,)
-            for precise in kernels:
-                row = name if precise else f"{name}, default kernels"
+            kernels = [None] + ([False] if a.default_kernels and act != "float32" else []) + \
+                ([True] if a.exact_kernels and act != "float32" else [])
+            for precise in kernels:  # None: as edgecnn runs it
+                row = name + {None: "", False: ", default kernels", True: ", exact kernels"}[precise]
                 runner = OnnxRunner(path, "cpu", threads=1, precise_int8=precise)
                 probs = np.concatenate([runner.predict_batch(ds.x_test[i:i + 256])
                                         for i in range(0, len(ds.x_test), 256)])

@@ -39,7 +39,8 @@ def list_classes(root: Path) -> list[str]:
 def list_files(root: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
     extra = sorted(set(_subfolders(root)) - set(classes))
     if extra:  # a test/ or val/ class the training split lacks: its images would go unscored
-        raise EdgeCNNError(f"{root / extra[0]}: class folder not in the training split (classes: {short_list(classes)})")
+        raise EdgeCNNError(f"{root / extra[0]}: class folder not in the training split "
+                           f"(classes: {short_list(classes)})")
     files, labels = [], []
     for i, name in enumerate(classes):
         folder = root / name

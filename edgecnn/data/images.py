@@ -27,7 +27,8 @@ REDUCING_GAP = 2
 # black (letterbox). labels.json records the name on the right; predict, evaluate, export and the standalone
 # scripts resize as the run was trained.
 RESIZE_MODES = {"squash": "bilinear-squash", "crop": "bilinear-center-crop", "pad": "bilinear-letterbox-black"}
-DECODE = (f"first frame of animated GIFs and multi-page TIFFs; EXIF orientation applied; 16-bit grayscale scaled to 8 bits (/257); a JPEG at least {REDUCING_GAP}x the input decodes at 1/2-1/8 scale "
+DECODE = ("first frame of animated GIFs and multi-page TIFFs; EXIF orientation applied; 16-bit grayscale scaled "
+          f"to 8 bits (/257); a JPEG at least {REDUCING_GAP}x the input decodes at 1/2-1/8 scale "
           f"(Pillow draft) down to no less than {REDUCING_GAP}x the input, then the bilinear resize")
 
 

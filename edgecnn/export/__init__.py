@@ -193,7 +193,7 @@ def export(cfg: ExportConfig, log=print) -> dict:
 
         kept = [  # options the kept QAT files do not follow: (format, option, value given, differs, why)
             ("onnx", "--onnx-target", cfg.onnx_target, cfg.onnx_target != "cpu",
-             "tf2onnx writes uint8 activations with zero points"),
+             "tf2onnx writes uint8 activations with zero points, 8-bit weights"),
             ("onnx", "--onnx-input", cfg.onnx_input, cfg.onnx_input != "float32", "kept as written, float32 input"),
             ("onnx", "--onnx-layout", cfg.onnx_layout, cfg.onnx_layout != "nhwc", "kept as written, NHWC input"),
             ("tflite", "--no-metadata", "", not cfg.metadata, "kept as written, with its TFLite metadata"),
@@ -241,7 +241,8 @@ def export(cfg: ExportConfig, log=print) -> dict:
                     proto = type(float_onnx)()
                     proto.CopyFrom(float_onnx)  # the int8 file is quantized from the float32-input original
                 else:
-                    proto = onx.quantize_int8(float_onnx, calib, activations=onx.ACTIVATIONS[cfg.onnx_target])
+                    proto = onx.quantize_int8(float_onnx, calib, activations=onx.ACTIVATIONS[cfg.onnx_target],
+                                              bits=onx.WEIGHT_BITS.get(cfg.onnx_target, 8))
                 if cfg.onnx_input == "uint8":
                     onx.take_uint8_input(proto)
                 return onx.finalize(proto, labels, described)
@@ -410,6 +411,8 @@ def _log_entry(e: dict, log) -> None:
         "  (not verified)"
     if e.get("onnx_layout") == "nchw":
         qs += " NCHW"
-    target = "  (for TensorRT: symmetric int8)" if e.get("onnx_target") == "tensorrt" else ""
+    target = {"tensorrt": "  (for TensorRT: symmetric int8)",
+              "cpu-no-vnni": "  (7-bit weights: exact in ONNX Runtime's default kernels without VNNI)"
+              }.get(e.get("onnx_target"), "")
     tta = "  (flip TTA inside)" if e.get("tta") else ""
     log(f"  ok {e['file']:<22} {e['size_bytes']:>10,} B{qs}{vs}{target}{tta}")

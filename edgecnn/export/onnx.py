@@ -66,8 +66,9 @@ def input_layout(proto, hwc) -> str:
 
 
 def set_metadata(proto, labels: dict, variant: str) -> None:
-    """Class names, input scaling and layout, and the variant in ``metadata_props``; for a Q/DQ file also
-    ``onnxruntime_session_config``, the session option its int8 kernels need on x86 CPUs without VNNI."""
+    """Class names, input scaling and layout, and the variant in ``metadata_props``; for a Q/DQ file with
+    8-bit weights also ``onnxruntime_session_config``, the session option its int8 kernels need on x86
+    CPUs without VNNI (a note for whoever opens the session: ONNX Runtime does not apply it by itself)."""
     import edgecnn
     from edgecnn.runners.onnx import PRECISE_INT8
 
@@ -78,7 +79,7 @@ def set_metadata(proto, labels: dict, variant: str) -> None:
         "edgecnn_variant": variant,
         "edgecnn_version": edgecnn.__version__,
     }
-    if any(n.op_type == "QuantizeLinear" for n in proto.graph.node):
+    if weight_bits(proto) == 8:
         meta["onnxruntime_session_config"] = json.dumps(dict([PRECISE_INT8]))
     del proto.metadata_props[:]
     for k, v in meta.items():
@@ -86,17 +87,24 @@ def set_metadata(proto, labels: dict, variant: str) -> None:
         entry.key, entry.value = k, v
 
 
-TARGETS = ("cpu", "tensorrt")  # who runs model_int8.onnx: ONNX Runtime's CPU kernels, or TensorRT
-ACTIVATIONS = {"cpu": "uint8", "tensorrt": "int8-symmetric"}
+# Who runs model_int8.onnx: ONNX Runtime's CPU kernels; the same with 7-bit weights, which sum exactly in
+# ONNX Runtime's default kernels on x86 CPUs without VNNI (no session option needed); or TensorRT.
+TARGETS = ("cpu", "cpu-no-vnni", "tensorrt")
+ACTIVATIONS = {"cpu": "uint8", "cpu-no-vnni": "uint8", "tensorrt": "int8-symmetric"}
+WEIGHT_BITS = {"cpu-no-vnni": 7}  # 8 for the others
+# Without VNNI ONNX Runtime's x86 kernels multiply uint8 activations by int8 weights with VPMADDUBSW, which
+# adds two products in int16 and saturates at 32,767: exact for weights in -64..64 (255 * 64 * 2 = 32,640).
+NO_VNNI_EXACT = 64
 # For TensorRT: symmetric int8 activations; biases stay float (as NVIDIA's quantization toolkits leave them;
 # its Q/DQ types are 8 bits or fewer); a Q/DQ pair of its own for each consumer (ONNX Runtime's quantizer
 # notes TensorRT cannot share one).
 TENSORRT_OPTIONS = {"ActivationSymmetric": True, "QuantizeBias": False, "DedicatedQDQPair": True}
 
 
-def quantize_int8(float_proto, calibration: np.ndarray, activations: str = "uint8"):
+def quantize_int8(float_proto, calibration: np.ndarray, activations: str = "uint8", bits: int = 8):
     """Static QDQ quantization calibrated on ``calibration`` (NHWC images, transposed here for a channels-first
-    input): int8 weights (symmetric, per output channel) and
+    input): int8 weights (symmetric, per output channel; ``bits`` 7 keeps them in -64..64, ONNX Runtime's
+    ``reduce_range``) and
     ``activations`` (per tensor): uint8 (asymmetric, for ONNX Runtime's CPU kernels), int8-symmetric (zero point
     0, for TensorRT) or int8 (asymmetric: the old file, kept for ``tools/bench_onnx_int8.py``).
 
@@ -111,6 +119,8 @@ def quantize_int8(float_proto, calibration: np.ndarray, activations: str = "uint
     """
     if activations not in ("uint8", "int8", "int8-symmetric"):
         raise ValueError(f"activations must be uint8, int8 or int8-symmetric, got {activations!r}")
+    if bits not in (7, 8):
+        raise ValueError(f"bits must be 7 or 8, got {bits!r}")
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -137,13 +147,27 @@ def quantize_int8(float_proto, calibration: np.ndarray, activations: str = "uint
                 quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
                 quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                                 activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
-                                weight_type=QuantType.QInt8,
+                                weight_type=QuantType.QInt8, reduce_range=bits == 7,
                                 extra_options=TENSORRT_OPTIONS if symmetric else None)
         except Exception as exc:
             raise EdgeCNNError(f"ONNX int8 quantization failed: {first_line(exc)}") from None
         proto = onnx.load(str(out))
     proto.producer_name = "edgecnn (onnxruntime.quantization)"
     return proto
+
+
+def weight_bits(proto) -> int | None:
+    """A Q/DQ file's weight range: 7 when its int8 weights all lie in -64..64 (``NO_VNNI_EXACT``), else 8
+    (also for weights quantized only when the model loads, as float initializers through QuantizeLinear);
+    None for a file without DequantizeLinear nodes."""
+    from onnx import TensorProto, numpy_helper
+
+    dequantized = {n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    if not dequantized:
+        return None
+    widest = [int(np.abs(numpy_helper.to_array(t).astype(np.int16)).max()) for t in proto.graph.initializer
+              if t.name in dequantized and t.data_type == TensorProto.INT8 and len(t.dims) > 1]
+    return 7 if widest and max(widest) <= NO_VNNI_EXACT else 8
 
 
 def tensorrt_int8_problems(proto) -> list[str] | None:

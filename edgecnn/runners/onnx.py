@@ -84,19 +84,31 @@ def _needs() -> str:
 # ONNX Runtime's x86 int8 kernels multiply uint8 activations by int8 weights with VPMADDUBSW where the CPU lacks
 # VNNI (AVX2, AVX-512 without VNNI: Intel before Cascade Lake, AMD before Zen 4): pairs of products are summed
 # into int16 and saturate: the tiny test model's int8 file agreed with Keras on 87.7% of images on such a CPU.
-# This option makes ONNX Runtime use its exact uint8 x uint8 kernels instead, only on such CPUs.
+# This option makes ONNX Runtime use its exact uint8 x uint8 kernels instead. It is set only on such CPUs: ONNX
+# Runtime also applies it on x86 CPUs with VNNI, where the default kernels are exact, and there it made the
+# resnet8 int8 file 2.1x slower (README, "int8 ONNX on x86 CPUs without VNNI"). Weights in -64..64 (``export
+# --onnx-target cpu-no-vnni``) need no option, and ONNX Runtime leaves such weights as they are under it.
 PRECISE_INT8 = ("session.x64quantprecision", "1")
 
 
-def session_options(threads: int | None = None, precise_int8: bool = True):
-    """ONNX Runtime session options for every session edgecnn opens: errors only, exact int8 kernels on x86
-    CPUs without VNNI (``PRECISE_INT8``; ``precise_int8=False`` leaves ONNX Runtime's default, for
-    comparison), ``threads`` intra-op threads (one inter-op) when given."""
+def int8_saturates() -> bool:
+    """Whether ONNX Runtime's default int8 kernels may saturate on this CPU: an x86 CPU without VNNI, or one
+    whose flags cannot be read."""
+    from edgecnn.device import cpu_info
+
+    return cpu_info()["int8_saturates"] is not False
+
+
+def session_options(threads: int | None = None, precise_int8: bool | None = None):
+    """ONNX Runtime session options for every session edgecnn opens: errors only, exact int8 kernels where
+    the default ones saturate (``PRECISE_INT8`` where ``int8_saturates()``; ``precise_int8`` True asks for
+    them on any CPU, False leaves ONNX Runtime's default everywhere, both for comparison), ``threads``
+    intra-op threads (one inter-op) when given."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    if precise_int8:
+    if precise_int8 or (precise_int8 is None and int8_saturates()):
         opts.add_session_config_entry(*PRECISE_INT8)
     if threads:
         opts.intra_op_num_threads = threads
@@ -146,7 +158,7 @@ class OnnxRunner(Runner):
     runtime = "onnxruntime"
     devices = ("cpu", "cuda", "tensorrt")
 
-    def __init__(self, path, device="cpu", threads=None, precise_int8=True):
+    def __init__(self, path, device="cpu", threads=None, precise_int8=None):
         super().__init__(path, device, threads)
         import onnxruntime as ort
 
