@@ -66,14 +66,16 @@ def cpu_info() -> dict:
     from them (``bfloat16_off``). With them, ``--precision mixed_bfloat16`` runs convolutions faster on
     the CPU; without, TensorFlow emulates bfloat16, slower than float32 (docs/train_speed.md).
     ``int8_dot``: its VNNI instructions; ``int8_saturates``: an x86 CPU without them (None where
-    /proc/cpuinfo is not there to say)."""
+    /proc/cpuinfo is not there to say). ``vendor``: GenuineIntel, AuthenticAMD, or "" where not known."""
     import platform
 
-    name, flags = platform.processor() or platform.machine(), []
+    name, flags, vendor = platform.processor() or platform.machine(), [], ""
     try:
         with open("/proc/cpuinfo") as f:
             for ln in f:
-                if ln.startswith("model name"):
+                if ln.startswith("vendor_id"):
+                    vendor = ln.split(":", 1)[1].strip()
+                elif ln.startswith("model name"):
                     name = ln.split(":", 1)[1].strip()
                 elif ln.startswith("flags"):
                     flags = ln.split(":", 1)[1].split()
@@ -82,7 +84,7 @@ def cpu_info() -> dict:
         pass
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     vnni = [f for f in INT8_DOT if f in flags]
-    return {"name": name, "bfloat16": [f for f in ("avx512_bf16", "amx_bf16") if f in flags],
+    return {"name": name, "vendor": vendor, "bfloat16": [f for f in ("avx512_bf16", "amx_bf16") if f in flags],
             "bfloat16_off": bfloat16_off(), "int8_dot": vnni,
             "int8_saturates": (x86 and not vnni) if flags else None}
 
@@ -114,11 +116,22 @@ def native_bfloat16(cpu: dict) -> bool:
     return bool(cpu["bfloat16"]) and not cpu["bfloat16_off"]
 
 
+def bfloat16_pays(cpu: dict) -> bool:
+    """Whether mixed_bfloat16 trains faster than float32 on this CPU, as measured (docs/train_speed.md): with
+    native bfloat16 in AMX (an Intel Xeon: 1.46x and 1.50x float32's speed for resnet8 and the cifar10 net)
+    or on an AMD CPU (an EPYC's AVX512-BF16: 1.34x and 1.21x), not with an Intel CPU's AVX512-BF16 alone (a
+    Xeon whose AMX its hypervisor hid: 0.75-0.78x and 0.71-0.99x, two runs)."""
+    return native_bfloat16(cpu) and ("amx_bf16" in cpu["bfloat16"] or cpu.get("vendor") == "AuthenticAMD")
+
+
 def precision_warning(precision: str, device: str, cpu: dict) -> str | None:
-    """A line for training with mixed_bfloat16 on a CPU whose native bfloat16 TensorFlow will not use
-    (``cpu`` as from :func:`cpu_info`); None otherwise."""
-    if precision != "mixed_bfloat16" or device != "cpu" or native_bfloat16(cpu):
+    """A line for training with mixed_bfloat16 on a CPU whose native bfloat16 TensorFlow will not use, or
+    where it trained slower than float32 (``cpu`` as from :func:`cpu_info`); None otherwise."""
+    if precision != "mixed_bfloat16" or device != "cpu" or bfloat16_pays(cpu):
         return None
+    if native_bfloat16(cpu):
+        return ("mixed_bfloat16 on AVX512-BF16 without AMX on a CPU not known to gain from it: an Intel Xeon so "
+                "trained at 0.71-0.99x float32's speed (docs/train_speed.md); --precision auto takes float32 here")
     why = (f"with this CPU's bfloat16 instructions unused ({cpu['bfloat16_off']})" if cpu["bfloat16"] else
            "on a CPU without native bfloat16 (AVX512-BF16 or AMX; `edgecnn doctor` lists them)")
     how = ("in its Eigen kernels" if str(cpu["bfloat16_off"]).startswith("TF_ENABLE_ONEDNN_OPTS=")
@@ -141,13 +154,12 @@ def _gpu_supports_fp16(gpus) -> bool:
 
 def auto_precision(gpus, cpu: dict | None = None) -> str:
     """What ``--precision auto`` trains in: mixed_float16 on GPUs with tensor cores, mixed_bfloat16 on a CPU
-    whose native bfloat16 (AVX512-BF16, AMX) TensorFlow uses (1.21-1.34x float32's speed on an AMD EPYC,
-    1.46-1.50x on a Xeon with AMX; docs/train_speed.md), float32 otherwise (``cpu`` as from :func:`cpu_info`,
-    read when not given)."""
+    whose native bfloat16 TensorFlow uses and where it trained faster (:func:`bfloat16_pays`), float32
+    otherwise (``cpu`` as from :func:`cpu_info`, read when not given)."""
     if gpus:
         return "mixed_float16" if _gpu_supports_fp16(gpus) else "float32"
     cpu = cpu_info() if cpu is None else cpu
-    return "mixed_bfloat16" if native_bfloat16(cpu) else "float32"
+    return "mixed_bfloat16" if bfloat16_pays(cpu) else "float32"
 
 
 def setup(device: str = "auto", precision: str = "auto", cpu_replicas: int = 1) -> DeviceSetup:

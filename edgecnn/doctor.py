@@ -66,7 +66,7 @@ def collect() -> dict:
     cpu = cpu_info()
     info: dict = {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu["name"],
                   "cpu_bfloat16": cpu["bfloat16"], "cpu_bfloat16_off": cpu["bfloat16_off"],
-                  "cpu_int8_dot": cpu["int8_dot"],
+                  "cpu_int8_dot": cpu["int8_dot"], "cpu_vendor": cpu["vendor"],
                   "cores": os.cpu_count(), "packages": {p: _version(p) for p in PACKAGES}}
     warnings = [w for w in (onednn_warning(),) if w]
     if cpu["int8_saturates"]:
@@ -118,7 +118,11 @@ def format_text(info: dict) -> str:
     lines.append(f"NVIDIA GPUs                    {', '.join(gpus) or 'none'}")
     lines.append(f"TensorFlow GPUs                {', '.join(info['tensorflow_gpus']) or 'none'}")
     if info.get("precision_auto"):
-        lines.append(f"{'train --precision auto':<31}{info['precision_auto']}")
+        slower = info["precision_auto"] == "float32" and info["cpu_bfloat16"] and not info["cpu_bfloat16_off"] \
+            and not info.get("tensorflow_gpus")  # native bfloat16 that bfloat16_pays() turns down
+        lines.append(f"{'train --precision auto':<31}{info['precision_auto']}" +
+                     (" (AVX512-BF16 without AMX: on an Intel Xeon so, bfloat16 trained slower than float32)"
+                      if slower else ""))
     for prov, status in info["onnxruntime_providers"].items():
         lines.append(f"onnxruntime {prov:<28} {status}")
     found = [lib for lib, ok in info["cuda_libraries"].items() if ok]

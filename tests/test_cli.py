@@ -221,8 +221,11 @@ def test_doctor_reports_versions_and_providers(capsys):
     saturates = bool(cpuinfo) and not vnni and platform.machine().lower() in ("x86_64", "amd64")
     assert any("no VNNI" in w and "session.x64quantprecision=1" in w for w in info["warnings"]) == saturates
     native = info["cpu_bfloat16"] and not info["cpu_bfloat16_off"]
+    gains = native and ("amx_bf16" in info["cpu_bfloat16"] or info["cpu_vendor"] == "AuthenticAMD")
     if not info["tensorflow_gpus"]:
-        assert info["precision_auto"] == ("mixed_bfloat16" if native else "float32")
+        assert info["precision_auto"] == ("mixed_bfloat16" if gains else "float32")
+    code, out, _ = run_main(capsys, "doctor")
+    assert ("bfloat16 trained slower than float32" in out) == bool(native and not gains and not info["tensorflow_gpus"])
     assert info["cpu"] and (not cpuinfo or info["cpu"] in cpuinfo)
     for prov, status in info["onnxruntime_providers"].items():
         if prov != "CPUExecutionProvider" and not info["tensorflow_gpus"]:

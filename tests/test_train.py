@@ -59,9 +59,12 @@ def test_mixed_precision_training_saves_a_float32_model(tmp_path, precision):
     warned = any(ln.startswith("warning: mixed_bfloat16 ") and "emulates it" in ln for ln in lines)
     cpu = cpu_info()
     assert warned == (precision == "mixed_bfloat16" and not (cpu["bfloat16"] and not cpu["bfloat16_off"]))
-    none, native = {"bfloat16": [], "bfloat16_off": None}, {"bfloat16": ["avx512_bf16"], "bfloat16_off": None}
+    none = {"bfloat16": [], "bfloat16_off": None}
+    native = {"bfloat16": ["avx512_bf16"], "bfloat16_off": None, "vendor": "AuthenticAMD"}
     assert "without native bfloat16" in precision_warning("mixed_bfloat16", "cpu", none)
     assert not precision_warning("mixed_bfloat16", "cpu", native)
+    assert "0.71-0.99x float32's speed" in precision_warning("mixed_bfloat16", "cpu",
+                                                             native | {"vendor": "GenuineIntel"})
     assert "unused (DNNL_MAX_CPU_ISA=avx2)" in precision_warning("mixed_bfloat16", "cpu",
                                                                   native | {"bfloat16_off": "DNNL_MAX_CPU_ISA=avx2"})
     assert "Eigen" in precision_warning("mixed_bfloat16", "cpu", native | {"bfloat16_off": "TF_ENABLE_ONEDNN_OPTS=0"})
@@ -69,19 +72,25 @@ def test_mixed_precision_training_saves_a_float32_model(tmp_path, precision):
 
 
 def test_precision_auto_is_bfloat16_on_a_cpu_with_native_bfloat16(tmp_path):
-    """--precision auto trains in mixed_bfloat16 where TensorFlow uses the CPU's bfloat16 instructions, in
-    float32 where it has none or a setting keeps oneDNN from them (and what it picked is recorded)."""
+    """--precision auto trains in mixed_bfloat16 where TensorFlow uses the CPU's bfloat16 instructions and
+    they trained faster (AMX; AMD's AVX512-BF16), in float32 where it has none, a setting keeps oneDNN from
+    them, or they are an Intel CPU's AVX512-BF16 alone (slower there), and what it picked is recorded."""
     from edgecnn.device import auto_precision, cpu_info, native_bfloat16
 
-    none, native = {"bfloat16": [], "bfloat16_off": None}, {"bfloat16": ["amx_bf16"], "bfloat16_off": None}
+    none = {"bfloat16": [], "bfloat16_off": None, "vendor": "GenuineIntel"}
+    native = {"bfloat16": ["avx512_bf16", "amx_bf16"], "bfloat16_off": None, "vendor": "GenuineIntel"}
     capped = native | {"bfloat16_off": "ONEDNN_MAX_CPU_ISA=AVX512_CORE"}
+    intel_avx512 = native | {"bfloat16": ["avx512_bf16"]}
+    amd_avx512 = intel_avx512 | {"vendor": "AuthenticAMD"}
     assert auto_precision([], none) == "float32" and auto_precision([], native) == "mixed_bfloat16"
     assert auto_precision([], capped) == "float32"
-    assert [native_bfloat16(c) for c in (none, native, capped)] == [False, True, False]
+    assert auto_precision([], intel_avx512) == "float32" and auto_precision([], amd_avx512) == "mixed_bfloat16"
+    assert [native_bfloat16(c) for c in (none, native, capped, intel_avx512)] == [False, True, False, True]
     run = train(TrainConfig(data="shapes:60", image_size=16, arch="C: 4n gap", epochs=1, batch_size=16,
                             runs_dir=str(tmp_path)), log=lambda _: None)
     cpu = cpu_info()
-    expected = "mixed_bfloat16" if cpu["bfloat16"] and not cpu["bfloat16_off"] else "float32"
+    gains = "amx_bf16" in cpu["bfloat16"] or (cpu["bfloat16"] and cpu["vendor"] == "AuthenticAMD")
+    expected = "mixed_bfloat16" if gains and not cpu["bfloat16_off"] else "float32"
     assert json.loads((run / "metrics.json").read_text())["precision"] == expected
     saved = json.loads((run / "config.json").read_text())
     assert saved["precision_used"] == expected and saved["device_used"] == f"CPU, {expected}"
