@@ -52,7 +52,8 @@ def _probe_onnx_providers() -> dict[str, str]:
         opts = session_options()
         try:
             with capture_fd2() as log:
-                s = ort.InferenceSession(blob, sess_options=opts, providers=[prov, "CPUExecutionProvider"])
+                s = ort.InferenceSession(blob, sess_options=opts,  # the CPU provider listed once, or ORT warns
+                                         providers=list(dict.fromkeys([prov, "CPUExecutionProvider"])))
             if s.get_providers()[0] == prov:
                 out[prov] = "works"
             else:
