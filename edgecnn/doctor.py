@@ -7,7 +7,7 @@ import os
 import platform
 from importlib import metadata
 
-from edgecnn.device import auto_precision, cpu_info, nvidia_gpus, onednn_warning
+from edgecnn.device import auto_precision, bfloat16_pays, cpu_info, native_bfloat16, nvidia_gpus, onednn_warning
 from edgecnn.errors import first_line
 
 PACKAGES = ["tensorflow", "keras", "tf-keras", "tensorflow-model-optimization", "tf2onnx", "onnx",
@@ -87,6 +87,8 @@ def collect() -> dict:
         info["tensorflow_gpus"] = [g.name for g in gpus]
         info["tensorflow_cuda_build"] = tf.test.is_built_with_cuda()
         info["precision_auto"] = auto_precision(gpus, cpu)
+        # native bfloat16 that auto turns down on a CPU where it trained slower than float32
+        info["bfloat16_slower"] = not gpus and native_bfloat16(cpu) and not bfloat16_pays(cpu)
     except Exception as exc:
         info["tensorflow_gpus"] = []
         warnings.append(f"TensorFlow does not import: {exc}")
@@ -119,11 +121,9 @@ def format_text(info: dict) -> str:
     lines.append(f"NVIDIA GPUs                    {', '.join(gpus) or 'none'}")
     lines.append(f"TensorFlow GPUs                {', '.join(info['tensorflow_gpus']) or 'none'}")
     if info.get("precision_auto"):
-        slower = info["precision_auto"] == "float32" and info["cpu_bfloat16"] and not info["cpu_bfloat16_off"] \
-            and not info.get("tensorflow_gpus")  # native bfloat16 that bfloat16_pays() turns down
         lines.append(f"{'train --precision auto':<31}{info['precision_auto']}" +
                      (" (AVX512-BF16 without AMX: on an Intel Xeon so, bfloat16 trained slower than float32)"
-                      if slower else ""))
+                      if info.get("bfloat16_slower") else ""))
     for prov, status in info["onnxruntime_providers"].items():
         lines.append(f"onnxruntime {prov:<28} {status}")
     found = [lib for lib, ok in info["cuda_libraries"].items() if ok]

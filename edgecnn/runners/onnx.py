@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import tempfile
@@ -91,9 +92,10 @@ def _needs() -> str:
 PRECISE_INT8 = ("session.x64quantprecision", "1")
 
 
+@functools.cache
 def int8_saturates() -> bool:
     """Whether ONNX Runtime's default int8 kernels may saturate on this CPU: an x86 CPU without VNNI, or one
-    whose flags cannot be read."""
+    whose flags cannot be read (read once: every session asks)."""
     from edgecnn.device import cpu_info
 
     return cpu_info()["int8_saturates"] is not False
