@@ -66,6 +66,13 @@ def train(
                                 "images' whitened patch PCA and freeze it."),
     ema: float = typer.Option(0.0, "--ema", help="Keep an exponential moving average of the weights with this "
                               "momentum (e.g. 0.999) and save it, BatchNorm statistics recomputed; 0: off."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Distil from this trained run (name or "
+                                          "folder) or .keras model: the loss mixes the labels with its soft "
+                                          "predictions on the same augmented images. Only the student is saved.",
+                                          show_default=False),
+    distill_weight: float = typer.Option(0.9, help="With --teacher: the soft (teacher) term's share of the loss."),
+    distill_temperature: float = typer.Option(4.0, help="With --teacher: the softmax temperature of both models' "
+                                              "predictions in the soft term."),
     early_stopping: int = typer.Option(0, help="Stop after N epochs without val-accuracy gain (0: off)."),
     keep: str = typer.Option("best", help="Which epoch's weights to save: best (highest val accuracy) or last "
                              "(for schedules that anneal to the end; a small val split picks by noise)."),
@@ -113,7 +120,8 @@ def train(
         data=data, arch=arch, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, weight_decay=weight_decay,
         class_balance=class_balance, augment=augment,
-        translate=translate, whiten=whiten, ema=ema, early_stopping=early_stopping, keep=keep, time_budget=time_budget,
+        translate=translate, whiten=whiten, ema=ema, teacher=teacher, distill_weight=distill_weight,
+        distill_temperature=distill_temperature, early_stopping=early_stopping, keep=keep, time_budget=time_budget,
         seed=seed,
         image_size=image_size, resize=resize, channels=channels, val_split=val_split, test_split=test_split,
         skip_bad_images=skip_bad_images, device=device, precision=precision,
@@ -136,6 +144,9 @@ def _train_config(ctx: typer.Context, options: dict):
     preset = options.pop("preset", None)
     given = {k for k in options if (src := ctx.get_parameter_source(k)) is not None
              and src.name not in ("DEFAULT", "DEFAULT_MAP")}
+    for option in ("distill_weight", "distill_temperature"):
+        if option in given and not options.get("teacher"):
+            raise EdgeCNNError(f"--{option.replace('_', '-')} needs --teacher (the run to distil from)")
     return apply_preset(TrainConfig(**options), preset, given)
 
 

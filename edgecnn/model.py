@@ -349,15 +349,27 @@ def whiten_first_conv(core, images, eps: float = 5e-4, max_images: int = 2000) -
     return k
 
 
-def build_train_model(core, augment_names: tuple[str, ...], seed: int = 0, translate: float = TRANSLATE):
-    """``Sequential([augment, core])``: augmentation runs on the device, inside the graph."""
+def build_train_model(core, augment_names: tuple[str, ...], seed: int = 0, translate: float = TRANSLATE,
+                      teacher=None):
+    """``Sequential([augment, core])``: augmentation runs on the device, inside the graph.
+
+    ``teacher``: a trained model that sees the same augmented batch; the model then outputs the core's
+    and the teacher's probabilities side by side (``edgecnn.distill``).
+    """
     from edgecnn._tf import keras
 
-    if not augment_names:
+    if not augment_names and teacher is None:
         return core
-    aug = build_augment(augment_names, core.input_shape[1:], seed, translate=translate)
     inputs = keras.Input(core.input_shape[1:], name=INPUT_NAME)
-    return keras.Model(inputs, core(aug(inputs)), name="train_model")
+    images = build_augment(augment_names, core.input_shape[1:], seed, translate=translate)(inputs) \
+        if augment_names else inputs
+    outputs = core(images)
+    if teacher is not None:
+        from edgecnn.distill import classes
+
+        frozen = classes(keras)[0](teacher, name="teacher", dtype="float32")
+        outputs = keras.layers.Concatenate(name="with_teacher", dtype="float32")([outputs, frozen(images)])
+    return keras.Model(inputs, outputs, name="train_model")
 
 
 def _producer(layer):

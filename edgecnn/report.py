@@ -83,6 +83,10 @@ def write(run_dir: Path) -> tuple[Path, Path]:
                                     if metrics.get("cpu") and "GPU" not in metrics.get("device", "") else "")]]
     if metrics.get("ema"):
         summary.append(["weights", f"moving average (--ema {metrics['ema']:g}), BatchNorm statistics recomputed"])
+    if teacher := metrics.get("teacher"):
+        summary.append(["distilled from", f"{teacher['file']} (test accuracy {teacher['test_accuracy'] * 100:.2f}%; "
+                                          f"weight {teacher['weight']:g}, temperature {teacher['temperature']:g}; "
+                                          f"the student agrees with it on {teacher['agreement'] * 100:.2f}%)"])
     imported = cfg.get("imported")
     if imported:  # edgecnn import: a model trained elsewhere, no training rows
         summary[2] = ["architecture", f"imported from {imported.get('from', '-')}"]

@@ -63,6 +63,9 @@ class TrainConfig:
     translate: float = TRANSLATE  # the translate augmentation's largest shift, a fraction of the image side
     whiten: bool = False  # first conv = whitened patch PCA of the training images, frozen
     ema: float = 0.0  # momentum of an exponential moving average of the weights (Polyak); 0 = off
+    teacher: str | None = None  # a trained run (or .keras file) to distil from (edgecnn.distill)
+    distill_weight: float = 0.9  # the soft (teacher) term's share of the loss
+    distill_temperature: float = 4.0
     early_stopping: int = 0  # patience in epochs; 0 = off
     keep: str = "best"  # which epoch's weights become model.keras: best by val accuracy, or the last
     time_budget: float = 0.0  # minutes of training (model.fit); 0 = off. --epochs is then an upper bound
@@ -108,6 +111,10 @@ class TrainConfig:
             bad("--warmup-epochs", f"must be >= 0, got {self.warmup_epochs}")
         if not (self.ema == 0 or 0.5 <= self.ema < 1):
             bad("--ema", f"must be 0 (off) or a momentum in [0.5, 1), e.g. 0.999, got {self.ema}")
+        if not 0 < self.distill_weight <= 1:
+            bad("--distill-weight", f"must be in (0, 1], the teacher's share of the loss, got {self.distill_weight}")
+        if not 0 < self.distill_temperature <= 100:
+            bad("--distill-temperature", f"must be in (0, 100], e.g. 4, got {self.distill_temperature}")
         if not 0 < self.translate < 1:
             bad("--translate", f"must be in (0, 1), a fraction of the image side, got {self.translate}")
         balance.check(self.class_balance)
@@ -495,7 +502,7 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
     cfg.check()
     from edgecnn import data as data_mod
     from edgecnn import device as device_mod
-    from edgecnn import metrics, model as model_mod, plots
+    from edgecnn import distill, metrics, model as model_mod, plots
     from edgecnn.spec import describe, parse
 
     spec = parse(cfg.arch)
@@ -516,6 +523,10 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
     elif ratio >= balance.HINT_RATIO:
         log(f"classes imbalanced: {biggest} to {smallest} training images (--class-balance oversample draws "
             "every class equally often)")
+    teacher = teacher_file = None
+    if cfg.teacher and resume_dir is None:  # a resumed run's checkpoint holds its teacher
+        with setup.strategy.scope():
+            teacher, teacher_file = distill.load_teacher(cfg.teacher, cfg.runs_dir, ds.class_names, ds.input_shape)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -538,6 +549,8 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
                                   "translate_interpolation": model_mod.TRANSLATE_INTERPOLATION,
                                   "train_iterator": "repeated",  # one endless iterator (older runs: per epoch)
                                   "device_used": setup.description, "precision_used": setup.precision}
+        if teacher_file is not None:
+            cfg_dict["teacher_file"] = str(teacher_file)
         write_json(run_dir / "config.json", cfg_dict)
         write_json(run_dir / "labels.json", labels_info(ds, cfg.channels, cfg.resize))
     log(f"run: {run_dir}  device: {setup.description}")
@@ -560,11 +573,15 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
             model_mod.cutout_class(keras)
             model_mod.alternating_flip_class(keras)
             model_mod.fused_batchnorm_class(keras)
+            distill.classes(keras)
             try:
                 train_model = keras.saving.load_model(run_dir / CHECKPOINT, safe_mode=True)
             except Exception as exc:
                 raise EdgeCNNError(f"{run_dir / CHECKPOINT}: cannot load checkpoint ({str(exc)[:200]})") from None
             core = train_model if train_model.name == "core" else train_model.get_layer("core")
+            if cfg.teacher:
+                teacher = train_model.get_layer("teacher").model
+                teacher_file = runs.config(run_dir).get("teacher_file")
         else:
             core = model_mod.build_core(spec, ds.input_shape, ds.num_classes,
                                         setup.precision if setup.precision != "float32" else None,
@@ -574,14 +591,19 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
                 log(f"whiten: first convolution set to {k} whitened principal components (and negatives), frozen")
             if bn_momentum < model_mod.BN_MOMENTUM:
                 model_mod.set_batchnorm_momentum(core, bn_momentum)
-            train_model = model_mod.build_train_model(core, augment, cfg.seed, cfg.translate)
+            train_model = model_mod.build_train_model(core, augment, cfg.seed, cfg.translate, teacher)
             optimizer = make_optimizer(cfg, make_schedule(cfg, steps), setup.precision)
-            train_model.compile(
-                optimizer=optimizer,
-                loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-                metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-                jit_compile=cfg.jit_compile,
-            )
+            objective = (distill.compile_args(keras, cfg.distill_weight, cfg.distill_temperature, cfg.label_smoothing)
+                         if teacher is not None else
+                         dict(loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+                              metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")]))
+            train_model.compile(optimizer=optimizer, jit_compile=cfg.jit_compile, **objective)
+    teacher_probs = None
+    if teacher is not None:
+        teacher_probs = teacher.predict(ds.x_test.astype("float32"), batch_size=256, verbose=0)
+        log(f"teacher: {teacher_file or cfg.teacher}, test accuracy "
+            f"{float((teacher_probs.argmax(1) == ds.y_test).mean()):.4f}; loss = {1 - cfg.distill_weight:g} x "
+            f"crossentropy + {cfg.distill_weight:g} x T^2 x KL at temperature T = {cfg.distill_temperature:g}")
     xla = bool(getattr(train_model, "jit_compile", False))
     if cfg.jit_compile and not xla:  # Keras compiles without XLA rather than fail; say so
         blockers = model_mod.layers_without_xla(train_model)
@@ -660,6 +682,11 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
         "batchnorm_momentum": round(bn_momentum, 4),
         "batchnorm_recalibration_images": recalibrated,
         "ema": cfg.ema,
+        "teacher": None if teacher_probs is None else {
+            "file": str(teacher_file or cfg.teacher), "weight": cfg.distill_weight,
+            "temperature": cfg.distill_temperature,
+            "test_accuracy": float((teacher_probs.argmax(1) == ds.y_test).mean()),
+            "agreement": distill.agreement(probs, teacher_probs)},  # the student's with the teacher's, test set
         "fused_batchnorm": model_mod.fused_batchnorms(core) > 0,
         "precision": setup.precision,
         "device": setup.description,

@@ -86,3 +86,16 @@ def test_add_row_fills_the_int8_column_and_pads_an_older_table(tmp_path):
     again = doc.read_text().splitlines()
     assert again.count(bench.ALSO_HEAD[0]) == 1 and again.count(bench.ALSO_NOTE) == 1
     assert again[head + 3].endswith("| 85.30% | - |") and len(again) == len(lines)
+
+
+def test_a_distilled_run_s_row_names_its_teacher(tmp_path):
+    import json
+
+    run = tmp_path / "r8-kd"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"data": "cifar10", "arch": "resnet8", "epochs": 20,
+                                                 "teacher": "teacher-c10", "distill_weight": 0.9,
+                                                 "distill_temperature": 4.0}))
+    (run / "metrics.json").write_text(json.dumps({"test_accuracy": 0.83, "epochs_run": 20, "train_seconds": 700}))
+    assert "--epochs 20 --teacher teacher-c10 --distill-weight 0.9 --distill-temperature 4.0`" in \
+        _bench_cifar10()._also_row(run)

@@ -43,8 +43,14 @@ def _wait_for_epoch(run: Path, epoch: int, proc, timeout=240):
 
 @pytest.mark.slow
 def test_killed_training_resumes_without_gap_or_duplicate(tmp_path):
-    # With cutout and altflip, custom layers: the resuming process must know them to load the checkpoint.
-    proc = _start([*TRAIN, "--augment", "altflip,translate,cutout", "--runs-dir", "runs", "--name", "k"], tmp_path)
+    # With cutout, altflip and a teacher (custom layers and loss): the resuming process must know them to load
+    # the checkpoint.
+    from edgecnn.train import TrainConfig, train
+
+    train(TrainConfig(data="shapes:1500", image_size=16, arch="C: 4n gap", epochs=1, runs_dir=str(tmp_path / "runs"),
+                      name="teacher"), log=lambda m: None)
+    proc = _start([*TRAIN, "--augment", "altflip,translate,cutout", "--teacher", "teacher", "--runs-dir", "runs",
+                   "--name", "k"], tmp_path)
     run = tmp_path / "runs" / "k"
     _wait_for_epoch(run, 2, proc)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up: only the per-epoch checkpoint survives
@@ -65,6 +71,8 @@ def test_killed_training_resumes_without_gap_or_duplicate(tmp_path):
     assert (run / "model.keras").is_file() and not (run / "checkpoint.keras").exists()
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs_run"] == 12 and metrics["train_seconds"] > state["seconds"] > 0
+    assert metrics["teacher"]["file"] == str(Path("runs") / "teacher" / "model.keras")
+    assert 0 < metrics["teacher"]["agreement"] <= 1 and "teacher: runs" in out.stdout
 
 
 @pytest.mark.slow

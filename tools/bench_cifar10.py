@@ -393,6 +393,9 @@ def _also_row(run: Path) -> str:
     flags = " ".join(f"--{k.replace('_', '-')} {json.dumps(cfg[k]) if k == 'arch' else cfg[k]}" for k in TRAIN_FLAGS
                      if k in cfg and cfg[k] != defaults.get(k))
     flags += " --whiten" if cfg.get("whiten") else ""
+    if cfg.get("teacher"):  # the teacher's own row says how it was trained
+        flags += (f" --teacher {cfg['teacher']} --distill-weight {cfg.get('distill_weight')}"
+                  f" --distill-temperature {cfg.get('distill_temperature')}")
     steal = m.get("cpu_steal_percent")
     command = f"edgecnn train --data {cfg.get('data', '?')} {flags}".replace("|", "\\|")  # a table cell
     layers = cfg.get("augment_layers") or parse_augment(cfg.get("augment", "none"))
