@@ -11,7 +11,8 @@ import pytest
 
 from conftest import NO_TF_BLOCK, cli, run_main
 
-COMMANDS = ["train", "import", "summary", "evaluate", "export", "inspect", "benchmark", "run", "predict", "doctor", "report"]
+COMMANDS = ["train", "import", "summary", "evaluate", "export", "inspect", "benchmark", "run", "predict", "doctor",
+            "report"]
 
 
 def test_help_imports_no_tensorflow():
@@ -209,7 +210,8 @@ def test_doctor_reports_versions_and_providers(capsys):
 
     code, out, _ = run_main(capsys, "doctor", "--json")
     info = json.loads(out)
-    assert code == 0 and info["packages"]["tensorflow"] and info["onnxruntime_providers"]["CPUExecutionProvider"] == "works"
+    assert code == 0 and info["packages"]["tensorflow"]
+    assert info["onnxruntime_providers"]["CPUExecutionProvider"] == "works"
     import importlib.util  # the micro extra (TFLite Micro check, --max-arena) is reported when installed
 
     assert bool(info["packages"]["tflite-micro"]) == (importlib.util.find_spec("tflite_micro") is not None)
@@ -233,7 +235,8 @@ def test_doctor_reports_versions_and_providers(capsys):
     from edgecnn.device import nvidia_gpus
 
     assert info["nvidia_gpus"] == nvidia_gpus()  # [] here: no NVIDIA driver
-    assert ("NVIDIA driver lists" in " ".join(info["warnings"])) == bool(info["nvidia_gpus"] and not info["tensorflow_gpus"])
+    warned = "NVIDIA driver lists" in " ".join(info["warnings"])
+    assert warned == bool(info["nvidia_gpus"] and not info["tensorflow_gpus"])
 
 
 def test_doctor_says_which_setting_leaves_native_bfloat16_unused(capsys, monkeypatch):
@@ -253,7 +256,8 @@ def test_doctor_says_which_setting_leaves_native_bfloat16_unused(capsys, monkeyp
     code, out, _ = run_main(capsys, "doctor", "--json")
     info = json.loads(out)
     assert info["cpu_bfloat16_off"] == "TF_ENABLE_ONEDNN_OPTS=0"
-    warned = any(w.startswith("TF_ENABLE_ONEDNN_OPTS=0 turns TensorFlow's oneDNN kernels off") for w in info["warnings"])
+    off = "TF_ENABLE_ONEDNN_OPTS=0 turns TensorFlow's oneDNN kernels off"
+    warned = any(w.startswith(off) for w in info["warnings"])
     assert warned == (platform.machine().lower() in ("x86_64", "amd64"))
 
 

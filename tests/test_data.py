@@ -166,7 +166,8 @@ def test_folder_with_train_test_split_and_modes(tmp_path):
     ds = data.load(str(root), val_split=0.25)
     assert len(ds.x_test) == 6 and len(ds.x_train) + len(ds.x_val) == 19
     assert ds.info["unread"] == 2 and ds.info["unread_example"].endswith("notes.txt")
-    assert "; not read: 2 entries of class folders that are not JPEG, PNG, BMP, WebP, GIF, TIFF or HEIC images" in ds.summary()
+    assert ("; not read: 2 entries of class folders that are not JPEG, PNG, BMP, WebP, GIF, TIFF or HEIC images"
+            in ds.summary())
     gray = data.load(str(root), channels=1, image_size=16)
     assert gray.input_shape == (16, 16, 1)
 

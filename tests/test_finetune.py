@@ -26,7 +26,8 @@ def test_weight_transfer_keras3_to_tf_keras_is_exact(tiny_run, tmp_path):
         "tf, tfk, tfmot = w._libs()\n"
         f"m = w.rebuild({{'arch': {json.dumps(json.loads((tiny_run / 'config.json').read_text())['arch'])}, "
         f"'input_shape': [16, 16, 3], 'num_classes': 10, 'weights_in': {str(tmp_path / 'w.npz')!r}}}, tfk)\n"
-        f"d = np.abs(m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0) - np.load({str(tmp_path / 'p.npy')!r}))\n"
+        f"d = np.abs(m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0)"
+        f" - np.load({str(tmp_path / 'p.npy')!r}))\n"
         "print('KERAS', tfk.__version__, 'DIFF', float(d.max()))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,

@@ -109,14 +109,15 @@ def test_standalone_scripts_need_no_tensorflow_and_agree_with_predict(capsys, ti
                           for r in json.loads(cli_out)["results"]], "the same class with the same probability"
 
 
-@pytest.mark.parametrize("script, model", [("infer_tflite.py", "model_int8.tflite"), ("infer_onnx.py", "model_int8.onnx")])
+@pytest.mark.parametrize("script, model", [("infer_tflite.py", "model_int8.tflite"),
+                                           ("infer_onnx.py", "model_int8.onnx")])
 def test_standalone_scripts_refuse_a_float_tiff_as_predict_does(tiny_exports, tmp_path, script, model):
     from PIL import Image
 
     tiff = tmp_path / "depth.tif"
     Image.fromarray(np.linspace(0, 1, 256, dtype=np.float32).reshape(16, 16), mode="F").save(tiff)
-    out = subprocess.run([sys.executable, "-c", BLOCK, str(tiny_exports / script), str(tiny_exports / model), str(tiff)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", BLOCK, str(tiny_exports / script), str(tiny_exports / model),
+                          str(tiff)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith(f"{tiff}: 32-bit floating-point")
 
 

@@ -59,7 +59,8 @@ def test_add_row_fills_the_int8_column_and_pads_an_older_table(tmp_path):
 
     bench = _bench_cifar10()
     doc = tmp_path / "benchmarks.md"
-    old_row = '| old | `edgecnn train --arch "C: 8 gap \\| L2: 1e-4"` | nearest | repeated | 3 | 1.0 min | 0% | 50.00% |'
+    old_row = ('| old | `edgecnn train --arch "C: 8 gap \\| L2: 1e-4"` | nearest | repeated | 3 | 1.0 min | 0% '
+               '| 50.00% |')
     doc.write_text("# doc\n\n## Other recipes tried\n\n"
                    "| run | command | translation | iterator | epochs | training | CPU steal | test accuracy |\n"
                    "|---|---|---|---|---:|---:|---:|---:|\n" + old_row + "\n\n## after\n\ntext\n")

@@ -110,7 +110,8 @@ def test_precision_auto_is_bfloat16_on_a_cpu_with_native_bfloat16(tmp_path):
     assert config_from_run(run).precision == "float32"  # as asked, never overridden
 
 
-@pytest.mark.parametrize("env, off", [({}, None), ({"ONEDNN_MAX_CPU_ISA": "avx512_core"}, "ONEDNN_MAX_CPU_ISA=avx512_core"),
+@pytest.mark.parametrize("env, off", [({}, None),
+                                      ({"ONEDNN_MAX_CPU_ISA": "avx512_core"}, "ONEDNN_MAX_CPU_ISA=avx512_core"),
                                       ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, None),
                                       ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, None),
                                       ({"DNNL_MAX_CPU_ISA": " AVX2 "}, "DNNL_MAX_CPU_ISA=AVX2"),
@@ -218,7 +219,8 @@ def test_xla_is_reported_as_it_ran(tmp_path):
                                 augment=augment, jit_compile=True, runs_dir=str(tmp_path)), log=lines.append)
         assert json.loads((run / "metrics.json").read_text())["xla"] is expected
         said = [ln for ln in lines if ln.startswith("--xla:")]
-        assert said == ([] if expected else ["--xla: Keras trains without XLA: RandomTranslation cannot be compiled by it"])
+        refusal = "--xla: Keras trains without XLA: RandomTranslation cannot be compiled by it"
+        assert said == ([] if expected else [refusal])
 
 
 def test_bad_training_options():

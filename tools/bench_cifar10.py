@@ -339,11 +339,13 @@ def write_doc(b: Bench, stages: list[str], sweep: str | None, also: list[Path] =
             q, f32 = _row(bench, "tflite-int8"), _row(bench, "tflite-float32")
             vs = (f", against {q['latency_ms_p50']:.3f} and {f32['latency_ms_p50']:.3f} ms without it (table above, "
                   "measured minutes earlier)" if q and f32 else "")
-            lines += [f"**Flip TTA inside the files** (`edgecnn export {preset}-tta --format tflite --tta` on a copy of "
-                      f"the run, then `edgecnn benchmark {preset}-tta --formats tflite-float32,tflite-int8`): "
+            arena = f", tensor arena {tq['arena_kb']} KB" if tq.get("arena_kb") is not None else ""
+            lines += [f"**Flip TTA inside the files** (`edgecnn export {preset}-tta --format tflite --tta` "
+                      f"on a copy of the run, then "
+                      f"`edgecnn benchmark {preset}-tta --formats tflite-float32,tflite-int8`): "
                       f"float32 TFLite {_pct(tf32 and tf32['accuracy'])}, int8 TFLite {_pct(tq['accuracy'])} "
-                      f"({tq['size_bytes'] / 1024:.0f} KB" + (f", tensor arena {tq['arena_kb']} KB" if tq.get(
-                          "arena_kb") is not None else "") + f"); batch-1 median {tq['latency_ms_p50']:.3f} ms int8 and "
+                      f"({tq['size_bytes'] / 1024:.0f} KB{arena}); "
+                      f"batch-1 median {tq['latency_ms_p50']:.3f} ms int8 and "
                       f"{_fmt_ms(tf32)} float32 on one thread{vs}. Each image is classified as it is and "
                       "mirrored, in one batch of two, so the latency doubles and the weights are stored once.", ""]
         micro = (exports or {}).get("micro")
@@ -388,8 +390,8 @@ def _also_row(run: Path) -> str:
         cfg["precision"] = precision_used(cfg) or "auto"
     if cfg.get("arch_spec") and describe(parse(cfg.get("arch", ""))) != cfg["arch_spec"]:
         cfg["arch"] = cfg["arch_spec"]  # a preset name whose network has changed since: spell out the one used
-    defaults = {"time_budget": 0.0, "keep": "best", "translate": TRANSLATE, "seed": 0, "class_balance": "none", "ema": 0.0,
-                "precision": "auto"}
+    defaults = {"time_budget": 0.0, "keep": "best", "translate": TRANSLATE, "seed": 0, "class_balance": "none",
+                "ema": 0.0, "precision": "auto"}
     flags = " ".join(f"--{k.replace('_', '-')} {json.dumps(cfg[k]) if k == 'arch' else cfg[k]}" for k in TRAIN_FLAGS
                      if k in cfg and cfg[k] != defaults.get(k))
     flags += " --whiten" if cfg.get("whiten") else ""
@@ -477,8 +479,9 @@ def _regularized(b: Bench) -> list[str]:
                   f"{kb(unpruned, 'gzip_bytes')} vs {kb(pruned, 'gzip_bytes')} "
                   f"(**{(1 - pruned['gzip_bytes'] / unpruned['gzip_bytes']) * 100:.0f}% smaller**); as the `.gz` "
                   f"`edgecnn export --gzip` writes (zlib {pruned['gz_strategy']} strategy for the pruned file, "
-                  f"{unpruned['gz_strategy']} for the unpruned one; a standard gzip stream) {kb(unpruned, 'gz_bytes')} vs "
-                  f"{kb(pruned, 'gz_bytes')} (**{(1 - pruned['gz_bytes'] / unpruned['gz_bytes']) * 100:.0f}% smaller**). "
+                  f"{unpruned['gz_strategy']} for the unpruned one; a standard gzip stream) "
+                  f"{kb(unpruned, 'gz_bytes')} vs {kb(pruned, 'gz_bytes')} "
+                  f"(**{(1 - pruned['gz_bytes'] / unpruned['gz_bytes']) * 100:.0f}% smaller**). "
                   "Achieved sparsity per layer: "
                   + ", ".join(f"{k} {v:.3f}" for k, v in pm["sparsity_per_layer"].items()) + "."]
     return lines + [""]

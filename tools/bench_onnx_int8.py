@@ -49,7 +49,8 @@ def parse_variant(name: str) -> tuple[str, str, str, int]:
     if base not in (*ACTIVATIONS, "float32") or (base == "float32" and bits == 7):
         raise ValueError(name)
     return base, layout, inp, bits
-FLOAT_OPS = ("Conv", "Add", "MaxPool", "Mul", "Relu")  # ops ONNX Runtime runs in float between Dequantize/QuantizeLinear
+# ops ONNX Runtime runs in float between DequantizeLinear and QuantizeLinear
+FLOAT_OPS = ("Conv", "Add", "MaxPool", "Mul", "Relu")
 
 
 def optimized_ops(path: Path, tmp: Path) -> Counter:

@@ -142,7 +142,8 @@ def main() -> int:
         for arch in a.archs.split(","):
             times: dict[str, list[float]] = {v[0]: [] for v in variants}
             for r in range(a.rounds):
-                for name, aug, xla, precision, env, fused in variants[r % len(variants):] + variants[: r % len(variants)]:
+                rotated = variants[r % len(variants):] + variants[: r % len(variants)]
+                for name, aug, xla, precision, env, fused in rotated:
                     times[name] += measure(npz, arch, aug, xla, a.batch_size, a.epochs, precision, env, fused)
             base = statistics.median(times[variants[0][0]])
             for name, *_ in variants:
@@ -158,7 +159,8 @@ def main() -> int:
           f"no GPU. Reproduce with "
           f"`python tools/bench_train_speed.py --data ../shared/data/cifar10-jpg.tar.gz"
           f"{'' if a.variants == ','.join(VARIANTS) else ' --variants ' + a.variants}"
-          f"{'' if a.archs == ap.get_default('archs') else ' --archs ' + shlex.quote(a.archs)}` ({minutes:.0f} minutes here).\n")
+          f"{'' if a.archs == ap.get_default('archs') else ' --archs ' + shlex.quote(a.archs)}` "
+          f"({minutes:.0f} minutes here).\n")
     print("Augmentation is flip + translation (`--augment light`). Keras compiles no XLA step with its "
           "RandomTranslation layer in the model and trains without XLA instead (`edgecnn train --xla` says so), "
           "so the XLA variant with augmentation runs it in the tf.data pipeline, outside the compiled step; "

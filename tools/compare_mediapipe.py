@@ -102,7 +102,8 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps({"run": str(run), "frame": args.frame, "fit": fit, "rows": rows}))
     else:
-        print(f"{'' if args.api == 'task-library' else 'MediaPipe '}{rows[0]['mediapipe']} vs LiteRT on {len(x)} test images of `{run.name}`"
+        who = "" if args.api == "task-library" else "MediaPipe "
+        print(f"{who}{rows[0]['mediapipe']} vs LiteRT on {len(x)} test images of `{run.name}`"
               + (f", enlarged to {args.frame} frames (LiteRT's input fitted by {fit})" if args.frame else "") + "\n")
         api = "Task Library" if args.api == "task-library" else "MediaPipe"
         print(f"| file | {api} accuracy | LiteRT accuracy | max abs score difference | top-1 agreement |")
