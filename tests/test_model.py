@@ -295,12 +295,10 @@ def test_fused_batchnorm_trains_as_keras_batchnorm_and_is_saved_as_it():
         assert np.abs(a - b).max() <= 1e-4 * max(1.0, np.abs(a).max())
     for a, b in zip(stock.weights, fused.weights):  # moving means and variances after one step
         assert np.allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6), a.path
-
-    def constraints(layers, keep):
-        return [type(layer.gamma_constraint).__name__ for layer in layers if keep(layer)]
-
-    assert constraints(fused.layers, lambda layer: "Fused" in type(layer).__name__) == constraints(
-        stock.layers, lambda layer: isinstance(layer, keras.layers.BatchNormalization))
+    fused_constraints = [type(bn.gamma_constraint).__name__ for bn in fused.layers if "Fused" in type(bn).__name__]
+    stock_constraints = [type(bn.gamma_constraint).__name__ for bn in stock.layers
+                         if isinstance(bn, keras.layers.BatchNormalization)]
+    assert fused_constraints == stock_constraints
 
     deploy = model.to_deployable(fused, arch, 3)
     assert deploy is not fused and model.fused_batchnorms(deploy) == 0
