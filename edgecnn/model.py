@@ -14,6 +14,9 @@ from edgecnn.errors import EdgeCNNError, first_line
 from edgecnn.spec import Spec, parse
 
 AUGMENTATIONS = ("flip", "altflip", "translate", "rotate", "zoom", "contrast", "cutout")
+# Augmentations that leave the statistics BatchNorm averages as they were: a set of photos mirrored
+# looks like the set. The others (translation's filled edges, cutout's squares...) shift them.
+MIRRORS = ("flip", "altflip")
 AUGMENT_PRESETS = {
     "none": (),
     "light": ("flip", "translate"),

@@ -650,14 +650,19 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
     core.set_weights(tracker.kept_weights)
     deploy = model_mod.to_deployable(core, spec, ds.num_classes)
     recalibrated = 0
-    if bn_momentum < model_mod.BN_MOMENTUM or cfg.ema:  # BN statistics were gathered by other weights than these
+    # The BN moving averages were gathered by other weights than these (short epochs, --ema) or on
+    # augmented images, whose statistics the deployed model never sees (README, "Small datasets and BatchNorm").
+    reshaping = [a for a in augment if a not in model_mod.MIRRORS]
+    if bn_momentum < model_mod.BN_MOMENTUM or cfg.ema or reshaping:
         images = balance.training_images(ds.x_train, ds.y_train, cfg.class_balance, cfg.seed,
                                          model_mod.RECALIBRATION_IMAGES)
         recalibrated = model_mod.recalibrate_batchnorm(deploy, images, cfg.batch_size, cfg.seed)
         if recalibrated:
             why = (f"weights averaged (--ema {cfg.ema:g})" if cfg.ema else
-                   f"{steps} steps per epoch, so moving averages of momentum {bn_momentum:.3f} in training")
-            log(f"BatchNorm: {why}; statistics recomputed over {recalibrated} training images")
+                   f"{steps} steps per epoch, so moving averages of momentum {bn_momentum:.3f} in training"
+                   if bn_momentum < model_mod.BN_MOMENTUM else
+                   f"moving averages gathered on augmented images ({', '.join(reshaping)})")
+            log(f"BatchNorm: {why}; statistics recomputed over {recalibrated} unaugmented training images")
 
     probs = deploy.predict(ds.x_test.astype("float32"), batch_size=256, verbose=0)
     m = metrics.evaluate(probs, ds.y_test, ds.class_names)

@@ -179,6 +179,23 @@ def test_mirrored_strategy_over_two_logical_cpus(tmp_path):
     assert "DEVICE MirroredStrategy over 2 logical CPU devices" in out.stdout
 
 
+@pytest.mark.parametrize("augment, recomputed", [("flip", False), ("flip,translate", True), ("none", False)])
+def test_batchnorm_statistics_are_recomputed_on_unaugmented_images_after_reshaping_augmentation(
+        tmp_path, augment, recomputed):
+    """Epochs long enough for Keras's moving averages (200 steps) still gathered them on translated images,
+    which the deployed model never sees; mirrored ones have the statistics of the originals."""
+    lines = []
+    run = train(TrainConfig(data="shapes:250", image_size=16, arch="C: 4n gap", epochs=1, batch_size=1,
+                            augment=augment, val_split=0.1, test_split=0.1, runs_dir=str(tmp_path)), log=lines.append)
+    m = json.loads((run / "metrics.json").read_text())
+    images = sum(m["train_class_counts"].values())
+    assert m["batchnorm_momentum"] == 0.99 and images >= 200  # 200 steps per epoch and more: not short epochs
+    assert m["batchnorm_recalibration_images"] == (images if recomputed else 0)
+    said = [line for line in lines if line.startswith("BatchNorm:")]
+    assert said == ([f"BatchNorm: moving averages gathered on augmented images (translate); "
+                     f"statistics recomputed over {images} unaugmented training images"] if recomputed else [])
+
+
 def test_short_epochs_still_give_batchnorm_the_statistics_of_the_data(tmp_path):
     """Three steps per epoch: Keras's 0.99 moving averages would still hold much of their initial 0 and 1,
     and a model that learned the data perfectly scored chance in inference mode (measured: 33%)."""
