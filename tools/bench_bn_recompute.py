@@ -7,8 +7,8 @@ For runs trained before `edgecnn train` began recomputing the statistics after a
 gathered on translated images. Each seed recomputes them as `edgecnn train` now does (precise BN over
 up to IMAGES unaugmented training images, batch 128, shuffled with the seed) and scores the test and
 validation splits the run was trained with; "lost/gained" counts the test images whose prediction
-turned wrong/right. Prints a markdown table. Runs from the current code were recomputed when they
-were trained, and show no change.
+turned wrong/right. Prints a markdown table. Runs trained by the current code already hold recomputed
+statistics (the column "recomputed before" counts their images): for them it shows the seed-to-seed spread.
 """
 
 from __future__ import annotations
