@@ -657,11 +657,13 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
         images = balance.training_images(ds.x_train, ds.y_train, cfg.class_balance, cfg.seed,
                                          model_mod.RECALIBRATION_IMAGES)
         recalibrated = model_mod.recalibrate_batchnorm(deploy, images, cfg.batch_size, cfg.seed)
+        if cfg.ema:
+            why = f"weights averaged (--ema {cfg.ema:g})"
+        elif bn_momentum < model_mod.BN_MOMENTUM:
+            why = f"{steps} steps per epoch, so moving averages of momentum {bn_momentum:.3f} in training"
+        else:
+            why = f"moving averages gathered on augmented images ({', '.join(reshaping)})"
         if recalibrated:
-            why = (f"weights averaged (--ema {cfg.ema:g})" if cfg.ema else
-                   f"{steps} steps per epoch, so moving averages of momentum {bn_momentum:.3f} in training"
-                   if bn_momentum < model_mod.BN_MOMENTUM else
-                   f"moving averages gathered on augmented images ({', '.join(reshaping)})")
             log(f"BatchNorm: {why}; statistics recomputed over {recalibrated} unaugmented training images")
 
     probs = deploy.predict(ds.x_test.astype("float32"), batch_size=256, verbose=0)

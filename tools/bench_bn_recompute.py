@@ -5,7 +5,7 @@
 For runs trained before `edgecnn train` began recomputing the statistics after augmented training (their
 `metrics.json` has `batchnorm_recalibration_images` 0): their BatchNorm layers hold the moving averages
 gathered on translated images. Each seed recomputes them as `edgecnn train` now does (precise BN over
-up to IMAGES unaugmented training images, batch 128, shuffled with the seed) and scores the test and
+up to IMAGES unaugmented training images in the run's batch size, shuffled with the seed) and scores the test and
 validation splits the run was trained with; "lost/gained" counts the test images whose prediction
 turned wrong/right. Prints a markdown table. Runs trained by the current code already hold recomputed
 statistics (the column "recomputed before" counts their images): for them it shows the seed-to-seed spread.
@@ -40,21 +40,22 @@ def main() -> None:
         ds = load_run_data(run, args.data)
         images = balance.training_images(ds.x_train, ds.y_train, cfg.get("class_balance", "none"),
                                          cfg.get("seed", 0), args.images)
-
-        def predict(core, x):
-            return core.predict(x.astype("float32"), batch_size=256, verbose=0).argmax(1)
-
-        saved = model_mod.load_keras(run / "model.keras")
-        test0, val0 = predict(saved, ds.x_test) == ds.y_test, predict(saved, ds.x_val) == ds.y_val
+        core = model_mod.load_keras(run / "model.keras")
+        saved = core.get_weights()
+        test0, val0 = predict(core, ds.x_test) == ds.y_test, predict(core, ds.x_val) == ds.y_val
         cells, vals = [], []
         for seed in (int(s) for s in args.seeds.split(",")):
-            core = model_mod.load_keras(run / "model.keras")
-            model_mod.recalibrate_batchnorm(core, images, 128, seed, args.images)
+            core.set_weights(saved)
+            model_mod.recalibrate_batchnorm(core, images, cfg["batch_size"], seed, args.images)
             test1, val1 = predict(core, ds.x_test) == ds.y_test, predict(core, ds.x_val) == ds.y_val
             cells.append(f"{test1.mean():.2%} ({seed}: {int((test0 & ~test1).sum())}/{int((~test0 & test1).sum())})")
             vals.append(share(val1))
         print(f"| {run.name} | {metrics.get('epochs_run', '?')} | {metrics.get('batchnorm_recalibration_images', 0)} "
               f"| {test0.mean():.2%} | {', '.join(cells)} | {share(val0)} -> {', '.join(vals)} |", flush=True)
+
+
+def predict(core, x: np.ndarray) -> np.ndarray:
+    return core.predict(x.astype("float32"), batch_size=256, verbose=0).argmax(1)
 
 
 def share(right: np.ndarray) -> str:
