@@ -7,7 +7,7 @@ For runs trained before `edgecnn train` began recomputing the statistics after a
 gathered on translated images. Each seed recomputes them as `edgecnn train` now does (precise BN over
 up to IMAGES unaugmented training images in the run's batch size, shuffled with the seed) and scores the test and
 validation splits the run was trained with; "lost/gained" counts the test images whose prediction
-turned wrong/right. Prints a markdown table. Runs trained by the current code already hold recomputed
+turned wrong/right; "seconds" is one recomputation's time. Prints a markdown table. Runs trained by the current code already hold recomputed
 statistics (the column "recomputed before" counts their images): for them it shows the seed-to-seed spread.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,12 @@ def main() -> None:
     from edgecnn import balance, model as model_mod
     from edgecnn.evaluate import load_run_data
 
+    for run in map(Path, args.runs):
+        if not (run / "model.keras").is_file() or not (run / "metrics.json").is_file():
+            raise SystemExit(f"error: {run}: not a finished run directory (no model.keras or metrics.json)")
     print("| run | epochs | recomputed before | test, as saved | test, recomputed (seed: lost/gained) "
-          "| validation, as saved -> recomputed |")
-    print("|---|---:|---:|---:|---|---|")
+          "| validation, as saved -> recomputed | seconds |")
+    print("|---|---:|---:|---:|---|---|---:|")
     for run in map(Path, args.runs):
         cfg = json.loads((run / "config.json").read_text())
         metrics = json.loads((run / "metrics.json").read_text())
@@ -43,15 +47,18 @@ def main() -> None:
         core = model_mod.load_keras(run / "model.keras")
         saved = core.get_weights()
         test0, val0 = predict(core, ds.x_test) == ds.y_test, predict(core, ds.x_val) == ds.y_val
-        cells, vals = [], []
+        cells, vals, seconds = [], [], []
         for seed in (int(s) for s in args.seeds.split(",")):
             core.set_weights(saved)
+            start = time.perf_counter()
             model_mod.recalibrate_batchnorm(core, images, cfg["batch_size"], seed, args.images)
+            seconds.append(time.perf_counter() - start)
             test1, val1 = predict(core, ds.x_test) == ds.y_test, predict(core, ds.x_val) == ds.y_val
             cells.append(f"{test1.mean():.2%} ({seed}: {int((test0 & ~test1).sum())}/{int((~test0 & test1).sum())})")
             vals.append(share(val1))
         print(f"| {run.name} | {metrics.get('epochs_run', '?')} | {metrics.get('batchnorm_recalibration_images', 0)} "
-              f"| {test0.mean():.2%} | {', '.join(cells)} | {share(val0)} -> {', '.join(vals)} |", flush=True)
+              f"| {test0.mean():.2%} | {', '.join(cells)} | {share(val0)} -> {', '.join(vals)} "
+              f"| {min(seconds):.1f} |", flush=True)
 
 
 def predict(core, x: np.ndarray) -> np.ndarray:
