@@ -125,9 +125,16 @@ def bfloat16_pays(cpu: dict) -> bool:
 
 
 def precision_warning(precision: str, device: str, cpu: dict) -> str | None:
-    """A line for training with mixed_bfloat16 on a CPU whose native bfloat16 TensorFlow will not use, or
-    where it trained slower than float32 (``cpu`` as from :func:`cpu_info`); None otherwise."""
-    if precision != "mixed_bfloat16" or device != "cpu" or bfloat16_pays(cpu):
+    """A line for training with mixed_float16 on the CPU, or with mixed_bfloat16 on a CPU whose native
+    bfloat16 TensorFlow will not use or where it trained slower than float32 (``cpu`` as from
+    :func:`cpu_info`); None otherwise."""
+    if device != "cpu":
+        return None
+    if precision == "mixed_float16":  # even with AVX512-FP16: tf.nn.conv2d's gradient took 6.5 s for float32's 0.02
+        return ("mixed_float16 on the CPU: TensorFlow computes float16 convolution gradients there without "
+                "fast kernels, and the cifar10 net and resnet8 trained at 0.01x float32's speed "
+                "(docs/train_speed.md); --precision auto takes float32 or mixed_bfloat16 on a CPU")
+    if precision != "mixed_bfloat16" or bfloat16_pays(cpu):
         return None
     if native_bfloat16(cpu):
         return ("mixed_bfloat16 on AVX512-BF16 without AMX on a CPU not known to gain from it: an Intel Xeon so "

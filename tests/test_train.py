@@ -69,6 +69,10 @@ def test_mixed_precision_training_saves_a_float32_model(tmp_path, precision):
                                                                   native | {"bfloat16_off": "DNNL_MAX_CPU_ISA=avx2"})
     assert "Eigen" in precision_warning("mixed_bfloat16", "cpu", native | {"bfloat16_off": "TF_ENABLE_ONEDNN_OPTS=0"})
     assert not precision_warning("mixed_bfloat16", "gpu", none) and not precision_warning("float32", "cpu", none)
+    # float16 on the CPU trains at a hundredth of float32's speed, whatever the CPU: always said
+    assert any(ln.startswith("warning: mixed_float16 on the CPU:") for ln in lines) == (precision == "mixed_float16")
+    assert "0.01x float32's speed" in precision_warning("mixed_float16", "cpu", native)
+    assert not precision_warning("mixed_float16", "gpu", none)
 
 
 def test_precision_auto_is_bfloat16_on_a_cpu_with_native_bfloat16(tmp_path):
@@ -513,4 +517,7 @@ def test_bench_train_speed_tool_times_each_variant_in_its_own_environment():
     assert [r[1] for r in rows] == ["augment, no XLA, float32", "augment, no XLA, oneDNN off",
                                     "augment, no XLA, Keras's BatchNorm ops"]
     assert rows[0][4] == "1.00x" and float(rows[1][2]) > 0 and rows[1][4].endswith("x")
-    assert "--variants default,onednn-off,keras-bn --archs 'C: 4n gap'`" in out.stdout  # a command that runs as printed
+    # a command that runs as printed, the sizes given included
+    assert "--variants default,onednn-off,keras-bn --archs 'C: 4n gap' --images 64 --epochs 1 --rounds 1 " \
+           "--batch-size 32`" in out.stdout
+    assert "then 1 timed epoch; 1 process per variant" in out.stdout

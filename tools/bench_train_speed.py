@@ -2,7 +2,7 @@
 
     python tools/bench_train_speed.py --data ../shared/data/cifar10-jpg.tar.gz [--images 5000] [--rounds 2]
         [--archs basic,regularized,resnet8]
-        [--variants default,xla,noaug,noaug-xla,bf16,bf16-emulated,onednn-off,keras-bn]
+        [--variants default,xla,noaug,noaug-xla,bf16,bf16-emulated,onednn-off,keras-bn]  (or fp16)
 
 Every measurement runs in its own process (one model per process: several models in one process
 disturbed each other's timings by up to 2x, depending on their order) that trains, as `edgecnn train`
@@ -31,7 +31,8 @@ from pathlib import Path
 # key: (name, where the augmentation (flip + translate) runs, XLA asked for, precision). Keras compiles no
 # XLA step with RandomTranslation in the model: it silently trains without XLA (`edgecnn train --xla` says
 # so), so XLA with augmentation runs the augmentation in the tf.data pipeline, outside the compiled step.
-# mixed_bfloat16 (`--precision mixed_bfloat16`) computes in bfloat16 with float32 weights; CPUs with
+# mixed_bfloat16 (`--precision mixed_bfloat16`) computes in bfloat16 with float32 weights (mixed_float16:
+# float16, with loss scaling, what `auto` picks on tensor-core GPUs); CPUs with
 # native bfloat16 (AVX512-BF16, AMX) run its convolutions faster, others emulate it. The last item is the
 # worker's extra environment: ONEDNN_MAX_CPU_ISA=AVX512_CORE keeps oneDNN (TensorFlow's CPU kernels) to
 # AVX-512 without its bfloat16 instructions, as on an AVX-512 CPU that lacks them (Skylake, Cascade Lake);
@@ -43,12 +44,16 @@ VARIANTS = {"default": ("augment, no XLA, float32", "model", False, "float32", {
             "noaug": ("no augment, no XLA", "none", False, "float32", {}),
             "noaug-xla": ("no augment, XLA", "none", True, "float32", {}),
             "bf16": ("augment, no XLA, mixed_bfloat16", "model", False, "mixed_bfloat16", {}),
+            "fp16": ("augment, no XLA, mixed_float16", "model", False, "mixed_float16", {}),
             "bf16-emulated": ("augment, no XLA, mixed_bfloat16 emulated", "model", False,
                               "mixed_bfloat16", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}),
             "onednn-off": ("augment, no XLA, oneDNN off", "model", False, "float32",
                            {"TF_ENABLE_ONEDNN_OPTS": "0"}),
             "keras-bn": ("augment, no XLA, Keras's BatchNorm ops", "model", False, "float32", {})}
 UNFUSED = {"keras-bn"}
+# Not in the default list: on a CPU float16 trained at a hundredth of float32's speed (docs/train_speed.md).
+DEFAULT_VARIANTS = ",".join(k for k in VARIANTS if k != "fp16")
+SIZES = ("images", "epochs", "rounds", "batch_size")  # options the reproduce line repeats where not default
 
 
 def worker(npz: str, arch: str, augment: str, xla: bool, batch: int, epochs: int, precision: str,
@@ -117,7 +122,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="processes per variant, alternating")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--archs", default="basic,regularized,resnet8")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="which of " + ", ".join(VARIANTS) +
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS, help="which of " + ", ".join(VARIANTS) +
                     " (the first is the one the others are compared with)")
     a = ap.parse_args()
     if min(a.images, a.epochs, a.rounds, a.batch_size) < 1:
@@ -151,21 +156,24 @@ def main() -> int:
                 rows.append(f"| {arch} | {name} | {n / med:.0f} | {full * med / n:.0f} | {base / med:.2f}x |")
     minutes = (time.time() - started) / 60
     cpu = cpu_info()
+    sizes = "".join(f" --{k.replace('_', '-')} {getattr(a, k)}" for k in SIZES if getattr(a, k) != ap.get_default(k))
     print("# Training throughput on CIFAR-10 (JPEG)\n")
     print(f"Batch {a.batch_size}, {n:,} training images per timed epoch on one endless tf.data iterator (as "
-          f"`edgecnn train`); each measurement in its own process: a warm-up epoch, then {a.epochs} timed epochs; "
-          f"{a.rounds} processes per variant, run alternately in a rotating order; the median timed epoch is "
+          f"`edgecnn train`); each measurement in its own process: a warm-up epoch, then {a.epochs} timed "
+          f"epoch{'s' * (a.epochs > 1)}; {a.rounds} process{'es' * (a.rounds > 1)} per variant, run alternately "
+          f"in a rotating order; the median timed epoch is "
           f"reported. {cpu['name']}, {os.cpu_count()} cores (native bfloat16: {', '.join(cpu['bfloat16']) or 'none'}), "
           f"no GPU. Reproduce with "
           f"`python tools/bench_train_speed.py --data ../shared/data/cifar10-jpg.tar.gz"
-          f"{'' if a.variants == ','.join(VARIANTS) else ' --variants ' + a.variants}"
-          f"{'' if a.archs == ap.get_default('archs') else ' --archs ' + shlex.quote(a.archs)}` "
+          f"{'' if a.variants == DEFAULT_VARIANTS else ' --variants ' + a.variants}"
+          f"{'' if a.archs == ap.get_default('archs') else ' --archs ' + shlex.quote(a.archs)}"
+          f"{sizes}` "
           f"({minutes:.0f} minutes here).\n")
     print("Augmentation is flip + translation (`--augment light`). Keras compiles no XLA step with its "
           "RandomTranslation layer in the model and trains without XLA instead (`edgecnn train --xla` says so), "
           "so the XLA variant with augmentation runs it in the tf.data pipeline, outside the compiled step; "
           "each measurement checks that Keras compiled its step as asked. mixed_bfloat16 (`--precision "
-          "mixed_bfloat16`) computes in bfloat16 with float32 weights; \"emulated\" runs it with "
+          "mixed_bfloat16`) computes in bfloat16 with float32 weights (mixed_float16 in float16, with loss scaling); \"emulated\" runs it with "
           "`ONEDNN_MAX_CPU_ISA=AVX512_CORE`, which keeps oneDNN (TensorFlow's CPU kernels) to AVX-512 without its "
           "bfloat16 instructions, as on an AVX-512 CPU that lacks them (an AVX2-only CPU takes other kernels, not "
           "measured here). \"oneDNN off\" sets `TF_ENABLE_ONEDNN_OPTS=0`, the setting TensorFlow's start-up "
