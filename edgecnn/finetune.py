@@ -128,6 +128,8 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
         m["sparsity_target"] = sparsity
         m["sparsity_per_layer"] = result["sparsity"]
     if mode == "qat":
+        m["batchnorm_recalibration_images"] = result["batchnorm_recalibration_images"]
+        m["tuned_model_accuracy_finetuned_batchnorm"] = result["tuned_model_accuracy_finetuned_batchnorm"]
         m["qat_exports"] = result["exports"]
         m["qat_activation_ranges_set"] = result["activation_ranges_set"]
     write_json(dst / "metrics.json", m)
@@ -143,6 +145,11 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
     if mode == "prune" and recalibrated:
         log(f"pruned model accuracy {result.get('tuned_model_accuracy', float('nan')):.4f} with the fine-tuned "
             f"BatchNorm averages, {m['test_accuracy']:.4f} with them recomputed (source run: {source_accuracy:.4f})")
+    elif mode == "qat" and result["batchnorm_recalibration_images"]:
+        log(f"qat model accuracy {result['tuned_model_accuracy_finetuned_batchnorm']:.4f} with the fine-tuned "
+            f"BatchNorm averages, {result['tuned_model_accuracy']:.4f} with them recomputed over "
+            f"{result['batchnorm_recalibration_images']} unaugmented training images; float accuracy after qat: "
+            f"{m['test_accuracy']:.4f} (source run: {source_accuracy:.4f})")
     else:
         log(f"{mode} model accuracy {result.get('tuned_model_accuracy', float('nan')):.4f}; "
             f"float accuracy after {mode}: {m['test_accuracy']:.4f} (source run: {source_accuracy:.4f})")

@@ -522,24 +522,30 @@ def set_batchnorm_momentum(core, momentum: float) -> int:
     return len(bns)
 
 
-def recalibrate_batchnorm(core, images, batch_size: int, seed: int = 0, limit: int = RECALIBRATION_IMAGES) -> int:
+def recalibrate_batchnorm(core, images, batch_size: int, seed: int = 0, limit: int = RECALIBRATION_IMAGES,
+                          batchnorms=None) -> int:
     """Set each BatchNorm's moving mean and variance to their averages over batches of training images.
 
     The batches (``batch_size`` images, shuffled with ``seed``, at most ``limit`` images) run through
     ``core`` in training mode, as in training, so every BatchNorm sees the statistics its input had
     there; the average is what a converged moving average would hold ("precise BN"). For runs whose
-    short epochs gave the moving averages few steps. Returns the number of images used (0: no BN).
+    short epochs gave the moving averages few steps, or whose averages were gathered on augmented
+    images. ``batchnorms``: the layers to set, where ``core`` is not a Keras 3 model (a tf_keras QAT
+    model's wrapped BatchNorms); every other non-trainable variable of ``core`` (a QAT model's
+    quantizer ranges, which training mode moves) is restored afterwards. Returns the number of images
+    used (0: no BN).
     """
     import numpy as np
+    import tensorflow as tf  # already imported, quietly, by whoever built core (edgecnn._tf or the tfmot worker)
 
-    from edgecnn._tf import tf
-
-    bns = _batchnorms(core)
+    bns = _batchnorms(core) if batchnorms is None else list(batchnorms)
     if not bns or not len(images):
         return 0
     order = np.random.default_rng(seed).permutation(len(images))[:limit]
     batch = max(1, min(batch_size, len(order)))
     full = len(order) - len(order) % batch  # equal batches: a small remainder would give a noisy variance
+    moving = {id(v) for bn in bns for v in (bn.moving_mean, bn.moving_variance)}
+    others = [(v, v.numpy()) for v in core.non_trainable_variables if id(v) not in moving]
     momenta = [bn.momentum for bn in bns]
     for bn in bns:
         bn.momentum = 0.0  # each step leaves exactly its batch's statistics in the moving variables
@@ -554,6 +560,8 @@ def recalibrate_batchnorm(core, images, batch_size: int, seed: int = 0, limit: i
     finally:
         for bn, momentum in zip(bns, momenta):
             bn.momentum = momentum
+        for v, value in others:
+            v.assign(value)
     batches = full // batch
     for (mean, var), bn in zip(sums, bns):
         bn.moving_mean.assign(mean / batches)

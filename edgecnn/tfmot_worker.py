@@ -133,6 +133,25 @@ def init_activation_ranges(tf_keras, model, qat, images, seed: int) -> int:
     return len(pairs)
 
 
+def accuracy(model, ds) -> float:
+    probs = model.predict(ds.x_test.astype(np.float32), batch_size=256, verbose=0)
+    return float(np.mean(probs.argmax(1) == ds.y_test))
+
+
+def recalibrate_qat_batchnorm(qat, ds, job: dict) -> int:
+    """Recompute the QAT model's BatchNorm statistics over unaugmented training images, as `edgecnn train`
+    does after augmented training: the fine-tune's moving averages were gathered by changing weights on
+    augmented images. The fake-quant ranges stay as trained. Returns the number of images used."""
+    from edgecnn import balance
+    from edgecnn.model import RECALIBRATION_IMAGES, recalibrate_batchnorm
+
+    bns = [inner for inner in (getattr(layer, "layer", layer) for layer in qat.layers)
+           if type(inner).__name__ == "BatchNormalization"]
+    images = balance.training_images(ds.x_train, ds.y_train, job.get("class_balance", "none"), job["seed"],
+                                     RECALIBRATION_IMAGES)
+    return recalibrate_batchnorm(qat, images, job["batch_size"], job["seed"], batchnorms=bns)
+
+
 def run(job: dict) -> dict:
     tf, tf_keras, tfmot = _libs()
     from edgecnn import data as data_mod
@@ -217,6 +236,9 @@ def run(job: dict) -> dict:
     result["history"] = [{"epoch": i + 1, **{k: float(v[i]) for k, v in hist.history.items()}}
                          for i in range(len(hist.history["loss"]))]
 
+    if job["mode"] == "qat":  # the fine-tune's BatchNorm averages: changing weights, augmented images
+        result["tuned_model_accuracy_finetuned_batchnorm"] = accuracy(tuned, ds)
+        result["batchnorm_recalibration_images"] = recalibrate_qat_batchnorm(tuned, ds, job)
     if job["mode"] == "prune":
         tuned = tfmot.sparsity.keras.strip_pruning(tuned)
         result["sparsity"] = {}
@@ -226,14 +248,12 @@ def run(job: dict) -> dict:
                 result["sparsity"][layer.name] = float(np.mean(k == 0))
     weights = float_weights(model, tuned)
     np.savez(job["weights_out"], **weights)
-    probs = tuned.predict(ds.x_test.astype(np.float32), batch_size=256, verbose=0)
-    result["tuned_model_accuracy"] = float(np.mean(probs.argmax(1) == ds.y_test))
+    result["tuned_model_accuracy"] = accuracy(tuned, ds)
     for layer in model.layers:  # the float architecture with the fine-tuned weights, as the parent will see it
         n = len(layer.get_weights())
         if n:
             layer.set_weights([weights[f"{layer.name}/{i}"] for i in range(n)])
-    probs = model.predict(ds.x_test.astype(np.float32), batch_size=256, verbose=0)
-    result["float_weights_accuracy"] = float(np.mean(probs.argmax(1) == ds.y_test))
+    result["float_weights_accuracy"] = accuracy(model, ds)
     if job["mode"] == "qat":
         result["exports"] = export_qat(tf, tuned, ds, job)
     return result

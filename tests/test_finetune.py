@@ -170,6 +170,37 @@ def test_bad_finetune_options(tiny_run):
             finetune(str(tiny_run), runs_dir=str(tiny_run.parent), log=lambda m: None, **kwargs)
 
 
+@pytest.mark.slow
+def test_qat_recomputes_batchnorm_statistics_for_its_fine_tuned_weights(run_copy):
+    """After the QAT fine-tune every BatchNorm holds its input's statistics over unaugmented training images,
+    as after `edgecnn train`, not the fine-tune's moving averages: one short epoch moves those little from
+    the source run's, though a large learning rate moved the weights (the recomputation, redone here in
+    Keras 3 on the saved float weights, differs from it only by the QAT model's weight quantization)."""
+    from edgecnn import balance
+    from edgecnn.evaluate import load_run_data
+    from edgecnn.finetune import finetune
+    from edgecnn.model import RECALIBRATION_IMAGES, _batchnorms, load_keras, recalibrate_batchnorm
+
+    lines = []
+    dst = finetune(str(run_copy), "qat", str(run_copy.parent), epochs=1, lr=1e-2, calib_samples=50,
+                   verify_samples=100, log=lines.append)
+    m = json.loads((dst / "metrics.json").read_text())
+    cfg = json.loads((dst / "config.json").read_text())
+    ds = load_run_data(dst)
+    images = balance.training_images(ds.x_train, ds.y_train, "none", cfg["seed"], RECALIBRATION_IMAGES)
+    assert m["batchnorm_recalibration_images"] == len(images) - len(images) % cfg["batch_size"]
+    assert any("with the fine-tuned BatchNorm averages" in ln and "recomputed over" in ln for ln in lines)
+    saved, source = load_keras(dst / "model.keras"), load_keras(run_copy / "model.keras")
+    fresh = load_keras(dst / "model.keras")
+    recalibrate_batchnorm(fresh, images, cfg["batch_size"], cfg["seed"])
+    for got, old, want in zip(_batchnorms(saved), _batchnorms(source), _batchnorms(fresh)):
+        scale = np.abs(want.moving_mean.numpy()).max()
+        off = np.abs(got.moving_mean.numpy() - want.moving_mean.numpy()).max()
+        stale = np.abs(old.moving_mean.numpy() - want.moving_mean.numpy()).max()
+        assert off < 0.02 * scale and stale > 5 * off, (got.name, off, stale, scale)
+        assert np.allclose(got.moving_variance.numpy(), want.moving_variance.numpy(), rtol=0.05), got.name
+
+
 def test_qat_refuses_pool_first_blocks_by_name(run_copy):
     """tfmot has no quantization for a BatchNorm behind a max-pool: one clear line before any work."""
     from edgecnn.finetune import finetune

@@ -237,6 +237,16 @@ def test_recalibrated_batchnorm_holds_the_average_statistics_of_training_batches
     np.testing.assert_allclose(bn.moving_variance.numpy(), out.var(1).mean(0), rtol=1e-3, atol=1e-4)
     assert np.abs(core.predict(images.astype("float32"), verbose=0) - before).max() > 1e-3
     assert model.recalibrate_batchnorm(model.build_core("C: 8 gap", (8, 8, 3), 3), images, 16) == 0
+    # Given layers (a QAT model's wrapped BatchNorms), only those are set; every other non-trainable
+    # variable, which training mode moves (here bn5's averages, in QAT the quantizer ranges), is put back.
+    again = model.build_core("C: 8n 8n gap", (8, 8, 3), 3)
+    again.set_weights(core.get_weights())
+    again.get_layer("bn2").moving_mean.assign(np.zeros(8))
+    kept = [v.numpy() for v in again.get_layer("bn5").non_trainable_variables]
+    assert model.recalibrate_batchnorm(again, images, 16, 1, batchnorms=[again.get_layer("bn2")]) == 48
+    np.testing.assert_allclose(again.get_layer("bn2").moving_mean.numpy(), out.mean(1).mean(0), rtol=1e-4, atol=1e-4)
+    for v, value in zip(again.get_layer("bn5").non_trainable_variables, kept):
+        np.testing.assert_array_equal(v.numpy(), value)
 
 
 def test_batchnorm_with_a_negative_scale_is_not_folded():
