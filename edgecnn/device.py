@@ -130,7 +130,7 @@ def precision_warning(precision: str, device: str, cpu: dict) -> str | None:
     :func:`cpu_info`); None otherwise."""
     if device != "cpu":
         return None
-    if precision == "mixed_float16":  # even with AVX512-FP16: tf.nn.conv2d's gradient took 6.5 s for float32's 0.02
+    if precision == "mixed_float16":  # even with AVX512-FP16 (docs/train_speed.md: the filter gradient's kernels)
         return ("mixed_float16 on the CPU: TensorFlow computes float16 convolution gradients there without "
                 "fast kernels, and the cifar10 net and resnet8 trained at 0.01x float32's speed "
                 "(docs/train_speed.md); --precision auto takes float32 or mixed_bfloat16 on a CPU")
