@@ -159,7 +159,8 @@ def _print_summary(arch: str, image_size: int, channels: int, num_classes: int) 
 
 @app.command("import")
 def import_cmd(
-    model: str = typer.Argument(..., help="A .keras model trained elsewhere.", show_default=False),
+    model: str = typer.Argument(..., help="A Keras model trained elsewhere: a Keras 3 .keras file or a Keras 2 "
+                               ".h5 file (model.save in tf.keras or tf_keras).", show_default=False),
     data: str = typer.Option(..., "--data", "-d", help="The data it was trained for (any --data source): class "
                              "names, the test split it is scored on, int8 calibration images."),
     input_range: str = typer.Option("auto", help="The input the model was trained on: 0..255, 0..1, -1..1 (tf), "
@@ -180,7 +181,8 @@ def import_cmd(
 ):
     """Make a run of a Keras model trained elsewhere, for export, benchmark, evaluate and predict.
 
-    Augmentation layers are removed, mixed precision becomes float32, a layer in front takes 0..255 pixels to
+    Augmentation layers are removed, mixed precision becomes float32, Keras 2 settings Keras 3 lacks are dropped
+    where inference ignores them, a layer in front takes 0..255 pixels to
     the model's input, logits get a Softmax and one binary output unit two classes.
     Example: edgecnn import model.keras --data path/to/images
     """

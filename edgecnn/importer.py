@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn import runs
+from edgecnn import legacy_h5, runs
 from edgecnn.errors import EdgeCNNError, first_line, short_list
 from edgecnn.fsutil import sha256
 
@@ -256,14 +256,13 @@ def import_model(cfg: ImportConfig, log=print) -> Path:
     path = Path(cfg.model)
     if path.is_dir() and (path / runs.MODEL_FILE).is_file():
         raise EdgeCNNError(f"{path} is already a run directory")
-    if path.suffix.lower() in (".h5", ".hdf5") and path.is_file():
-        raise EdgeCNNError(f"{path}: a Keras 2 HDF5 file; edgecnn imports Keras 3 .keras files: build the same model "
-                           f"in Keras 3, model.load_weights('{path.name}'), then model.save('model.keras')")
     if (path / "saved_model.pb").is_file():
-        raise EdgeCNNError(f"{path}: a SavedModel folder; edgecnn imports Keras 3 .keras files (a SavedModel has no "
-                           "Keras layers left to make deployable)")
+        raise EdgeCNNError(f"{path}: a SavedModel folder; edgecnn imports Keras .keras and .h5 files (a SavedModel "
+                           "has no Keras layers left to make deployable)")
     if not path.is_file():
         raise EdgeCNNError(f"model file not found: {path}")
+    if path.suffix.lower() not in (".keras", ".h5", ".hdf5"):
+        raise EdgeCNNError(f"{path}: expected a Keras model file (.keras, or a Keras 2 .h5)")
     run_dir = runs.allocate(cfg.runs_dir, cfg.name)  # checks --name first; removed again if the import fails
     try:
         return _import_into(run_dir, path, rng_key, cfg, log)
@@ -280,7 +279,11 @@ def _import_into(run_dir: Path, path: Path, rng_key: str, cfg: ImportConfig, log
     from edgecnn.fsutil import atomic_path, write_json, write_text
     from edgecnn.train import labels_info, versions
 
-    original = model_mod.load_keras(path)
+    keras2 = None  # Keras 2 settings that Keras 3 lacks, removed from an HDF5 file's config
+    if legacy_h5.is_h5(path):
+        original, keras2 = legacy_h5.load(path)
+    else:
+        original = model_mod.load_keras(path)
     h, w, c = check_io(original, cfg.image_size, path)
     n_out = int(original.outputs[0].shape[1])
     try:
@@ -329,6 +332,7 @@ def _import_into(run_dir: Path, path: Path, rng_key: str, cfg: ImportConfig, log
         "sha256": sha256(path),
         "input_range": rng_key,
         "input_range_accuracy": {k: round(v[0], 4) for k, v in scores.items()} if scores else None,
+        "keras2_settings_removed": keras2,  # an HDF5 file's: inference ignores them, Keras 3 lacks them
         "augmentation_removed": removed,
         "mixed_precision_layers": rebuilt,
         "softmax_added": softmax,
@@ -363,6 +367,9 @@ def _import_into(run_dir: Path, path: Path, rng_key: str, cfg: ImportConfig, log
             + ", ".join(f"{k} {v[0] * 100:.1f}%" for k, v in scores.items()) + ")")
     else:
         log(f"input range: {rng_key} (--input-range)")
+    if keras2:
+        log("Keras 2 HDF5 file: removed settings that Keras 3 lacks and inference ignores: "
+            + "; ".join(f"{name} {', '.join(keys)}" for name, keys in keras2.items()))
     if removed:
         log(f"removed {len(removed)} augmentation layer{'s' if len(removed) > 1 else ''} (identity at inference): "
             + short_list(removed, 5))

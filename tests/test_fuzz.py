@@ -127,3 +127,40 @@ def test_native_model_loaders_in_a_child(tiny_exports, tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, f"exit {out.returncode}: {out.stderr[-3000:]}"
     assert "COUNTS" in out.stdout
+
+
+def test_h5_model_loader_in_a_child(tiny_run, tmp_path):
+    """Mutated and cut Keras HDF5 model files through import's reader, in a child so a crash in HDF5's C library
+    fails this test: each loads or is the project's one-line error."""
+    script = textwrap.dedent(f"""
+        import json, random
+        from pathlib import Path
+        from edgecnn import legacy_h5
+        from edgecnn.errors import EdgeCNNError
+        from edgecnn.model import load_keras
+        rnd = random.Random(0)
+        out = Path({str(tmp_path)!r})
+        load_keras(Path({str(tiny_run)!r}, "model.keras")).save(out / "valid.h5")
+        blob = (out / "valid.h5").read_bytes()
+        counts = {{"ok": 0, "refused": 0}}
+        for i in range(40):
+            b = bytearray(blob)
+            if i % 5 == 0:
+                b = b[: rnd.randrange(len(b))]
+            else:
+                for _ in range(rnd.randint(1, 6)):
+                    b[rnd.randrange(len(b))] = rnd.randrange(256)
+            p = out / f"m{{i}}.h5"
+            p.write_bytes(bytes(b))
+            try:
+                legacy_h5.load(p)
+                counts["ok"] += 1
+            except EdgeCNNError as exc:
+                assert str(exc) and "\\n" not in str(exc).strip(), str(exc)
+                counts["refused"] += 1
+        print("COUNTS", json.dumps(counts))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, f"exit {out.returncode}: {out.stderr[-3000:]}"
+    counts = json.loads(out.stdout.split("COUNTS", 1)[1])
+    assert counts["refused"] > 0 and counts["ok"] + counts["refused"] == 40, counts

@@ -1,6 +1,9 @@
 """edgecnn import: a Keras model trained elsewhere becomes a run that export, benchmark and predict take."""
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -122,6 +125,99 @@ def test_an_imported_run_exports_benchmarks_and_predicts(imported, folder, capsy
     assert code == 2 and "was imported" in err
 
 
+# A Keras 2 model as tf.keras/tf_keras saved it to HDF5 (Teachable Machine's keras_model.h5 is one): nested
+# models, augmentation, BatchNorm (axis written as a list), a depthwise and a separable convolution (groups=1
+# written), LeakyReLU's Keras 2 alpha, spatial dropout, a residual Add; random weights, so that a misread setting or
+# weight shows in the outputs. Made in a child: tf_keras is Keras 2, which this process must not load.
+KERAS2_MODEL = textwrap.dedent("""
+    import sys, numpy as np, tf_keras as K
+    L, out = K.layers, sys.argv[1]
+    backbone = K.Sequential([
+        L.InputLayer(input_shape=(16, 16, 3)), L.Rescaling(1 / 127.5, offset=-1), L.RandomFlip("horizontal"),
+        L.Conv2D(8, 3, padding="same", use_bias=False, kernel_regularizer=K.regularizers.l2(1e-4)),
+        L.BatchNormalization(), L.ReLU(6.0), L.DepthwiseConv2D(3, padding="same", use_bias=False),
+        L.BatchNormalization(), L.LeakyReLU(alpha=0.1)], name="backbone")
+    inp = K.Input((16, 16, 3))
+    x = backbone(inp)
+    y = L.SeparableConv2D(8, 3, padding="same", activation="relu")(x)
+    x = L.SpatialDropout2D(0.1)(L.Add()([x, y]))
+    x = L.GlobalAveragePooling2D()(L.MaxPooling2D()(x))
+    head = K.Sequential([L.Dense(6, activation="relu"), L.Dropout(0.2), L.Dense(3, activation="softmax")])
+    model = K.Model(inp, head(x))
+    rng = np.random.default_rng(1)
+    # Teachable Machine's layout: a Sequential of two Sequentials.
+    teachable = K.Sequential([
+        K.Sequential([L.InputLayer(input_shape=(16, 16, 3)), L.Rescaling(1 / 127.5, offset=-1),
+                      L.Conv2D(8, 3, strides=2, use_bias=False), L.BatchNormalization(), L.ReLU(6.0),
+                      L.DepthwiseConv2D(3, padding="same"), L.BatchNormalization(), L.ReLU(6.0),
+                      L.GlobalAveragePooling2D()], name="features"),
+        K.Sequential([L.Dense(6, activation="relu"), L.Dense(3, activation="softmax")], name="head")])
+    teachable.build((None, 16, 16, 3))
+    for w in model.weights + teachable.weights:
+        v = rng.normal(0, 0.5, w.shape)
+        w.assign(np.abs(v) + 0.5 if "moving_variance" in w.name else v)
+    model.save(out + "/keras2.h5")
+    teachable.save(out + "/teachable.h5")
+    model.save_weights(out + "/weights.h5")
+    x = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+    np.savez(out + "/io.npz", x=x, y=model.predict(x, verbose=0), teachable=teachable.predict(x, verbose=0))
+    K.Model(inp, L.Lambda(lambda t: t * 2)(inp)).save(out + "/lambda.h5")
+""")
+
+
+@pytest.fixture(scope="module")
+def keras2_files(tmp_path_factory):
+    out = tmp_path_factory.mktemp("keras2")
+    done = subprocess.run([sys.executable, "-c", KERAS2_MODEL, str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_a_keras2_h5_file_imports_with_the_outputs_of_keras2(keras2_files, folder, tmp_path, capsys):
+    """Keras 3 alone refuses this file (groups, rng_type, BatchNorm's axis list); import reads it and the run's
+    model gives what Keras 2 gave, and exports to int8 TFLite."""
+    import keras
+
+    from edgecnn.export import ExportConfig, export
+    from edgecnn.inspect import inspect
+    from edgecnn.model import load_keras
+
+    with pytest.raises(Exception, match="groups|rng_type|axis|deserializ"):
+        keras.saving.load_model(keras2_files / "keras2.h5", compile=False)
+    code, out, err = run_main(capsys, "import", str(keras2_files / "keras2.h5"), "--data", str(folder),
+                              "--runs-dir", str(tmp_path / "runs"), "--input-range", "0..255", "--name", "k2")
+    assert code == 0, err
+    run = tmp_path / "runs" / "k2"
+    removed = json.loads((run / "config.json").read_text())["imported"]["keras2_settings_removed"]
+    assert removed == {"DepthwiseConv2D": ["groups"], "RandomFlip": ["rng_type"],
+                       "SeparableConv2D": ["groups", "kernel_constraint", "kernel_initializer", "kernel_regularizer"],
+                       "SpatialDropout2D": ["noise_shape", "trainable"]}
+    assert "Keras 2 HDF5 file: removed settings that Keras 3 lacks and inference ignores: DepthwiseConv2D groups" in out
+    io = np.load(keras2_files / "io.npz")
+    np.testing.assert_allclose(load_keras(run / "model.keras").predict(io["x"], verbose=0), io["y"], atol=1e-5)
+    report = export(ExportConfig(run=str(run), formats="tflite", quantize="int8", calib_samples=20,
+                                 verify_samples=18), log=lambda m: None)
+    assert [(e["file"], e["status"]) for e in report["exports"]] == [("model_int8.tflite", "ok")]
+    assert inspect(run / "exports" / "model_int8.tflite")["all_builtin"]  # RandomFlip gone: no Flex ops
+    code, _, err = run_main(capsys, "import", str(keras2_files / "teachable.h5"), "--data", str(folder),
+                            "--runs-dir", str(tmp_path / "runs"), "--input-range", "0..255", "--name", "tm")
+    assert code == 0, err
+    np.testing.assert_allclose(load_keras(tmp_path / "runs" / "tm" / "model.keras").predict(io["x"], verbose=0),
+                               io["teachable"], atol=1e-5)
+
+
+def test_h5_files_that_are_no_model_are_one_line(keras2_files, folder, tmp_path, capsys):
+    (tmp_path / "cut.h5").write_bytes((keras2_files / "keras2.h5").read_bytes()[:3000])
+    cases = [("weights.h5", "a weights-only file (model.save_weights)"), ("lambda.h5", "contains a Lambda layer"),
+             (tmp_path / "cut.h5", "not a readable HDF5 file")]
+    for model, message in cases:
+        code, _, err = run_main(capsys, "import", str(keras2_files / model), "--data", str(folder), "--runs-dir",
+                                str(tmp_path / "runs"), "--input-range", "0..255")
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1 and message in lines[0], (model, err)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
 def test_import_names_classes_in_the_models_order(folder, tmp_path):
     from edgecnn.importer import ImportConfig, import_model
 
@@ -156,6 +252,7 @@ def test_bad_imports_are_one_line(folder, tmp_path, capsys):
     four.save(tmp_path / "four.keras")
     crop = foreign_model(tmp_path / "crop.keras", extra=L.RandomCrop(12, 12))
     (tmp_path / "old.h5").write_bytes(b"\x89HDF\r\n\x1a\n")
+    (tmp_path / "four.onnx").write_bytes(b"onnx")
     (tmp_path / "sm").mkdir()
     (tmp_path / "sm" / "saved_model.pb").write_bytes(b"")
     cases = [
@@ -169,7 +266,8 @@ def test_bad_imports_are_one_line(folder, tmp_path, capsys):
         (wrong_order, ["--class-names", "dark,mid"], "--class-names: 2 names"),
         (wrong_order, ["--class-names", "dark,mid,wolf"], "'bright' is not one of the model's classes"),
         (tmp_path / "none.keras", [], "model file not found"),
-        (tmp_path / "old.h5", [], "a Keras 2 HDF5 file"),
+        (tmp_path / "old.h5", [], "old.h5: not a readable HDF5 file"),
+        (tmp_path / "four.onnx", [], "expected a Keras model file (.keras, or a Keras 2 .h5)"),
         (tmp_path / "sm", [], "a SavedModel folder"),
     ]
     for model, extra, message in cases:

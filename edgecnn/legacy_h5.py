@@ -1,0 +1,173 @@
+"""Read a Keras 2 HDF5 model file (``model.save("x.h5")`` in tf.keras or tf_keras) into Keras 3.
+
+Keras 3 reads these files itself, but refuses most of them, Teachable Machine's ``keras_model.h5`` among them:
+settings Keras 2 wrote that Keras 3 no longer has (``DepthwiseConv2D(groups=1)``, the ``rng_type`` of
+augmentation layers...), BatchNormalization's axis as a list (inside a nested Sequential), and references to a
+model called inside another counted from Keras 2's extra node. ``load`` removes those settings where they do
+nothing at inference (each named in ``DROPPABLE`` with the values that may go: any other value stays, so
+Keras 3 refuses it and the caller says which), rewrites the axis and renumbers the references, then loads the
+file with Keras 3's own loader in safe mode (no Lambda code).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from edgecnn.errors import EdgeCNNError, first_line
+
+_ANY = object()
+_DEPTHWISE_SEPARABLE_TRANSPOSED = ("DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
+                                   "SeparableConvolution1D", "SeparableConvolution2D", "Conv1DTranspose",
+                                   "Conv2DTranspose", "Conv3DTranspose", "Convolution1DTranspose",
+                                   "Convolution2DTranspose", "Convolution3DTranspose")
+_SEPARABLE = tuple(c for c in _DEPTHWISE_SEPARABLE_TRANSPOSED if "Separable" in c)
+_SPATIAL_DROPOUT = ("SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D")
+_RANDOM = ("RandomBrightness", "RandomContrast", "RandomCrop", "RandomFlip", "RandomHeight", "RandomRotation",
+           "RandomTranslation", "RandomWidth", "RandomZoom")
+
+FUNCTIONAL = ("Functional", "Model")  # the class names of a Keras 2 functional model's config
+
+# (layer classes, setting) -> the values Keras 3 may drop: Keras 2 wrote them, Keras 3 has no such argument,
+# and with these values they change nothing at inference.
+DROPPABLE = {
+    # Keras 2's Conv base class wrote groups=1 for every convolution; Keras 3 has groups for Conv only.
+    (_DEPTHWISE_SEPARABLE_TRANSPOSED, "groups"): (1,),
+    # Separable convolutions have depthwise_* and pointwise_* weights; Keras 2 also wrote its unused kernel_*.
+    (_SEPARABLE, "kernel_initializer"): _ANY,
+    (_SEPARABLE, "kernel_regularizer"): _ANY,
+    (_SEPARABLE, "kernel_constraint"): _ANY,
+    # Which random generator augmentation used in training: augmentation is the identity at inference.
+    (_RANDOM, "rng_type"): _ANY,
+    # Spatial dropout is the identity at inference and has no weights.
+    (_SPATIAL_DROPOUT, "trainable"): _ANY,
+    (_SPATIAL_DROPOUT, "noise_shape"): (None,),
+}
+
+
+def _one_axis(value):
+    """Keras 2's BatchNormalization wrote its axis as a list once built; Keras 3 takes one int."""
+    return value[0] if isinstance(value, list) and len(value) == 1 and isinstance(value[0], int) else value
+
+
+# (layer classes, setting) -> how Keras 3 takes the value Keras 2 wrote (the same value where it cannot).
+REWRITES = {
+    (("BatchNormalization",), "axis"): _one_axis,
+}
+
+
+def is_h5(path: Path) -> bool:
+    """Whether ``path`` names an HDF5 file by its suffix."""
+    return path.suffix.lower() in (".h5", ".hdf5")
+
+
+def _droppable(class_name: str, key: str, value) -> bool:
+    for (classes, setting), values in DROPPABLE.items():
+        if setting == key and class_name in classes:
+            return values is _ANY or any(value == v and type(value) is type(v) for v in values)
+    return False
+
+
+def clean_config(config, dropped: Counter):
+    """``config`` (a model config as JSON data) without the droppable Keras 2 settings, counted in ``dropped``,
+    and with the rewritable ones in Keras 3's form."""
+    if isinstance(config, list):
+        return [clean_config(c, dropped) for c in config]
+    if not isinstance(config, dict):
+        return config
+    out = {k: clean_config(v, dropped) for k, v in config.items()}
+    name, layer = out.get("class_name"), out.get("config")
+    if name in FUNCTIONAL and isinstance(layer, dict) and isinstance(layer.get("layers"), list):
+        _renumber_model_calls(layer)
+    if isinstance(name, str) and isinstance(layer, dict):
+        for key in [k for k, v in layer.items() if _droppable(name, k, v)]:
+            layer.pop(key)
+            dropped[name, key] += 1
+        for (classes, key), rewrite in REWRITES.items():
+            if name in classes and key in layer:
+                layer[key] = rewrite(layer[key])
+    return out
+
+
+def _renumber_model_calls(graph: dict) -> None:
+    """Make a Keras 2 functional graph's references to the models inside it count calls as Keras 3 does.
+
+    Keras 2 gave every model a node of its own before its first call, so a nested model's first call is its node 1
+    (``[["backbone", 1, 0, {}]]``); Keras 3 numbers calls from 0, and subtracts the 1 itself only where a
+    functional model's output is the graph's output. A layer referred to at an index beyond its calls is such a
+    model: its references move down by one.
+    """
+    layers = [layer for layer in graph["layers"] if isinstance(layer, dict) and "name" in layer]
+    calls = {layer["name"]: layer.get("inbound_nodes") for layer in layers}
+    refs = [ref for nodes in calls.values() if isinstance(nodes, list) for node in nodes if isinstance(node, list)
+            for ref in node if isinstance(ref, list) and len(ref) >= 3 and isinstance(ref[1], int)]
+    outputs = [ref for ref in graph.get("output_layers") or [] if isinstance(ref, list) and len(ref) >= 3
+               and isinstance(ref[1], int)]
+    counted = {name: len(nodes) for name, nodes in calls.items() if isinstance(nodes, list)}
+    shifted = {ref[0] for ref in refs + outputs if ref[0] in counted and ref[1] >= counted[ref[0]] > 0}
+    keras3_shifts = {layer["name"] for layer in layers if layer.get("class_name") in FUNCTIONAL}
+    for ref in refs:
+        if ref[0] in shifted:
+            ref[1] -= 1
+    for ref in outputs:
+        if ref[0] in shifted and ref[0] not in keras3_shifts:
+            ref[1] -= 1
+
+
+def load(path: Path) -> tuple[object, dict[str, list[str]]]:
+    """Load the Keras 2 HDF5 model file ``path`` into Keras 3 (safe mode, not compiled).
+
+    Returns the model and the Keras 2 settings removed, by layer class: ``{"DepthwiseConv2D": ["groups"]}``.
+    """
+    import h5py
+
+    from edgecnn._tf import keras
+
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+            weights = "model_weights" in f or "layer_names" in f.attrs
+    except Exception as exc:  # h5py raises OSError, KeyError, RuntimeError... on what is not a sound HDF5 file
+        raise EdgeCNNError(f"{path}: not a readable HDF5 file ({first_line(exc)})") from None
+    if raw is None:
+        what = "a weights-only file (model.save_weights)" if weights else "no Keras model in it"
+        raise EdgeCNNError(f"{path}: {what}; edgecnn imports a whole model: model.save('model.h5') or "
+                           "model.save('model.keras')")
+    try:
+        config = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise EdgeCNNError(f"{path}: unreadable model config ({first_line(exc)})") from None
+    if "Lambda" in _class_names(config):
+        raise EdgeCNNError(f"{path}: contains a Lambda layer (arbitrary Python code); refused. edgecnn loads "
+                           "models with safe_mode=True: rebuild the model without Lambda layers")
+    dropped: Counter = Counter()
+    cleaned = clean_config(config, dropped)
+    with tempfile.TemporaryDirectory(prefix="edgecnn-h5-") as tmp:
+        copy = Path(tmp) / "model.h5"
+        shutil.copyfile(path, copy)
+        try:
+            if cleaned != config:
+                with h5py.File(copy, "r+") as f:
+                    f.attrs["model_config"] = json.dumps(cleaned)
+            model = keras.saving.load_model(copy, compile=False, safe_mode=True)
+        except Exception as exc:  # keras raises ValueError, TypeError, KeyError... on what it cannot read
+            raise EdgeCNNError(f"{path}: Keras 3 cannot load this Keras 2 model ({first_line(exc, 240)})") from None
+    removed: dict[str, list[str]] = {}
+    for name, key in sorted(dropped):
+        removed.setdefault(name, []).append(key)
+    return model, removed
+
+
+def _class_names(config):
+    """Every ``class_name`` in a config, nested ones too."""
+    if isinstance(config, list):
+        for c in config:
+            yield from _class_names(c)
+    elif isinstance(config, dict):
+        if isinstance(config.get("class_name"), str):
+            yield config["class_name"]
+        for v in config.values():
+            yield from _class_names(v)
