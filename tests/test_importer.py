@@ -125,18 +125,20 @@ def test_an_imported_run_exports_benchmarks_and_predicts(imported, folder, capsy
     assert code == 2 and "was imported" in err
 
 
-# A Keras 2 model as tf.keras/tf_keras saved it to HDF5 (Teachable Machine's keras_model.h5 is one): nested
-# models, augmentation, BatchNorm (axis written as a list), a depthwise and a separable convolution (groups=1
+# A Keras 2 model as tf.keras/tf_keras saved it to HDF5 (Teachable Machine's keras_model.h5 is one): a functional
+# model inside a functional one (transfer learning), a Sequential at its output, augmentation, BatchNorm (axis written as a list), a depthwise and a separable convolution (groups=1
 # written), LeakyReLU's Keras 2 alpha, spatial dropout, a residual Add; random weights, so that a misread setting or
 # weight shows in the outputs. Made in a child: tf_keras is Keras 2, which this process must not load.
 KERAS2_MODEL = textwrap.dedent("""
     import sys, numpy as np, tf_keras as K
     L, out = K.layers, sys.argv[1]
-    backbone = K.Sequential([
-        L.InputLayer(input_shape=(16, 16, 3)), L.Rescaling(1 / 127.5, offset=-1), L.RandomFlip("horizontal"),
-        L.Conv2D(8, 3, padding="same", use_bias=False, kernel_regularizer=K.regularizers.l2(1e-4)),
-        L.BatchNormalization(), L.ReLU(6.0), L.DepthwiseConv2D(3, padding="same", use_bias=False),
-        L.BatchNormalization(), L.LeakyReLU(alpha=0.1)], name="backbone")
+    x = inp = K.Input((16, 16, 3))  # a functional backbone, as keras.applications' models are
+    for layer in (L.Rescaling(1 / 127.5, offset=-1), L.RandomFlip("horizontal"),
+                  L.Conv2D(8, 3, padding="same", use_bias=False, kernel_regularizer=K.regularizers.l2(1e-4)),
+                  L.BatchNormalization(), L.ReLU(6.0), L.DepthwiseConv2D(3, padding="same", use_bias=False),
+                  L.BatchNormalization(), L.LeakyReLU(alpha=0.1)):
+        x = layer(x)
+    backbone = K.Model(inp, x, name="backbone")
     inp = K.Input((16, 16, 3))
     x = backbone(inp)
     y = L.SeparableConv2D(8, 3, padding="same", activation="relu")(x)
@@ -154,7 +156,7 @@ KERAS2_MODEL = textwrap.dedent("""
         K.Sequential([L.Dense(6, activation="relu"), L.Dense(3, activation="softmax")], name="head")])
     teachable.build((None, 16, 16, 3))
     for w in model.weights + teachable.weights:
-        v = rng.normal(0, 0.5, w.shape)
+        v = rng.normal(0, 0.3, w.shape)
         w.assign(np.abs(v) + 0.5 if "moving_variance" in w.name else v)
     model.save(out + "/keras2.h5")
     teachable.save(out + "/teachable.h5")
