@@ -80,7 +80,8 @@ def train(
                                       "learning-rate schedule follows the clock, so a run cut short still ends "
                                       "annealed. --epochs is then the most it may run. 0: off."),
     seed: int = typer.Option(0, help="Random seed (data split, init, shuffling)."),
-    image_size: Optional[int] = typer.Option(None, help="Resize images to SIZE x SIZE (default: native, or 32)."),
+    image_size: Optional[str] = typer.Option(None, help="Resize images to SIDE x SIDE (32) or HEIGHTxWIDTH (96x128) "
+                                             "(default: the data's own size, or 32)."),
     resize: str = typer.Option("squash", help="Images of another shape: squash (the whole image, stretched), "
                                "crop (the centre, cut to the input's aspect ratio, then resized) or pad (the whole "
                                "image scaled to fit, centred on black: letterbox). predict, the standalone "
@@ -129,7 +130,7 @@ def train(
         runs_dir=runs_dir, preset=preset,
     ))
     if summary:
-        _print_summary(cfg.arch, image_size or 32, channels, 10)
+        _print_summary(cfg.arch, cfg.image_size or 32, channels, 10)
         return
     from edgecnn.train import train as run_train
 
@@ -147,13 +148,17 @@ def _train_config(ctx: typer.Context, options: dict):
     for option in ("distill_weight", "distill_temperature"):
         if option in given and not options.get("teacher"):
             raise EdgeCNNError(f"--{option.replace('_', '-')} needs --teacher (the run to distil from)")
+    from edgecnn.data import parse_image_size
+
+    options["image_size"] = parse_image_size(options.get("image_size"))
     return apply_preset(TrainConfig(**options), preset, given)
 
 
-def _print_summary(arch: str, image_size: int, channels: int, num_classes: int) -> None:
+def _print_summary(arch: str, image_size, channels: int, num_classes: int) -> None:
     from edgecnn import model
+    from edgecnn.data import image_hw, parse_image_size
 
-    core = model.build_core(arch, (image_size, image_size, channels), num_classes)
+    core = model.build_core(arch, (*image_hw(parse_image_size(image_size)), channels), num_classes)
     _log(model.summary_text(core))
 
 
@@ -168,7 +173,8 @@ def import_cmd(
                                     "training images under each."),
     class_names: Optional[str] = typer.Option(None, help="Comma list in the model's output order (default: the "
                                               "data's classes, sorted, as Keras' image_dataset_from_directory)."),
-    image_size: Optional[int] = typer.Option(None, help="Input size, for models that take any size."),
+    image_size: Optional[str] = typer.Option(None, help="Input size, SIDE or HEIGHTxWIDTH, for models that take "
+                                             "any size."),
     resize: str = typer.Option("squash", help="How the data's images fit the model: squash, crop or pad (as "
                                "for train; say how the model was trained)."),
     val_split: float = typer.Option(0.1, help="Validation fraction when the data has no val split."),
@@ -186,17 +192,18 @@ def import_cmd(
     the model's input, logits get a Softmax and one binary output unit two classes.
     Example: edgecnn import model.keras --data path/to/images
     """
+    from edgecnn.data import parse_image_size
     from edgecnn.importer import ImportConfig, import_model
 
     import_model(ImportConfig(model=model, data=data, input_range=input_range, class_names=class_names,
-                              image_size=image_size, resize=resize, val_split=val_split, test_split=test_split,
+                              image_size=parse_image_size(image_size), resize=resize, val_split=val_split, test_split=test_split,
                               seed=seed, skip_bad_images=skip_bad_images, name=name, runs_dir=runs_dir), log=_log)
 
 
 @app.command()
 def summary(
     arch: str = typer.Argument("regularized", help="Preset name or architecture spec."),
-    image_size: int = typer.Option(32, help="Input size."),
+    image_size: str = typer.Option("32", help="Input size: SIDE or HEIGHTxWIDTH."),
     channels: int = typer.Option(3, help="Input channels."),
     num_classes: int = typer.Option(10, help="Number of classes."),
 ):
@@ -430,7 +437,7 @@ def sweep_cmd(
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Batch size."),
     lr: float = typer.Option(5e-3, help="Peak learning rate."),
     augment: str = typer.Option("light", help="Augmentation (as for train)."),
-    image_size: Optional[int] = typer.Option(None, help="Resize images (as for train)."),
+    image_size: Optional[str] = typer.Option(None, help="Resize images: SIDE or HEIGHTxWIDTH (as for train)."),
     resize: str = typer.Option("squash", help="squash, crop or pad (as for train)."),
     seed: int = typer.Option(0, help="Seed (the same for every candidate)."),
     sweeps_dir: str = typer.Option("sweeps", help="Folder holding sweeps."),
@@ -440,10 +447,12 @@ def sweep_cmd(
 
     Example: edgecnn sweep --data shapes --preset basic --arch "C: 8n 16n gap" --epochs 3 --target 0.9
     """
+    from edgecnn.data import parse_image_size
     from edgecnn.sweep import sweep, table_markdown
     from edgecnn.train import TrainConfig
 
-    cfg = TrainConfig(data=data, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, image_size=image_size,
+    cfg = TrainConfig(data=data, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment,
+                      image_size=parse_image_size(image_size),
                       resize=resize, seed=seed)
     rows, winner = sweep(name, list(arch), list(preset), grid, target, cfg, sweeps_dir, log=_log)
     _log("")

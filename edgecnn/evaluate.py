@@ -21,7 +21,7 @@ def load_run_data(run_dir, data: str | None = None, labelled: bool = True):
         raise EdgeCNNError(f"run {run_dir} does not record its data source; pass --data")
     h, w, c = lab["input_shape"]
     try:
-        ds = data_mod.load(src, image_size=h, channels=c, val_split=cfg.get("val_split", 0.1),
+        ds = data_mod.load(src, image_size=(h, w), channels=c, val_split=cfg.get("val_split", 0.1),
                            test_split=cfg.get("test_split", 0.1), seed=cfg.get("seed", 0),
                            skip_bad_images=cfg.get("skip_bad_images", False),
                            resize=resize_mode(lab.get("input", {}).get("resize")))

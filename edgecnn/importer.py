@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecnn import legacy_h5, runs
+from edgecnn.data import image_hw, parse_image_size, size_text
 from edgecnn.errors import EdgeCNNError, first_line, short_list
 from edgecnn.fsutil import sha256
 
@@ -41,7 +42,7 @@ class ImportConfig:
     data: str
     input_range: str = "auto"  # auto, 0..255, 0..1 or -1..1
     class_names: str | None = None  # comma list, in the model's output order (default: the data's, sorted)
-    image_size: int | None = None  # only for models whose input size is not fixed
+    image_size: int | tuple[int, int] | None = None  # only for models whose input size is not fixed: side or (h, w)
     val_split: float = 0.1
     test_split: float = 0.1
     seed: int = 0
@@ -143,7 +144,7 @@ def strip(model):
     return stripped, removed
 
 
-def check_io(model, image_size: int | None, path) -> tuple[int, int, int]:
+def check_io(model, image_size: int | tuple[int, int] | None, path) -> tuple[int, int, int]:
     """(height, width, channels) of the model's one image input; its one output must be (batch, classes)."""
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise EdgeCNNError(f"{path}: the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
@@ -155,14 +156,14 @@ def check_io(model, image_size: int | None, path) -> tuple[int, int, int]:
     if len(out) != 2 or not out[1]:
         raise EdgeCNNError(f"{path}: output shape {out}; expected (batch, classes)")
     h, w = shape[1], shape[2]
+    given = image_hw(image_size)
+    if given is not None and any(side not in (None, want) for side, want in zip((h, w), given)):
+        raise EdgeCNNError(f"--image-size {size_text(image_size)}: the model takes {h or 'any'}x{w or 'any'} "
+                           "(height x width) images")
     if h is None or w is None:
-        if image_size is None:
+        if given is None:
             raise EdgeCNNError(f"{path}: the model takes any image size; pass --image-size")
-        h = w = image_size
-    elif image_size is not None and image_size != h:
-        raise EdgeCNNError(f"--image-size {image_size}: the model takes {h}x{w} images")
-    if h != w:
-        raise EdgeCNNError(f"{path}: the model takes {h}x{w} images; edgecnn loads square images")
+        h, w = given
     if model.inputs[0].dtype not in ("float32", "float16", "bfloat16", "float64"):
         raise EdgeCNNError(f"{path}: input dtype {model.inputs[0].dtype}; edgecnn feeds float pixels")
     return int(h), int(w), int(shape[3])
@@ -300,7 +301,7 @@ def _import_into(run_dir: Path, path: Path, rng_key: str, cfg: ImportConfig, log
         binary = "sigmoid" if final_activation(model) == "sigmoid" else "logit"
         model, n_out = two_classes(model, binary == "sigmoid"), 2
 
-    ds = data_mod.load(cfg.data, image_size=h, channels=c, val_split=cfg.val_split, test_split=cfg.test_split,
+    ds = data_mod.load(cfg.data, image_size=(h, w), channels=c, val_split=cfg.val_split, test_split=cfg.test_split,
                        seed=cfg.seed, skip_bad_images=cfg.skip_bad_images, resize=cfg.resize)
     if cfg.class_names:
         names = [n.strip() for n in cfg.class_names.split(",")]
@@ -344,7 +345,8 @@ def _import_into(run_dir: Path, path: Path, rng_key: str, cfg: ImportConfig, log
     labels = labels_info(ds, c, cfg.resize)
     labels["input"]["scaling"] = (f"edgecnn maps 0..255 pixels to the imported model's input ({rng_key}) in front "
                                   "of it" if rng_key != "0..255" else "the imported model takes 0..255 pixels")
-    config = {"data": cfg.data, "arch": None, "seed": cfg.seed, "image_size": h, "channels": c,
+    config = {"data": cfg.data, "arch": None, "seed": cfg.seed, "image_size": parse_image_size((h, w)),
+              "channels": c,
               "val_split": cfg.val_split, "test_split": cfg.test_split, "skip_bad_images": cfg.skip_bad_images,
               "resize": cfg.resize,
               "name": cfg.name, "runs_dir": cfg.runs_dir, "imported": imported, "versions": versions(),
@@ -361,7 +363,7 @@ def _import_into(run_dir: Path, path: Path, rng_key: str, cfg: ImportConfig, log
         core.save(tmp)
 
     log(f"data: {ds.summary()}")
-    log(f"model: {path}: input {h}x{w}x{c}, {n_out} classes, {m['parameters']:,} parameters, {m['macs']:,} MACs")
+    log(f"model: {path}: input {h}x{w}x{c} (height, width, channels), {n_out} classes, {m['parameters']:,} parameters, {m['macs']:,} MACs")
     if scores:
         log(f"input range: {rng_key} (accuracy on {len(y_pick)} training images: "
             + ", ".join(f"{k} {v[0] * 100:.1f}%" for k, v in scores.items()) + ")")

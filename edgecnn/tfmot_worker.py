@@ -167,7 +167,7 @@ def run(job: dict) -> dict:
     if transfer_diff > TRANSFER_TOLERANCE:
         raise RuntimeError(f"tf_keras rebuild does not match the Keras 3 model (max |dp| {transfer_diff:.2e})")
 
-    ds = data_mod.load(job["data"], image_size=job["input_shape"][0], channels=job["input_shape"][2],
+    ds = data_mod.load(job["data"], image_size=tuple(job["input_shape"][:2]), channels=job["input_shape"][2],
                        val_split=job["val_split"], test_split=job["test_split"], seed=job["seed"],
                        skip_bad_images=job["skip_bad_images"], resize=job.get("resize", "squash"))
     names = parse_augment(job["augment"])

@@ -70,7 +70,7 @@ class TrainConfig:
     keep: str = "best"  # which epoch's weights become model.keras: best by val accuracy, or the last
     time_budget: float = 0.0  # minutes of training (model.fit); 0 = off. --epochs is then an upper bound
     seed: int = 0
-    image_size: int | None = None
+    image_size: int | tuple[int, int] | None = None  # one side, or (height, width)
     channels: int = 3
     val_split: float = 0.1
     test_split: float = 0.1
@@ -396,7 +396,7 @@ def labels_info(ds, channels: int, resize: str = "squash") -> dict:
     return {
         "class_names": ds.class_names,
         "input_shape": [h, w, c],
-        "image_size": h,
+        "image_size": h if h == w else [h, w],
         "channels": c,
         "input": {"dtype": "uint8", "range": [0, 255], "layout": "NHWC", "color": "RGB" if c == 3 else "L",
                   "resize": RESIZE_MODES[resize], "decode": DECODE,

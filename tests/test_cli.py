@@ -78,6 +78,10 @@ def _one_line_error(code, err):
     ["export", "--onnx-target", "gpu", "--runs-dir", "/no/runs"],
     ["frobnicate"],
     ["train", "--no-such-option"],
+    ["train", "--image-size", "24x"],
+    ["train", "--image-size", "24x1000"],
+    ["summary", "basic", "--image-size", "tall"],
+    ["sweep", "--image-size", "0"],
 ])
 def test_bad_input_is_one_line_and_non_zero(capsys, args):
     code, _, err = run_main(capsys, *args)
@@ -292,6 +296,54 @@ def test_train_on_a_folder_of_large_non_square_jpegs(capsys, tmp_path):
     labels = json.loads((tmp_path / "runs" / "photos" / "labels.json").read_text())
     assert labels["class_names"] == ["a", "b", "c"] and labels["input_shape"] == [24, 24, 3]
     assert (tmp_path / "runs" / "photos" / "model.keras").is_file()
+
+
+def test_a_non_square_input_goes_through_train_export_benchmark_evaluate_and_predict(capsys, tmp_path):
+    """--image-size HEIGHTxWIDTH: a 12x20 model from wide images, every export taking 12x20 images, a photo of
+    another shape fitted to them by predict."""
+    from PIL import Image
+
+    from edgecnn.inspect import inspect
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "wide"
+    for k, cls in enumerate(("red", "green", "blue")):
+        for j in range(24):
+            arr = rng.integers(0, 60, (15, 36, 3), dtype=np.uint8)
+            arr[:, 12:24] = np.roll((230, 20, 20), k)
+            (root / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(root / cls / f"{j}.png")
+    runs = str(tmp_path / "runs")
+    code, out, err = run_main(capsys, "train", "--data", str(root), "--image-size", "12x20", "--epochs", "4",
+                              "--arch", "C: 4n p 8n gap", "--batch-size", "16", "--lr", "0.02", "--runs-dir", runs,
+                              "--name", "wide")
+    assert code == 0, err
+    run = tmp_path / "runs" / "wide"
+    labels = json.loads((run / "labels.json").read_text())
+    assert labels["input_shape"] == [12, 20, 3] and labels["image_size"] == [12, 20]
+    assert json.loads((run / "config.json").read_text())["image_size"] == [12, 20]
+    assert "12x20x3" in out
+    code, _, err = run_main(capsys, "export", str(run), "--format", "all", "--quantize", "int8", "--runs-dir", runs)
+    assert code == 0, err
+    for name in ("model_int8.tflite", "model_int8.onnx"):
+        assert inspect(run / "exports" / name)["inputs"][0]["shape"][1:] == [12, 20, 3], name
+    code, _, err = run_main(capsys, "benchmark", str(run), "--formats", "keras,tflite-int8,onnx-int8", "--runs", "3",
+                            "--warmup", "1", "--json", str(tmp_path / "b.json"), "--runs-dir", runs)
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert code == 0 and [r["status"] for r in rows] == ["ok"] * 3, err
+    assert min(r["accuracy"] for r in rows) >= 0.9, rows  # the class colour is the centre third
+    accuracy = json.loads((run / "metrics.json").read_text())["test_accuracy"]
+    code, out, _ = run_main(capsys, "evaluate", str(run), "--runs-dir", runs)
+    assert code == 0 and f"accuracy {accuracy:.4f}" in out
+    photo = tmp_path / "photo.png"
+    arr = rng.integers(0, 60, (60, 144, 3), dtype=np.uint8)
+    arr[:, 48:96] = (20, 20, 230)
+    Image.fromarray(arr).save(photo)
+    for model in ("model_int8.tflite", "model_int8.onnx"):
+        code, out, err = run_main(capsys, "predict", str(run / "exports" / model), str(photo), "--json")
+        assert code == 0 and json.loads(out)["results"][0]["top"][0]["class"] == "blue", (model, out, err)
+    code, out, _ = run_main(capsys, "summary", "C: 4n p 8n gap", "--image-size", "12x20")
+    assert code == 0 and f"MACs per image: {4 * 27 * 240 + 8 * 36 * 60 + 8 * 10:,}" in out  # convs, 10 logits
 
 
 def test_error_lines_quote_a_library_error_by_its_first_line():

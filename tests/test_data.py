@@ -327,6 +327,31 @@ def test_corrupt_images_are_named_and_can_be_skipped(tmp_path):
     assert ds.info["skipped_images"] == 2 and len(ds.x_train) + len(ds.x_val) + len(ds.x_test) == 12
 
 
+@pytest.mark.parametrize("text, size", [("32", 32), (" 96x128 ", (96, 128)), ("96X128", (96, 128)), ("96,128", (96, 128)),
+                                        ("24x24", 24), ((24, 40), (24, 40)), ([16, 16], 16), (None, None)])
+def test_image_size_spellings(text, size):
+    assert data.parse_image_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["x32", "32x", "32x32x3", "7", "8x513", "-8"])
+def test_bad_image_sizes_name_the_option(text):
+    with pytest.raises(EdgeCNNError, match="--image-size"):
+        data.parse_image_size(text)
+
+
+def test_non_square_sizes_load_every_source_at_height_by_width(tmp_path):
+    from conftest import make_folder
+
+    assert data.load("shapes:40", image_size=(16, 24)).x_test.shape[1:] == (16, 24, 3)
+    root = make_folder(tmp_path / "f", per_class=6, size=(60, 20))  # 60 wide, 20 high
+    for mode in ("squash", "crop", "pad"):
+        ds = data.load(str(root), image_size=(10, 30), resize=mode, val_split=0.0, test_split=0.3)
+        assert ds.x_train.shape[1:] == (10, 30, 3) and ds.input_shape == (10, 30, 3), mode
+    x = np.zeros((6, 20, 20, 3), np.uint8)
+    np.savez(tmp_path / "a.npz", x_train=x, y_train=np.arange(6) % 2, x_test=x[:2], y_test=np.arange(2))
+    assert data.load(str(tmp_path / "a.npz"), image_size=(8, 12)).x_test.shape == (2, 8, 12, 3)
+
+
 def test_bad_split_options():
     with pytest.raises(EdgeCNNError, match="--val-split"):
         data.load("shapes", val_split=1.5)

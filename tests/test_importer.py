@@ -280,6 +280,27 @@ def test_bad_imports_are_one_line(folder, tmp_path, capsys):
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())  # nothing half-written
 
 
+def test_a_model_with_a_non_square_input_imports_at_its_height_and_width(folder, tmp_path, capsys):
+    import keras
+
+    L = keras.layers
+    inp = keras.Input((12, 20, 3))
+    keras.Model(inp, L.Dense(3, activation="softmax")(L.GlobalAveragePooling2D()(inp))).save(tmp_path / "wide.keras")
+    code, _, err = run_main(capsys, "import", str(tmp_path / "wide.keras"), "--data", str(folder), "--runs-dir",
+                            str(tmp_path / "runs"), "--input-range", "0..1", "--image-size", "12x21")
+    assert code == 2 and "--image-size 12x21: the model takes 12x20 (height x width) images" in err
+    code, _, err = run_main(capsys, "import", str(tmp_path / "wide.keras"), "--data", str(folder), "--runs-dir",
+                            str(tmp_path / "runs"), "--input-range", "0..1", "--name", "wide")
+    assert code == 0, err
+    assert json.loads((tmp_path / "runs" / "wide" / "labels.json").read_text())["input_shape"] == [12, 20, 3]
+    inp = keras.Input((None, None, 3))
+    keras.Model(inp, L.Dense(3, activation="softmax")(L.GlobalAveragePooling2D()(inp))).save(tmp_path / "any.keras")
+    code, _, err = run_main(capsys, "import", str(tmp_path / "any.keras"), "--data", str(folder), "--runs-dir",
+                            str(tmp_path / "runs"), "--input-range", "0..1", "--image-size", "8x14", "--name", "any")
+    assert code == 0, err
+    assert json.loads((tmp_path / "runs" / "any" / "labels.json").read_text())["input_shape"] == [8, 14, 3]
+
+
 def test_import_refuses_a_model_that_takes_any_size_without_image_size(folder, tmp_path):
     import keras
 

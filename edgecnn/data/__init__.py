@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,20 +70,59 @@ def stratified_split(y: np.ndarray, fractions: tuple[float, ...], seed: int) -> 
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
-def _convert(x: np.ndarray, image_size: int | None, channels: int, resize: str = "squash") -> np.ndarray:
+ImageSize = int | tuple[int, int]  # one side (square images), or (height, width)
+
+
+def image_hw(image_size: ImageSize | None) -> tuple[int, int] | None:
+    """``image_size`` as (height, width); None stays None."""
+    if image_size is None:
+        return None
+    if isinstance(image_size, int):
+        return image_size, image_size
+    h, w = image_size
+    return int(h), int(w)
+
+
+def size_text(image_size: ImageSize) -> str:
+    """``32`` for a square size, ``96x128`` (height x width) otherwise: how --image-size spells it."""
+    h, w = image_hw(image_size)
+    return str(h) if h == w else f"{h}x{w}"
+
+
+def parse_image_size(text: str | int | None) -> ImageSize | None:
+    """``--image-size``: ``32`` (square) or ``HEIGHTxWIDTH`` (``96x128``), or already a side or (height, width);
+    each side 8..512. A square size is one int."""
+    if text is None or isinstance(text, (int, np.integer)):
+        size = None if text is None else int(text)
+    elif isinstance(text, (tuple, list)) and len(text) == 2:
+        h, w = (int(v) for v in text)
+        size = h if h == w else (h, w)
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*(?:[x,]\s*(\d+)\s*)?", str(text).lower())
+        if not m:
+            raise EdgeCNNError(f"--image-size must be a side (32) or HEIGHTxWIDTH (96x128), got {text!r}")
+        h, w = int(m.group(1)), int(m.group(2) or m.group(1))
+        size = h if h == w else (h, w)
+    if size is not None and not all(8 <= side <= 512 for side in image_hw(size)):
+        raise EdgeCNNError(f"--image-size sides must be 8..512, got {size_text(size)}")
+    return size
+
+
+def _convert(x: np.ndarray, image_size: ImageSize | None, channels: int, resize: str = "squash") -> np.ndarray:
     """Resize/convert already-decoded images exactly like files are (Pillow, bilinear, squash/crop/pad)."""
-    if (image_size is None or x.shape[1:3] == (image_size, image_size)) and x.shape[-1] == channels:
+    hw = image_hw(image_size)
+    if (hw is None or x.shape[1:3] == hw) and x.shape[-1] == channels:
         return x
     from PIL import Image
 
     from edgecnn.data.images import fit_image
 
-    size = image_size or x.shape[1]
-    out = np.empty((len(x), size, size, channels), dtype=np.uint8)
+    h, w = hw or x.shape[1:3]
+    out = np.empty((len(x), h, w, channels), dtype=np.uint8)
     for i, img in enumerate(x):
         im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
-        im = fit_image(im.convert("L" if channels == 1 else "RGB"), size, size, resize)
-        out[i] = np.asarray(im, dtype=np.uint8).reshape(size, size, channels)
+        im = fit_image(im.convert("L" if channels == 1 else "RGB"), w, h, resize)
+        out[i] = np.asarray(im, dtype=np.uint8).reshape(h, w, channels)
     return out
 
 
@@ -96,7 +136,7 @@ def _check_split_args(val_split: float, test_split: float) -> None:
 
 def load(
     source: str | os.PathLike = "shapes",
-    image_size: int | None = None,
+    image_size: ImageSize | None = None,
     channels: int = 3,
     val_split: float = 0.1,
     test_split: float = 0.1,
@@ -106,15 +146,15 @@ def load(
 ) -> Dataset:
     """Load ``source`` into a Dataset. Raises EdgeCNNError with one clear line on bad input.
 
-    ``resize``: how images of another shape are made to fit (squash, crop the centre first, or pad)."""
+    ``image_size``: one side or (height, width); ``resize``: how images of another shape are made to fit (squash,
+    crop the centre first, or pad)."""
     from edgecnn.data.images import check_resize
 
     _check_split_args(val_split, test_split)
     check_resize(resize)
     if channels not in (1, 3):
         raise EdgeCNNError(f"--channels must be 1 or 3, got {channels}")
-    if image_size is not None and not 8 <= image_size <= 512:
-        raise EdgeCNNError(f"--image-size must be 8..512, got {image_size}")
+    image_size = parse_image_size(image_size)
     src = str(source)
     info: dict = {}
 
@@ -129,8 +169,10 @@ def load(
                 raise EdgeCNNError(f"--data {src}: expected shapes or shapes:N (N training images)") from None
             if not 20 <= n <= 1_000_000:
                 raise EdgeCNNError(f"--data {src}: N must be 20..1000000")
-        splits, classes = shapes.load(n, image_size or 32, channels, seed=seed)
-        (xt, yt), (xv, yv), (xs, ys) = splits["train"], splits["val"], splits["test"]
+        h, w = image_hw(image_size) or (32, 32)
+        splits, classes = shapes.load(n, max(h, w), channels, seed=seed)
+        (xt, yt), (xv, yv), (xs, ys) = ((_convert(x, image_size, channels), y) for x, y in
+                                        (splits["train"], splits["val"], splits["test"]))
         return Dataset(xt, yt, xv, yv, xs, ys, classes, src, info)
 
     if src == "cifar10":
@@ -164,7 +206,7 @@ def load(
             return _from_arrays(x_train, y_train, x_test, y_test, classes, src, image_size, channels, val_split, seed,
                                 resize)
     if path.is_dir():
-        return _from_folder(path, src, image_size or 32, channels, val_split, test_split, seed, skip_bad_images,
+        return _from_folder(path, src, 32 if image_size is None else image_size, channels, val_split, test_split, seed, skip_bad_images,
                             resize)
     raise EdgeCNNError(f"--data {src}: unsupported file type (expected a folder, .tar.gz, .zip or .npz)")
 
@@ -183,10 +225,11 @@ def _from_arrays(x_train, y_train, x_test, y_test, classes, src, image_size, cha
     )
 
 
-def _folder_cache_key(root: Path, image_size: int, channels: int, skip_bad: bool, resize: str = "squash") -> str:
+def _folder_cache_key(root: Path, image_size: ImageSize, channels: int, skip_bad: bool,
+                      resize: str = "squash") -> str:
     from edgecnn.data.images import IMAGE_EXTENSIONS, RESIZE_MODES
 
-    h = hashlib.sha256(f"{root.resolve()}|{image_size}|{channels}|{skip_bad}|{RESIZE_MODES[resize]}|v4".encode())
+    h = hashlib.sha256(f"{root.resolve()}|{size_text(image_size)}|{channels}|{skip_bad}|{RESIZE_MODES[resize]}|v4".encode())
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):

@@ -63,7 +63,7 @@ def unread_entries(root: Path, classes: list[str]) -> list[Path]:
     return sorted(out)
 
 
-def read_split(root: Path, classes: list[str], image_size: int, channels: int, skip_bad: bool,
+def read_split(root: Path, classes: list[str], image_size: int | tuple[int, int], channels: int, skip_bad: bool,
                resize: str = "squash"):
     files, labels = list_files(root, classes)
     x, errors, good = load_images(files, image_size, channels, resize=resize)

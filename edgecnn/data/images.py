@@ -156,8 +156,10 @@ def load_image(path: str | Path, image_size: int | tuple[int, int], channels: in
     return arr
 
 
-def load_images(paths: list[Path], image_size: int, channels: int, workers: int = 4, resize: str = "squash"):
-    """Decode many files in parallel. Returns (array of good images, list of errors, index of good)."""
+def load_images(paths: list[Path], image_size: int | tuple[int, int], channels: int, workers: int = 4,
+                resize: str = "squash"):
+    """Decode many files in parallel to ``image_size`` (a side, or height and width). Returns (array of good
+    images, list of errors, index of good)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(p):
@@ -166,7 +168,8 @@ def load_images(paths: list[Path], image_size: int, channels: int, workers: int 
         except ImageError as exc:
             return None, str(exc)
 
-    out = np.empty((len(paths), image_size, image_size, channels), dtype=np.uint8)
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    out = np.empty((len(paths), h, w, channels), dtype=np.uint8)
     errors: list[str] = []
     good: list[int] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
