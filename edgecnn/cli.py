@@ -164,8 +164,9 @@ def _print_summary(arch: str, image_size, channels: int, num_classes: int) -> No
 
 @app.command("import")
 def import_cmd(
-    model: str = typer.Argument(..., help="A Keras model trained elsewhere: a Keras 3 .keras file or a Keras 2 "
-                               ".h5 file (model.save in tf.keras or tf_keras).", show_default=False),
+    model: str = typer.Argument(..., help="A Keras model trained elsewhere: a Keras 3 .keras file, or a Keras 2 "
+                               ".h5 file or SavedModel folder (model.save in tf.keras or tf_keras).",
+                               show_default=False),
     data: str = typer.Option(..., "--data", "-d", help="The data it was trained for (any --data source): class "
                              "names, the test split it is scored on, int8 calibration images."),
     input_range: str = typer.Option("auto", help="The input the model was trained on: 0..255, 0..1, -1..1 (tf), "

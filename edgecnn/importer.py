@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecnn import legacy_h5, runs
+from edgecnn import keras2, runs
 from edgecnn.data import image_hw, parse_image_size, size_text
 from edgecnn.errors import EdgeCNNError, first_line, short_list
 from edgecnn.fsutil import sha256
@@ -257,13 +257,10 @@ def import_model(cfg: ImportConfig, log=print) -> Path:
     path = Path(cfg.model)
     if path.is_dir() and (path / runs.MODEL_FILE).is_file():
         raise EdgeCNNError(f"{path} is already a run directory")
-    if (path / "saved_model.pb").is_file():
-        raise EdgeCNNError(f"{path}: a SavedModel folder; edgecnn imports Keras .keras and .h5 files (a SavedModel "
-                           "has no Keras layers left to make deployable)")
-    if not path.is_file():
+    if not path.is_file() and not keras2.is_saved_model(path):
         raise EdgeCNNError(f"model file not found: {path}")
-    if path.suffix.lower() not in (".keras", ".h5", ".hdf5"):
-        raise EdgeCNNError(f"{path}: expected a Keras model file (.keras, or a Keras 2 .h5)")
+    if path.suffix.lower() not in (".keras", ".h5", ".hdf5") and not keras2.is_saved_model(path):
+        raise EdgeCNNError(f"{path}: expected a Keras model: a .keras file, or a Keras 2 .h5 file or SavedModel folder")
     run_dir = runs.allocate(cfg.runs_dir, cfg.name)  # checks --name first; removed again if the import fails
     try:
         return _import_into(run_dir, path, rng_key, cfg, log)
@@ -280,9 +277,11 @@ def _import_into(run_dir: Path, path: Path, rng_key: str, cfg: ImportConfig, log
     from edgecnn.fsutil import atomic_path, write_json, write_text
     from edgecnn.train import labels_info, versions
 
-    keras2 = None  # Keras 2 settings that Keras 3 lacks, removed from an HDF5 file's config
-    if legacy_h5.is_h5(path):
-        original, keras2 = legacy_h5.load(path)
+    repaired = None  # Keras 2 settings that Keras 3 lacks, removed from a Keras 2 file's config
+    if keras2.is_saved_model(path):
+        original, repaired = keras2.load_saved_model(path)
+    elif keras2.is_h5(path):
+        original, repaired = keras2.load(path)
     else:
         original = model_mod.load_keras(path)
     h, w, c = check_io(original, cfg.image_size, path)
@@ -333,7 +332,7 @@ def _import_into(run_dir: Path, path: Path, rng_key: str, cfg: ImportConfig, log
         "sha256": sha256(path),
         "input_range": rng_key,
         "input_range_accuracy": {k: round(v[0], 4) for k, v in scores.items()} if scores else None,
-        "keras2_settings_removed": keras2,  # an HDF5 file's: inference ignores them, Keras 3 lacks them
+        "keras2_settings_removed": repaired,  # a Keras 2 file's: inference ignores them, Keras 3 lacks them
         "augmentation_removed": removed,
         "mixed_precision_layers": rebuilt,
         "softmax_added": softmax,
@@ -369,9 +368,9 @@ def _import_into(run_dir: Path, path: Path, rng_key: str, cfg: ImportConfig, log
             + ", ".join(f"{k} {v[0] * 100:.1f}%" for k, v in scores.items()) + ")")
     else:
         log(f"input range: {rng_key} (--input-range)")
-    if keras2:
-        log("Keras 2 HDF5 file: removed settings that Keras 3 lacks and inference ignores: "
-            + "; ".join(f"{name} {', '.join(keys)}" for name, keys in keras2.items()))
+    if repaired:
+        log("Keras 2 model: removed settings that Keras 3 lacks and inference ignores: "
+            + "; ".join(f"{name} {', '.join(keys)}" for name, keys in repaired.items()))
     if removed:
         log(f"removed {len(removed)} augmentation layer{'s' if len(removed) > 1 else ''} (identity at inference): "
             + short_list(removed, 5))

@@ -135,7 +135,7 @@ def test_h5_model_loader_in_a_child(tiny_run, tmp_path):
     script = textwrap.dedent(f"""
         import json, random
         from pathlib import Path
-        from edgecnn import legacy_h5
+        from edgecnn import keras2
         from edgecnn.errors import EdgeCNNError
         from edgecnn.model import load_keras
         rnd = random.Random(0)
@@ -153,7 +153,7 @@ def test_h5_model_loader_in_a_child(tiny_run, tmp_path):
             p = out / f"m{{i}}.h5"
             p.write_bytes(bytes(b))
             try:
-                legacy_h5.load(p)
+                keras2.load(p)
                 counts["ok"] += 1
             except EdgeCNNError as exc:
                 assert str(exc) and "\\n" not in str(exc).strip(), str(exc)

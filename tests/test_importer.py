@@ -159,11 +159,18 @@ KERAS2_MODEL = textwrap.dedent("""
         v = rng.normal(0, 0.3, w.shape)
         w.assign(np.abs(v) + 0.5 if "moving_variance" in w.name else v)
     model.save(out + "/keras2.h5")
+    model.save(out + "/savedmodel", save_format="tf")  # tf.keras's default format before Keras 3
     teachable.save(out + "/teachable.h5")
     model.save_weights(out + "/weights.h5")
     x = rng.uniform(0, 255, (8, 16, 16, 3)).astype("float32")
     np.savez(out + "/io.npz", x=x, y=model.predict(x, verbose=0), teachable=teachable.predict(x, verbose=0))
-    K.Model(inp, L.Lambda(lambda t: t * 2)(inp)).save(out + "/lambda.h5")
+    lam = K.Model(inp, L.Lambda(lambda t: t * 2)(inp))
+    lam.save(out + "/lambda.h5")
+    lam.save(out + "/lambda_savedmodel", save_format="tf")
+    import tensorflow as tf
+    module = tf.Module()
+    module.f = tf.function(lambda x: x * 2, input_signature=[tf.TensorSpec([None, 16, 16, 3])])
+    tf.saved_model.save(module, out + "/plain_savedmodel")
 """)
 
 
@@ -175,7 +182,7 @@ def keras2_files(tmp_path_factory):
     return out
 
 
-def test_a_keras2_h5_file_imports_with_the_outputs_of_keras2(keras2_files, folder, tmp_path, capsys):
+def test_a_keras2_h5_file_or_saved_model_imports_with_the_outputs_of_keras2(keras2_files, folder, tmp_path, capsys):
     """Keras 3 alone refuses this file (groups, rng_type, BatchNorm's axis list); import reads it and the run's
     model gives what Keras 2 gave, and exports to int8 TFLite."""
     import keras
@@ -194,7 +201,7 @@ def test_a_keras2_h5_file_imports_with_the_outputs_of_keras2(keras2_files, folde
     assert removed == {"DepthwiseConv2D": ["groups"], "RandomFlip": ["rng_type"],
                        "SeparableConv2D": ["groups", "kernel_constraint", "kernel_initializer", "kernel_regularizer"],
                        "SpatialDropout2D": ["noise_shape", "trainable"]}
-    assert "Keras 2 HDF5 file: removed settings that Keras 3 lacks and inference ignores: DepthwiseConv2D groups" in out
+    assert "Keras 2 model: removed settings that Keras 3 lacks and inference ignores: DepthwiseConv2D groups" in out
     io = np.load(keras2_files / "io.npz")
     np.testing.assert_allclose(load_keras(run / "model.keras").predict(io["x"], verbose=0), io["y"], atol=1e-5)
     report = export(ExportConfig(run=str(run), formats="tflite", quantize="int8", calib_samples=20,
@@ -206,12 +213,19 @@ def test_a_keras2_h5_file_imports_with_the_outputs_of_keras2(keras2_files, folde
     assert code == 0, err
     np.testing.assert_allclose(load_keras(tmp_path / "runs" / "tm" / "model.keras").predict(io["x"], verbose=0),
                                io["teachable"], atol=1e-5)
+    code, out, err = run_main(capsys, "import", str(keras2_files / "savedmodel"), "--data", str(folder),
+                              "--runs-dir", str(tmp_path / "runs"), "--input-range", "0..255", "--name", "sm")
+    assert code == 0, err
+    assert "Keras 2 model: removed settings that Keras 3 lacks and inference ignores: DepthwiseConv2D groups" in out
+    np.testing.assert_allclose(load_keras(tmp_path / "runs" / "sm" / "model.keras").predict(io["x"], verbose=0),
+                               io["y"], atol=1e-5)
 
 
-def test_h5_files_that_are_no_model_are_one_line(keras2_files, folder, tmp_path, capsys):
+def test_keras2_files_that_are_no_model_are_one_line(keras2_files, folder, tmp_path, capsys):
     (tmp_path / "cut.h5").write_bytes((keras2_files / "keras2.h5").read_bytes()[:3000])
     cases = [("weights.h5", "a weights-only file (model.save_weights)"), ("lambda.h5", "contains a Lambda layer"),
-             (tmp_path / "cut.h5", "not a readable HDF5 file")]
+             (tmp_path / "cut.h5", "not a readable HDF5 file"), ("lambda_savedmodel", "contains a Lambda layer"),
+             ("plain_savedmodel", "a SavedModel without Keras layers (no keras_metadata.pb")]
     for model, message in cases:
         code, _, err = run_main(capsys, "import", str(keras2_files / model), "--data", str(folder), "--runs-dir",
                                 str(tmp_path / "runs"), "--input-range", "0..255")
@@ -269,8 +283,8 @@ def test_bad_imports_are_one_line(folder, tmp_path, capsys):
         (wrong_order, ["--class-names", "dark,mid,wolf"], "'bright' is not one of the model's classes"),
         (tmp_path / "none.keras", [], "model file not found"),
         (tmp_path / "old.h5", [], "old.h5: not a readable HDF5 file"),
-        (tmp_path / "four.onnx", [], "expected a Keras model file (.keras, or a Keras 2 .h5)"),
-        (tmp_path / "sm", [], "a SavedModel folder"),
+        (tmp_path / "four.onnx", [], "expected a Keras model: a .keras file, or a Keras 2 .h5 file or SavedModel"),
+        (tmp_path / "sm", [], "a SavedModel without Keras layers"),
     ]
     for model, extra, message in cases:
         code, _, err = run_main(capsys, "import", str(model), "--data", str(folder), "--runs-dir",

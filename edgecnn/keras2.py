@@ -1,4 +1,4 @@
-"""Read a Keras 2 HDF5 model file (``model.save("x.h5")`` in tf.keras or tf_keras) into Keras 3.
+"""Read a Keras 2 model (an HDF5 file, or a SavedModel folder that tf.keras wrote) into Keras 3.
 
 Keras 3 reads these files itself, but refuses most of them, Teachable Machine's ``keras_model.h5`` among them:
 settings Keras 2 wrote that Keras 3 no longer has (``DepthwiseConv2D(groups=1)``, the ``rng_type`` of
@@ -7,12 +7,18 @@ model called inside another counted from Keras 2's extra node. ``load`` removes 
 nothing at inference (each named in ``DROPPABLE`` with the values that may go: any other value stays, so
 Keras 3 refuses it and the caller says which), rewrites the axis and renumbers the references, then loads the
 file with Keras 3's own loader in safe mode (no Lambda code).
+
+A SavedModel folder (``model.save("folder")``, tf.keras's default format before Keras 3) is read by tf_keras in a
+child process (tf_keras is Keras 2, which this process must not load) and written to an HDF5 file, then read so.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -57,6 +63,49 @@ def _one_axis(value):
 REWRITES = {
     (("BatchNormalization",), "axis"): _one_axis,
 }
+
+
+def is_saved_model(path: Path) -> bool:
+    """Whether ``path`` is a SavedModel folder."""
+    return (path / "saved_model.pb").is_file()
+
+
+# Run by tf_keras in a child: the SavedModel's Keras model, written as an HDF5 file (exit 3: no Keras model in it).
+_SAVED_MODEL_TO_H5 = """
+import sys
+import tf_keras
+model = tf_keras.models.load_model(sys.argv[1], compile=False)
+if not isinstance(model, tf_keras.Model):
+    sys.exit(3)
+model.save(sys.argv[2])
+"""
+
+
+def load_saved_model(folder: Path) -> tuple[object, dict[str, list[str]]]:
+    """Load a SavedModel folder that tf.keras (Keras 2) wrote into Keras 3, as ``load`` does an HDF5 file."""
+    meta = folder / "keras_metadata.pb"
+    if not meta.is_file():
+        raise EdgeCNNError(f"{folder}: a SavedModel without Keras layers (no keras_metadata.pb: tf.saved_model.save "
+                           "wrote it, not Keras 2's model.save); edgecnn imports Keras models")
+    if b'"class_name": "Lambda"' in meta.read_bytes():
+        raise EdgeCNNError(f"{folder}: contains a Lambda layer (arbitrary Python code); refused. edgecnn loads "
+                           "models with safe_mode=True: rebuild the model without Lambda layers")
+    with tempfile.TemporaryDirectory(prefix="edgecnn-savedmodel-") as tmp:
+        h5 = Path(tmp) / "model.h5"
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+        env.pop("TF_USE_LEGACY_KERAS", None)
+        try:
+            done = subprocess.run([sys.executable, "-c", _SAVED_MODEL_TO_H5, str(folder), str(h5)],
+                                  capture_output=True, text=True, env=env, timeout=900)
+        except subprocess.TimeoutExpired:
+            raise EdgeCNNError(f"{folder}: tf_keras took over 15 minutes to read the SavedModel") from None
+        if done.returncode == 3:
+            raise EdgeCNNError(f"{folder}: tf_keras finds no Keras model in this SavedModel")
+        if done.returncode != 0:
+            lines = [ln for ln in done.stderr.splitlines() if ln.strip() and not ln.startswith((" ", "Traceback"))]
+            raise EdgeCNNError(f"{folder}: tf_keras cannot read this SavedModel as a Keras model "
+                               f"({(lines[-1] if lines else f'exit {done.returncode}')[:240]})")
+        return load(h5, name=folder)
 
 
 def is_h5(path: Path) -> bool:
@@ -117,11 +166,13 @@ def _renumber_model_calls(graph: dict) -> None:
             ref[1] -= 1
 
 
-def load(path: Path) -> tuple[object, dict[str, list[str]]]:
-    """Load the Keras 2 HDF5 model file ``path`` into Keras 3 (safe mode, not compiled).
+def load(path: Path, name: Path | None = None) -> tuple[object, dict[str, list[str]]]:
+    """Load the Keras 2 HDF5 model file ``path`` into Keras 3 (safe mode, not compiled); errors name ``name``
+    (default: ``path``).
 
     Returns the model and the Keras 2 settings removed, by layer class: ``{"DepthwiseConv2D": ["groups"]}``.
     """
+    shown = path if name is None else name
     import h5py
 
     from edgecnn._tf import keras
@@ -131,17 +182,17 @@ def load(path: Path) -> tuple[object, dict[str, list[str]]]:
             raw = f.attrs.get("model_config")
             weights = "model_weights" in f or "layer_names" in f.attrs
     except Exception as exc:  # h5py raises OSError, KeyError, RuntimeError... on what is not a sound HDF5 file
-        raise EdgeCNNError(f"{path}: not a readable HDF5 file ({first_line(exc)})") from None
+        raise EdgeCNNError(f"{shown}: not a readable HDF5 file ({first_line(exc)})") from None
     if raw is None:
         what = "a weights-only file (model.save_weights)" if weights else "no Keras model in it"
-        raise EdgeCNNError(f"{path}: {what}; edgecnn imports a whole model: model.save('model.h5') or "
+        raise EdgeCNNError(f"{shown}: {what}; edgecnn imports a whole model: model.save('model.h5') or "
                            "model.save('model.keras')")
     try:
         config = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise EdgeCNNError(f"{path}: unreadable model config ({first_line(exc)})") from None
+        raise EdgeCNNError(f"{shown}: unreadable model config ({first_line(exc)})") from None
     if "Lambda" in _class_names(config):
-        raise EdgeCNNError(f"{path}: contains a Lambda layer (arbitrary Python code); refused. edgecnn loads "
+        raise EdgeCNNError(f"{shown}: contains a Lambda layer (arbitrary Python code); refused. edgecnn loads "
                            "models with safe_mode=True: rebuild the model without Lambda layers")
     dropped: Counter = Counter()
     cleaned = clean_config(config, dropped)
@@ -154,7 +205,7 @@ def load(path: Path) -> tuple[object, dict[str, list[str]]]:
                     f.attrs["model_config"] = json.dumps(cleaned)
             model = keras.saving.load_model(copy, compile=False, safe_mode=True)
         except Exception as exc:  # keras raises ValueError, TypeError, KeyError... on what it cannot read
-            raise EdgeCNNError(f"{path}: Keras 3 cannot load this Keras 2 model ({first_line(exc, 240)})") from None
+            raise EdgeCNNError(f"{shown}: Keras 3 cannot load this Keras 2 model ({first_line(exc, 240)})") from None
     removed: dict[str, list[str]] = {}
     for name, key in sorted(dropped):
         removed.setdefault(name, []).append(key)
