@@ -220,20 +220,30 @@ def summary(
 
 @app.command()
 def evaluate(
-    run: Optional[str] = RUN_ARG,
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="Data source (default: the run's own)."),
+    run: Optional[str] = typer.Argument(None, help="Run name or folder, or a model file (.tflite, .onnx, .keras: "
+                                        "scored in its own runtime) (default: the latest run).",
+                                        show_default=False, metavar="run|model"),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Data source (default: the run's own; for a "
+                                       "model file, that of the run it was exported from)."),
     tta: bool = typer.Option(False, "--tta", help="Average with horizontally flipped images (test-time "
                              "augmentation; exports include it only when made with edgecnn export --tta)."),
+    min_accuracy: Optional[float] = typer.Option(None, help="Gate: exit 1 if test accuracy is below this "
+                                                 "fraction (e.g. 0.87)."),
     runs_dir: str = RUNS_DIR_OPT,
     json_out: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
 ):
-    """Re-score a run's model on a data source and print the report.
+    """Re-score a run's model, or a model file, on a data source and print the report.
 
-    Example: edgecnn evaluate run3 --data path/to/images
+    Exit codes: 0 scored (and met --min-accuracy), 1 below --min-accuracy, 2 bad input. Example: edgecnn evaluate
+    runs/run3/exports/model_int8.tflite --data path/to/images --min-accuracy 0.87
     """
     from edgecnn import evaluate as ev
 
+    if min_accuracy is not None and not 0.0 <= min_accuracy <= 1.0:
+        raise EdgeCNNError(f"--min-accuracy is a fraction in [0, 1], got {min_accuracy}")
     result = ev.evaluate_run(run, runs_dir, data, tta=tta)
+    result["min_accuracy"] = min_accuracy
+    result["passed"] = min_accuracy is None or result["test_accuracy"] >= min_accuracy
     if json_out:
         print(json.dumps({k: v for k, v in result.items() if k != "report"}, indent=2))
     else:
@@ -241,7 +251,11 @@ def evaluate(
         _log(f"accuracy {result['test_accuracy']:.4f}  loss {result['test_loss']:.4f}  on {result['test_images']} "
              f"images of {result['data']}"
              + (f" ({result['classes_matched']})" if result.get("classes_matched") else "")
-             + ("  (with flip test-time augmentation)" if tta else ""))
+             + ("  (with flip test-time augmentation)" if tta else "")
+             + (f"  [{result['model']}, {result['runtime']}]" if result.get("model") else ""))
+    if not result["passed"]:
+        _err(f"gate: accuracy {result['test_accuracy']:.4f} is below --min-accuracy {min_accuracy}")
+        raise typer.Exit(1)
 
 
 # --------------------------------------------------------------------------- export

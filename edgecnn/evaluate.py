@@ -1,6 +1,8 @@
-"""Re-score a run's model on a data source."""
+"""Re-score a run's model, or any exported model file, on a data source."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from edgecnn import runs
 from edgecnn.errors import EdgeCNNError, short_list
@@ -74,9 +76,14 @@ def match_classes(ds, model_classes: list[str], src: str):
 
 def evaluate_run(run: str | None, runs_dir: str, data: str | None = None, tta: bool = False) -> dict:
     """Score the run's model on the test split. ``tta``: average with the horizontally flipped
-    images (test-time augmentation; exports include it only when made with ``edgecnn export --tta``)."""
-    from edgecnn import metrics, model
+    images (test-time augmentation; exports include it only when made with ``edgecnn export --tta``).
 
+    ``run`` may also be a model file (.tflite, .onnx, .keras): ``evaluate_file`` scores it."""
+    from edgecnn import metrics, model
+    from edgecnn.runners import MODEL_SUFFIXES
+
+    if run is not None and Path(run).suffix.lower() in MODEL_SUFFIXES and not Path(run).is_dir():
+        return evaluate_file(Path(run), data, tta)
     run_dir = runs.resolve(run, runs_dir)
     core = model.load_keras(run_dir / runs.MODEL_FILE)
     ds = load_run_data(run_dir, data)
@@ -85,7 +92,52 @@ def evaluate_run(run: str | None, runs_dir: str, data: str | None = None, tta: b
     out = metrics.evaluate(probs, ds.y_test, ds.class_names)
     out["report"] = metrics.classification_report(ds.y_test, probs.argmax(1), ds.class_names)
     out["data"] = ds.source
+    out["class_names"] = ds.class_names
     out["classes_matched"] = ds.info.get("classes_matched")  # a --data holding some of the model's classes
     out["run"] = str(run_dir)
+    out["tta"] = tta
+    return out
+
+
+def evaluate_file(path: Path, data: str | None = None, tta: bool = False) -> dict:
+    """Score a model file on ``data``'s test split, in the runtime its format runs in (LiteRT, ONNX Runtime,
+    Keras), with its own input quantization: what a device would get from that very file.
+
+    Class names and resize mode come from labels.json beside the file (or one folder up: a run's exports), else
+    the model's metadata; the image size from the model. ``data`` defaults to the data of the run the file was
+    exported from."""
+    from edgecnn import data as data_mod
+    from edgecnn import metrics
+    from edgecnn.data.images import resize_mode
+    from edgecnn.predict import labels_for
+    from edgecnn.runners import open_runner
+
+    if not path.is_file():
+        raise EdgeCNNError(f"model file not found: {path}")
+    labels = labels_for(path)
+    runner = open_runner(path)
+    run_dir = path.parent.parent if (path.parent.parent / "config.json").is_file() else None
+    if data is None and run_dir is not None:
+        ds = load_run_data(run_dir)
+        if tuple(ds.input_shape) != tuple(runner.input_shape):
+            raise EdgeCNNError(f"{path} takes {tuple(runner.input_shape)} images but its run's are {ds.input_shape}")
+    elif data is None:
+        raise EdgeCNNError(f"{path}: no run beside it records its data; pass --data")
+    else:
+        h, w, c = runner.input_shape
+        ds = data_mod.load(data, image_size=(h, w), channels=c,
+                           resize=resize_mode((labels.get("input") or {}).get("resize")))
+        if ds.class_names != labels["class_names"]:
+            ds = match_classes(ds, labels["class_names"], data)
+    probs = runner.predict(ds.x_test)
+    if tta:
+        probs = (probs + runner.predict(ds.x_test[:, :, ::-1])) / 2
+    out = metrics.evaluate(probs, ds.y_test, ds.class_names)
+    out["report"] = metrics.classification_report(ds.y_test, probs.argmax(1), ds.class_names)
+    out["data"] = ds.source
+    out["class_names"] = ds.class_names
+    out["classes_matched"] = ds.info.get("classes_matched")
+    out["model"] = str(path)
+    out["runtime"] = runner.runtime
     out["tta"] = tta
     return out

@@ -79,6 +79,8 @@ def _one_line_error(code, err):
     ["frobnicate"],
     ["train", "--no-such-option"],
     ["train", "--image-size", "24x"],
+    ["evaluate", "--min-accuracy", "87"],
+    ["evaluate", "/no/model_int8.tflite"],
     ["train", "--image-size", "24x1000"],
     ["summary", "basic", "--image-size", "tall"],
     ["sweep", "--image-size", "0"],
@@ -344,6 +346,39 @@ def test_a_non_square_input_goes_through_train_export_benchmark_evaluate_and_pre
         assert code == 0 and json.loads(out)["results"][0]["top"][0]["class"] == "blue", (model, out, err)
     code, out, _ = run_main(capsys, "summary", "C: 4n p 8n gap", "--image-size", "12x20")
     assert code == 0 and f"MACs per image: {4 * 27 * 240 + 8 * 36 * 60 + 8 * 10:,}" in out  # convs, 10 logits
+
+
+def test_evaluate_scores_a_model_file_in_its_own_runtime_and_gates_on_min_accuracy(capsys, tiny_run, tiny_exports,
+                                                                                  tmp_path):
+    """evaluate FILE: an exported file scored by its runtime on its run's data (or --data for a file copied away,
+    class names from its metadata); --min-accuracy exits 1 below the bar."""
+    import shutil
+
+    from conftest import TINY_DATA
+
+    keras_accuracy = json.loads((tiny_run / "metrics.json").read_text())["test_accuracy"]
+    code, out, err = run_main(capsys, "evaluate", str(tiny_exports / "model_float32.tflite"), "--json")
+    got = json.loads(out)
+    assert code == 0 and got["runtime"] == "litert", err
+    assert abs(got["test_accuracy"] - keras_accuracy) <= 1 / got["test_images"]  # float32 TFLite is Keras's model
+    code, out, _ = run_main(capsys, "evaluate", str(tiny_exports / "model_int8.onnx"), "--json")
+    in_run = json.loads(out)
+    assert code == 0 and in_run["runtime"] == "onnxruntime"
+    shutil.copy(tiny_exports / "model_int8.onnx", tmp_path / "shipped.onnx")  # no labels.json, no run around it
+    code, _, err = run_main(capsys, "evaluate", str(tmp_path / "shipped.onnx"))
+    _one_line_error(code, err)
+    assert "no run beside it records its data; pass --data" in err
+    code, out, _ = run_main(capsys, "evaluate", str(tmp_path / "shipped.onnx"), "--data", TINY_DATA, "--json")
+    copied = json.loads(out)
+    assert code == 0 and copied["class_names"] == in_run["class_names"]
+    assert copied["test_accuracy"] == in_run["test_accuracy"] and copied["test_images"] == in_run["test_images"]
+    accuracy = copied["test_accuracy"]
+    code, _, err = run_main(capsys, "evaluate", str(tmp_path / "shipped.onnx"), "--data", TINY_DATA,
+                            "--min-accuracy", str(round(accuracy + 0.005, 4)))
+    assert code == 1 and f"gate: accuracy {accuracy:.4f} is below --min-accuracy" in err
+    code, _, _ = run_main(capsys, "evaluate", str(tmp_path / "shipped.onnx"), "--data", TINY_DATA,
+                          "--min-accuracy", str(round(accuracy - 0.005, 4)))
+    assert code == 0
 
 
 def test_error_lines_quote_a_library_error_by_its_first_line():
