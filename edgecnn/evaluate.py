@@ -104,8 +104,8 @@ def evaluate_file(path: Path, data: str | None = None, tta: bool = False) -> dic
     Keras), with its own input quantization: what a device would get from that very file.
 
     Class names and resize mode come from labels.json beside the file (or one folder up: a run's exports), else
-    the model's metadata; the image size from the model. ``data`` defaults to the data of the run the file was
-    exported from."""
+    the model's metadata; the image size from the model. ``data`` defaults to the data of the run the file
+    belongs to (a run's model.keras, or a file in its exports/)."""
     from edgecnn import data as data_mod
     from edgecnn import metrics
     from edgecnn.data.images import resize_mode
@@ -116,7 +116,7 @@ def evaluate_file(path: Path, data: str | None = None, tta: bool = False) -> dic
         raise EdgeCNNError(f"model file not found: {path}")
     labels = labels_for(path)
     runner = open_runner(path)
-    run_dir = path.parent.parent if (path.parent.parent / "config.json").is_file() else None
+    run_dir = next((d for d in (path.parent, path.parent.parent) if (d / "config.json").is_file()), None)
     if data is None and run_dir is not None:
         ds = load_run_data(run_dir)
         if tuple(ds.input_shape) != tuple(runner.input_shape):
