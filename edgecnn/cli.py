@@ -197,7 +197,8 @@ def import_cmd(
     from edgecnn.importer import ImportConfig, import_model
 
     import_model(ImportConfig(model=model, data=data, input_range=input_range, class_names=class_names,
-                              image_size=parse_image_size(image_size), resize=resize, val_split=val_split, test_split=test_split,
+                              image_size=parse_image_size(image_size), resize=resize, val_split=val_split,
+                              test_split=test_split,
                               seed=seed, skip_bad_images=skip_bad_images, name=name, runs_dir=runs_dir), log=_log)
 
 

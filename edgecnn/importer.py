@@ -362,7 +362,8 @@ def _import_into(run_dir: Path, path: Path, rng_key: str, cfg: ImportConfig, log
         core.save(tmp)
 
     log(f"data: {ds.summary()}")
-    log(f"model: {path}: input {h}x{w}x{c} (height, width, channels), {n_out} classes, {m['parameters']:,} parameters, {m['macs']:,} MACs")
+    log(f"model: {path}: input {h}x{w}x{c} (height, width, channels), {n_out} classes, {m['parameters']:,} "
+        f"parameters, {m['macs']:,} MACs")
     if scores:
         log(f"input range: {rng_key} (accuracy on {len(y_pick)} training images: "
             + ", ".join(f"{k} {v[0] * 100:.1f}%" for k, v in scores.items()) + ")")

@@ -362,7 +362,8 @@ def test_evaluate_scores_a_model_file_in_its_own_runtime_and_gates_on_min_accura
     assert code == 0 and got["runtime"] == "litert", err
     assert abs(got["test_accuracy"] - keras_accuracy) <= 1 / got["test_images"]  # float32 TFLite is Keras's model
     code, out, _ = run_main(capsys, "evaluate", str(tiny_run / "model.keras"), "--json")
-    assert code == 0 and json.loads(out)["test_accuracy"] == keras_accuracy and json.loads(out)["runtime"] == "tensorflow"
+    own = json.loads(out)
+    assert code == 0 and own["test_accuracy"] == keras_accuracy and own["runtime"] == "tensorflow"
     code, out, _ = run_main(capsys, "evaluate", str(tiny_exports / "model_int8.onnx"), "--json")
     in_run = json.loads(out)
     assert code == 0 and in_run["runtime"] == "onnxruntime"

@@ -327,8 +327,9 @@ def test_corrupt_images_are_named_and_can_be_skipped(tmp_path):
     assert ds.info["skipped_images"] == 2 and len(ds.x_train) + len(ds.x_val) + len(ds.x_test) == 12
 
 
-@pytest.mark.parametrize("text, size", [("32", 32), (" 96x128 ", (96, 128)), ("96X128", (96, 128)), ("96,128", (96, 128)),
-                                        ("24x24", 24), ((24, 40), (24, 40)), ([16, 16], 16), (None, None)])
+@pytest.mark.parametrize("text, size", [("32", 32), (" 96x128 ", (96, 128)), ("96X128", (96, 128)),
+                                        ("96,128", (96, 128)), ("24x24", 24), ((24, 40), (24, 40)), ([16, 16], 16),
+                                        (None, None)])
 def test_image_size_spellings(text, size):
     assert data.parse_image_size(text) == size
 

@@ -125,10 +125,11 @@ def test_an_imported_run_exports_benchmarks_and_predicts(imported, folder, capsy
     assert code == 2 and "was imported" in err
 
 
-# A Keras 2 model as tf.keras/tf_keras saved it to HDF5 (Teachable Machine's keras_model.h5 is one): a functional
-# model inside a functional one (transfer learning), a Sequential at its output, augmentation, BatchNorm (axis written as a list), a depthwise and a separable convolution (groups=1
-# written), LeakyReLU's Keras 2 alpha, spatial dropout, a residual Add; random weights, so that a misread setting or
-# weight shows in the outputs. Made in a child: tf_keras is Keras 2, which this process must not load.
+# A Keras 2 model as tf.keras/tf_keras saved it to HDF5 and as a SavedModel (Teachable Machine's keras_model.h5 is
+# one): a functional model inside a functional one (transfer learning), a Sequential at its output, augmentation,
+# BatchNorm (axis written as a list), a depthwise and a separable convolution (groups=1 written), LeakyReLU's
+# Keras 2 alpha, spatial dropout, a residual Add; random weights, so that a misread setting or weight shows in the
+# outputs. Made in a child: tf_keras is Keras 2, which this process must not load.
 KERAS2_MODEL = textwrap.dedent("""
     import sys, numpy as np, tf_keras as K
     L, out = K.layers, sys.argv[1]

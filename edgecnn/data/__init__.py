@@ -206,7 +206,8 @@ def load(
             return _from_arrays(x_train, y_train, x_test, y_test, classes, src, image_size, channels, val_split, seed,
                                 resize)
     if path.is_dir():
-        return _from_folder(path, src, 32 if image_size is None else image_size, channels, val_split, test_split, seed, skip_bad_images,
+        return _from_folder(path, src, 32 if image_size is None else image_size, channels, val_split, test_split,
+                            seed, skip_bad_images,
                             resize)
     raise EdgeCNNError(f"--data {src}: unsupported file type (expected a folder, .tar.gz, .zip or .npz)")
 
@@ -229,7 +230,8 @@ def _folder_cache_key(root: Path, image_size: ImageSize, channels: int, skip_bad
                       resize: str = "squash") -> str:
     from edgecnn.data.images import IMAGE_EXTENSIONS, RESIZE_MODES
 
-    h = hashlib.sha256(f"{root.resolve()}|{size_text(image_size)}|{channels}|{skip_bad}|{RESIZE_MODES[resize]}|v4".encode())
+    size = size_text(image_size)
+    h = hashlib.sha256(f"{root.resolve()}|{size}|{channels}|{skip_bad}|{RESIZE_MODES[resize]}|v4".encode())
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
