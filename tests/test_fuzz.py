@@ -93,74 +93,69 @@ def test_keras_loader(tmp_path_factory, tiny_run, edits, truncate):
     _accepts_or_refuses(lambda: load_keras(d / "t.keras"))
 
 
+# The start of a child's fuzz script: mutants(blob, n) yields (i, bytes) cut (every fifth) or with 1-6 bytes
+# changed; attempt(load) counts a load that works or is the project's one-line error; anything else fails the child.
+CHILD_FUZZ = """
+import json, random
+from pathlib import Path
+from edgecnn.errors import EdgeCNNError
+rnd = random.Random(0)
+counts = {"ok": 0, "refused": 0}
+
+def mutants(blob, n):
+    for i in range(n):
+        b = bytearray(blob)
+        if i % 5 == 0:
+            b = b[: rnd.randrange(len(b))]
+        else:
+            for _ in range(rnd.randint(1, 6)):
+                b[rnd.randrange(len(b))] = rnd.randrange(256)
+        yield i, bytes(b)
+
+def attempt(load):
+    try:
+        load()
+        counts["ok"] += 1
+    except EdgeCNNError as exc:
+        assert str(exc) and "\\n" not in str(exc).strip(), str(exc)
+        counts["refused"] += 1
+"""
+
+
+def fuzz_in_child(script: str) -> dict:
+    """Run CHILD_FUZZ + ``script`` in a child, so that a native crash fails the test instead of the test run;
+    return its counts."""
+    out = subprocess.run([sys.executable, "-c", CHILD_FUZZ + textwrap.dedent(script)
+                          + "\nprint('COUNTS', json.dumps(counts))\n"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, f"exit {out.returncode}: {out.stderr[-3000:]}"
+    return json.loads(out.stdout.split("COUNTS", 1)[1])
+
+
 def test_native_model_loaders_in_a_child(tiny_exports, tmp_path):
-    """Mutated .tflite and .onnx files through inspect and predict, in a child so a native crash
-    fails this test (instead of killing the test run)."""
-    script = textwrap.dedent(f"""
-        import random, sys, numpy as np
-        from pathlib import Path
-        from edgecnn.errors import EdgeCNNError
+    """Mutated .tflite and .onnx files through inspect and predict: each loads or is a one-line error."""
+    counts = fuzz_in_child(f"""
+        import numpy as np
         from edgecnn.inspect import inspect
         from edgecnn.runners import open_runner
-        rnd = random.Random(0)
-        out = Path({str(tmp_path)!r})
-        counts = {{"ok": 0, "refused": 0}}
         for src in ("model_int8.tflite", "model_float32.tflite", "model_float32.onnx", "model_int8.onnx"):
-            blob = Path({str(tiny_exports)!r}, src).read_bytes()
-            for i in range(25):
-                b = bytearray(blob)
-                if i % 5 == 0:
-                    b = b[: rnd.randrange(len(b))]
-                else:
-                    for _ in range(rnd.randint(1, 6)):
-                        b[rnd.randrange(len(b))] = rnd.randrange(256)
-                p = out / f"m{{i}}{{Path(src).suffix}}"
-                p.write_bytes(bytes(b))
-                try:
-                    inspect(p)
-                    open_runner(p).predict(np.zeros((2, 16, 16, 3), np.uint8))
-                    counts["ok"] += 1
-                except EdgeCNNError:
-                    counts["refused"] += 1
-        print("COUNTS", counts)
+            for i, blob in mutants(Path({str(tiny_exports)!r}, src).read_bytes(), 25):
+                p = Path({str(tmp_path)!r}, f"m{{i}}{{Path(src).suffix}}")
+                p.write_bytes(blob)
+                attempt(lambda: (inspect(p), open_runner(p).predict(np.zeros((2, 16, 16, 3), np.uint8))))
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, f"exit {out.returncode}: {out.stderr[-3000:]}"
-    assert "COUNTS" in out.stdout
+    assert counts["ok"] + counts["refused"] == 100, counts
 
 
 def test_h5_model_loader_in_a_child(tiny_run, tmp_path):
-    """Mutated and cut Keras HDF5 model files through import's reader, in a child so a crash in HDF5's C library
-    fails this test: each loads or is the project's one-line error."""
-    script = textwrap.dedent(f"""
-        import json, random
-        from pathlib import Path
+    """Mutated and cut Keras HDF5 model files through import's reader (HDF5's C library underneath): each loads or
+    is a one-line error."""
+    counts = fuzz_in_child(f"""
         from edgecnn import keras2
-        from edgecnn.errors import EdgeCNNError
         from edgecnn.model import load_keras
-        rnd = random.Random(0)
         out = Path({str(tmp_path)!r})
         load_keras(Path({str(tiny_run)!r}, "model.keras")).save(out / "valid.h5")
-        blob = (out / "valid.h5").read_bytes()
-        counts = {{"ok": 0, "refused": 0}}
-        for i in range(40):
-            b = bytearray(blob)
-            if i % 5 == 0:
-                b = b[: rnd.randrange(len(b))]
-            else:
-                for _ in range(rnd.randint(1, 6)):
-                    b[rnd.randrange(len(b))] = rnd.randrange(256)
-            p = out / f"m{{i}}.h5"
-            p.write_bytes(bytes(b))
-            try:
-                keras2.load(p)
-                counts["ok"] += 1
-            except EdgeCNNError as exc:
-                assert str(exc) and "\\n" not in str(exc).strip(), str(exc)
-                counts["refused"] += 1
-        print("COUNTS", json.dumps(counts))
+        for i, blob in mutants((out / "valid.h5").read_bytes(), 40):
+            (out / f"m{{i}}.h5").write_bytes(blob)
+            attempt(lambda: keras2.load(out / f"m{{i}}.h5"))
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, f"exit {out.returncode}: {out.stderr[-3000:]}"
-    counts = json.loads(out.stdout.split("COUNTS", 1)[1])
     assert counts["refused"] > 0 and counts["ok"] + counts["refused"] == 40, counts
