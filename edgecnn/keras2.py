@@ -2,11 +2,12 @@
 
 Keras 3 reads these files itself, but refuses most of them, Teachable Machine's ``keras_model.h5`` among them:
 settings Keras 2 wrote that Keras 3 no longer has (``DepthwiseConv2D(groups=1)``, the ``rng_type`` of
-augmentation layers...), BatchNormalization's axis as a list (inside a nested Sequential), and references to a
-model called inside another counted from Keras 2's extra node. ``load`` removes those settings where they do
-nothing at inference (each named in ``DROPPABLE`` with the values that may go: any other value stays, so
-Keras 3 refuses it and the caller says which), rewrites the axis and renumbers the references, then loads the
-file with Keras 3's own loader in safe mode (no Lambda code).
+augmentation layers...), and, inside a nested Sequential, BatchNormalization's axis as a list, a model named by
+tf_keras's module path and a first layer's batch_input_shape; references to a model called inside another count
+from Keras 2's extra node. ``load`` removes those settings where they do nothing at inference (each named in
+``DROPPABLE`` with the values that may go: any other value stays, so Keras 3 refuses it and the caller says
+which), rewrites the rest into Keras 3's form and renumbers the references, then loads the file with Keras 3's
+own loader in safe mode (no Lambda code).
 
 A SavedModel folder (``model.save("folder")``, tf.keras's default format before Keras 3) is read by tf_keras in a
 child process (tf_keras is Keras 2, which this process must not load) and written to an HDF5 file, then read so.
@@ -129,6 +130,11 @@ def clean_config(config, dropped: Counter):
         return config
     out = {k: clean_config(v, dropped) for k, v in config.items()}
     name, layer = out.get("class_name"), out.get("config")
+    if isinstance(out.get("module"), str) and out["module"].startswith("tf_keras"):
+        # A model inside a Sequential, named by tf_keras's module path, which Keras 3 cannot import: without it,
+        # Keras 3 reads the entry as it reads Keras 2 configs (by class name).
+        out.pop("module")
+        out.pop("registered_name", None)
     if name in FUNCTIONAL and isinstance(layer, dict) and isinstance(layer.get("layers"), list):
         _renumber_model_calls(layer)
     if isinstance(name, str) and isinstance(layer, dict):
@@ -138,6 +144,11 @@ def clean_config(config, dropped: Counter):
         for (classes, key), rewrite in REWRITES.items():
             if name in classes and key in layer:
                 layer[key] = rewrite(layer[key])
+        shape = layer.get("batch_input_shape")
+        if name != "InputLayer" and isinstance(shape, list) and shape and shape[0] is None:
+            # Keras 2's first layer of a Sequential kept its batch_input_shape; Keras 3 layers take input_shape.
+            layer["input_shape"] = shape[1:]
+            del layer["batch_input_shape"]
     return out
 
 

@@ -148,13 +148,17 @@ KERAS2_MODEL = textwrap.dedent("""
     head = K.Sequential([L.Dense(6, activation="relu"), L.Dropout(0.2), L.Dense(3, activation="softmax")])
     model = K.Model(inp, head(x))
     rng = np.random.default_rng(1)
-    # Teachable Machine's layout: a Sequential of two Sequentials.
+    # Teachable Machine's layout: a Sequential of two Sequentials, the first holding a functional MobileNet, the
+    # second starting with a Dense given its input shape.
+    x = inp = K.Input((16, 16, 3))
+    for layer in (L.Conv2D(8, 3, strides=2, use_bias=False), L.BatchNormalization(), L.ReLU(6.0),
+                  L.DepthwiseConv2D(3, padding="same"), L.BatchNormalization(), L.ReLU(6.0),
+                  L.GlobalAveragePooling2D()):
+        x = layer(x)
     teachable = K.Sequential([
-        K.Sequential([L.InputLayer(input_shape=(16, 16, 3)), L.Rescaling(1 / 127.5, offset=-1),
-                      L.Conv2D(8, 3, strides=2, use_bias=False), L.BatchNormalization(), L.ReLU(6.0),
-                      L.DepthwiseConv2D(3, padding="same"), L.BatchNormalization(), L.ReLU(6.0),
-                      L.GlobalAveragePooling2D()], name="features"),
-        K.Sequential([L.Dense(6, activation="relu"), L.Dense(3, activation="softmax")], name="head")])
+        K.Sequential([K.Model(inp, x, name="mobilenet_like")], name="features"),
+        K.Sequential([L.Dense(6, activation="relu", input_shape=(8,)), L.Dense(3, activation="softmax")],
+                     name="head")])
     teachable.build((None, 16, 16, 3))
     for w in model.weights + teachable.weights:
         v = rng.normal(0, 0.3, w.shape)
