@@ -242,7 +242,10 @@ def deployable(model, input_shape, key: str, softmax: bool):
     elif key not in RANGES:
         conv = keras.layers.Conv2D(input_shape[-1], 1, trainable=False, name="input_range")
         x = conv(x)
-    x = model(x)
+    # training=False is recorded in the graph: a model that Keras 3 read from a Keras 2 file keeps training=True on
+    # its augmentation layers' calls, which, with no training value from outside (an export's trace), would turn
+    # every later BatchNorm to training mode: batch statistics and moving-average updates in the exported file.
+    x = model(x, training=False)
     x = keras.layers.Activation("softmax" if softmax else "linear", name=OUTPUT_NAME, dtype="float32")(x)
     core = keras.Model(inputs, x, name="core")
     if conv is not None:

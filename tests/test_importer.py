@@ -141,7 +141,7 @@ KERAS2_MODEL = textwrap.dedent("""
         x = layer(x)
     backbone = K.Model(inp, x, name="backbone")
     inp = K.Input((16, 16, 3))
-    x = backbone(inp)
+    x = backbone(L.RandomContrast(0.2)(inp))  # augmentation in front of BatchNorm, at the top as well
     y = L.SeparableConv2D(8, 3, padding="same", activation="relu")(x)
     x = L.SpatialDropout2D(0.1)(L.Add()([x, y]))
     x = L.GlobalAveragePooling2D()(L.MaxPooling2D()(x))
@@ -203,16 +203,20 @@ def test_a_keras2_h5_file_or_saved_model_imports_with_the_outputs_of_keras2(kera
     assert code == 0, err
     run = tmp_path / "runs" / "k2"
     removed = json.loads((run / "config.json").read_text())["imported"]["keras2_settings_removed"]
-    assert removed == {"DepthwiseConv2D": ["groups"], "RandomFlip": ["rng_type"],
+    assert removed == {"DepthwiseConv2D": ["groups"], "RandomContrast": ["rng_type"], "RandomFlip": ["rng_type"],
                        "SeparableConv2D": ["groups", "kernel_constraint", "kernel_initializer", "kernel_regularizer"],
                        "SpatialDropout2D": ["noise_shape", "trainable"]}
     assert "Keras 2 model: removed settings that Keras 3 lacks and inference ignores: DepthwiseConv2D groups" in out
     io = np.load(keras2_files / "io.npz")
     np.testing.assert_allclose(load_keras(run / "model.keras").predict(io["x"], verbose=0), io["y"], atol=1e-5)
-    report = export(ExportConfig(run=str(run), formats="tflite", quantize="int8", calib_samples=20,
-                                 verify_samples=18), log=lambda m: None)
-    assert [(e["file"], e["status"]) for e in report["exports"]] == [("model_int8.tflite", "ok")]
-    assert inspect(run / "exports" / "model_int8.tflite")["all_builtin"]  # RandomFlip gone: no Flex ops
+    report = export(ExportConfig(run=str(run), formats="tflite", calib_samples=20, verify_samples=18),
+                    log=lambda m: None)  # float32 (checked against Keras to 1e-4) and int8
+    assert [(e["file"], e["status"]) for e in report["exports"]] == [("model_float32.tflite", "ok"),
+                                                                      ("model_int8.tflite", "ok")]
+    info = inspect(run / "exports" / "model_int8.tflite")
+    assert info["all_builtin"]  # augmentation gone: no Flex ops
+    # BatchNorm in inference mode: the augmentation calls' recorded training=True must not reach it in the trace
+    assert not {"VAR_HANDLE", "ASSIGN_VARIABLE", "READ_VARIABLE", "SQUARED_DIFFERENCE"} & set(info["ops"]), info["ops"]
     code, _, err = run_main(capsys, "import", str(keras2_files / "teachable.h5"), "--data", str(folder),
                             "--runs-dir", str(tmp_path / "runs"), "--input-range", "0..255", "--name", "tm")
     assert code == 0, err
