@@ -442,3 +442,19 @@ def test_the_range_check_tool_saves_models_that_take_each_convention(tiny_run):
     want = core.predict(x.astype(np.float32), verbose=0)
     for key in CONVENTIONS:
         np.testing.assert_allclose(tool.behind(core, key).predict(apply(key, x), verbose=0), want, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_keras2_import_tool_trains_imports_and_exports_a_tf_keras_resnet8():
+    """tools/check_keras2_import.py (the README's table): both files import with Keras 2's own accuracy and export
+    to int8; on one epoch of shapes, so only the plumbing, not the accuracy, is the point."""
+    from pathlib import Path
+
+    tool = Path(__file__).parent.parent / "tools" / "check_keras2_import.py"
+    done = subprocess.run([sys.executable, str(tool), "--data", "shapes:300", "--epochs", "1", "--input-range", "0..1"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| resnet8")]
+    assert [r[0] for r in rows] == ["| resnet8.h5", "| resnet8_savedmodel"], done.stdout
+    for _, chosen, keras2_accuracy, imported, int8 in rows:
+        assert chosen == "0..1" and imported == keras2_accuracy and int8.endswith("% |"), done.stdout

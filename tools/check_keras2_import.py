@@ -27,6 +27,7 @@ TRAIN = textwrap.dedent("""
     from edgecnn import data
 
     src, out, epochs, images = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    K.utils.set_random_seed(0)
     ds = data.load(src, image_size=32)
     pick = np.random.default_rng(0).permutation(len(ds.y_train))[:images or None]  # a folder's are class by class
     x, y = ds.x_train[pick] / 255.0, ds.y_train[pick]
