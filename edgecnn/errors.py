@@ -12,6 +12,12 @@ class EdgeCNNError(Exception):
         self.exit_code = exit_code
 
 
+def lambda_refused(path) -> EdgeCNNError:
+    """The error for a model file with a Lambda layer, which safe mode will not load (its code is arbitrary)."""
+    return EdgeCNNError(f"{path}: contains a Lambda layer (arbitrary Python code); refused. edgecnn loads models "
+                        "with safe_mode=True: rebuild the model without Lambda layers")
+
+
 def short_list(names: list[str], limit: int = 10) -> str:
     """``names`` for an error line: the first ``limit``, then how many more."""
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")

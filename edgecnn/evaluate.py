@@ -13,26 +13,33 @@ def load_run_data(run_dir, data: str | None = None, labelled: bool = True):
 
     ``labelled``: match ``data``'s classes to the model's (match_classes); export, which needs only images
     (calibration, verification against Keras), passes False and takes any classes."""
-    from edgecnn import data as data_mod
-    from edgecnn.data.images import resize_mode
-
     cfg = runs.config(run_dir)
     lab = runs.labels(run_dir)
     src = data or cfg.get("data")
     if not src:
         raise EdgeCNNError(f"run {run_dir} does not record its data source; pass --data")
-    h, w, c = lab["input_shape"]
     try:
-        ds = data_mod.load(src, image_size=(h, w), channels=c, val_split=cfg.get("val_split", 0.1),
-                           test_split=cfg.get("test_split", 0.1), seed=cfg.get("seed", 0),
-                           skip_bad_images=cfg.get("skip_bad_images", False),
-                           resize=resize_mode(lab.get("input", {}).get("resize")))
+        return load_for_model(src, lab, lab["input_shape"], labelled, val_split=cfg.get("val_split", 0.1),
+                              test_split=cfg.get("test_split", 0.1), seed=cfg.get("seed", 0),
+                              skip_bad_images=cfg.get("skip_bad_images", False))
     except EdgeCNNError as exc:
         if data:
             raise
         raise EdgeCNNError(f"{exc}; it is the data {run_dir} was trained on: pass --data to use a copy of it") from None
-    if labelled and ds.class_names != lab["class_names"]:
-        ds = match_classes(ds, lab["class_names"], src)
+
+
+def load_for_model(src: str, labels: dict, input_shape, labelled: bool = True, **split):
+    """``src`` at a model's ``input_shape`` (height, width, channels), resized as its ``labels`` (labels.json)
+    say, with its labels renumbered to the model's classes when ``labelled``; ``split``: data.load's split
+    options."""
+    from edgecnn import data as data_mod
+    from edgecnn.data.images import resize_mode
+
+    h, w, c = input_shape
+    resize = resize_mode((labels.get("input") or {}).get("resize"))
+    ds = data_mod.load(src, image_size=(h, w), channels=c, resize=resize, **split)
+    if labelled and ds.class_names != labels["class_names"]:
+        ds = match_classes(ds, labels["class_names"], src)
     return ds
 
 
@@ -106,9 +113,7 @@ def evaluate_file(path: Path, data: str | None = None, tta: bool = False) -> dic
     Class names and resize mode come from labels.json beside the file (or one folder up: a run's exports), else
     the model's metadata; the image size from the model. ``data`` defaults to the data of the run the file
     belongs to (a run's model.keras, or a file in its exports/)."""
-    from edgecnn import data as data_mod
     from edgecnn import metrics
-    from edgecnn.data.images import resize_mode
     from edgecnn.predict import labels_for
     from edgecnn.runners import open_runner
 
@@ -117,18 +122,10 @@ def evaluate_file(path: Path, data: str | None = None, tta: bool = False) -> dic
     labels = labels_for(path)
     runner = open_runner(path)
     run_dir = next((d for d in (path.parent, path.parent.parent) if (d / "config.json").is_file()), None)
-    if data is None and run_dir is not None:
-        ds = load_run_data(run_dir)
-        if tuple(ds.input_shape) != tuple(runner.input_shape):
-            raise EdgeCNNError(f"{path} takes {tuple(runner.input_shape)} images but its run's are {ds.input_shape}")
-    elif data is None:
+    if data is None and run_dir is None:
         raise EdgeCNNError(f"{path}: no run beside it records its data; pass --data")
-    else:
-        h, w, c = runner.input_shape
-        ds = data_mod.load(data, image_size=(h, w), channels=c,
-                           resize=resize_mode((labels.get("input") or {}).get("resize")))
-        if ds.class_names != labels["class_names"]:
-            ds = match_classes(ds, labels["class_names"], data)
+    # The runner names the file in one line if its run's images are not the shape it takes.
+    ds = load_run_data(run_dir, data) if run_dir is not None else load_for_model(data, labels, runner.input_shape)
     probs = runner.predict(ds.x_test)
     if tta:
         probs = (probs + runner.predict(ds.x_test[:, :, ::-1])) / 2

@@ -262,7 +262,7 @@ def import_model(cfg: ImportConfig, log=print) -> Path:
         raise EdgeCNNError(f"{path} is already a run directory")
     if not path.is_file() and not keras2.is_saved_model(path):
         raise EdgeCNNError(f"model file not found: {path}")
-    if path.suffix.lower() not in (".keras", ".h5", ".hdf5") and not keras2.is_saved_model(path):
+    if path.suffix.lower() != ".keras" and not keras2.is_h5(path) and not keras2.is_saved_model(path):
         raise EdgeCNNError(f"{path}: expected a Keras model: a .keras file, or a Keras 2 .h5 file or SavedModel folder")
     run_dir = runs.allocate(cfg.runs_dir, cfg.name)  # checks --name first; removed again if the import fails
     try:

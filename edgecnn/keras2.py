@@ -24,7 +24,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from edgecnn.errors import EdgeCNNError, first_line
+from edgecnn.errors import EdgeCNNError, first_line, lambda_refused
 
 _ANY = object()
 _DEPTHWISE_SEPARABLE_TRANSPOSED = ("DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
@@ -89,8 +89,7 @@ def load_saved_model(folder: Path) -> tuple[object, dict[str, list[str]]]:
         raise EdgeCNNError(f"{folder}: a SavedModel without Keras layers (no keras_metadata.pb: tf.saved_model.save "
                            "wrote it, not Keras 2's model.save); edgecnn imports Keras models")
     if b'"class_name": "Lambda"' in meta.read_bytes():
-        raise EdgeCNNError(f"{folder}: contains a Lambda layer (arbitrary Python code); refused. edgecnn loads "
-                           "models with safe_mode=True: rebuild the model without Lambda layers")
+        raise lambda_refused(folder)
     with tempfile.TemporaryDirectory(prefix="edgecnn-savedmodel-") as tmp:
         h5 = Path(tmp) / "model.h5"
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
@@ -203,8 +202,7 @@ def load(path: Path, name: Path | None = None) -> tuple[object, dict[str, list[s
     except (UnicodeDecodeError, ValueError) as exc:
         raise EdgeCNNError(f"{shown}: unreadable model config ({first_line(exc)})") from None
     if "Lambda" in _class_names(config):
-        raise EdgeCNNError(f"{shown}: contains a Lambda layer (arbitrary Python code); refused. edgecnn loads "
-                           "models with safe_mode=True: rebuild the model without Lambda layers")
+        raise lambda_refused(shown)
     dropped: Counter = Counter()
     cleaned = clean_config(config, dropped)
     with tempfile.TemporaryDirectory(prefix="edgecnn-h5-") as tmp:

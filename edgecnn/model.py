@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 
-from edgecnn.errors import EdgeCNNError, first_line
+from edgecnn.errors import EdgeCNNError, first_line, lambda_refused
 from edgecnn.spec import Spec, parse
 
 AUGMENTATIONS = ("flip", "altflip", "translate", "rotate", "zoom", "contrast", "cutout")
@@ -635,10 +635,7 @@ def load_keras(path) -> object:
     except (KeyError, zipfile.BadZipFile, OSError) as exc:
         raise EdgeCNNError(f"{path}: not a Keras model file ({exc})") from None
     if '"class_name": "Lambda"' in cfg:
-        raise EdgeCNNError(
-            f"{path}: contains a Lambda layer (arbitrary Python code); refused. edgecnn loads models with "
-            "safe_mode=True: rebuild the model without Lambda layers"
-        )
+        raise lambda_refused(path)
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # keras raises ValueError, TypeError, OSError... on bad files
