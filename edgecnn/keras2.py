@@ -206,13 +206,14 @@ def load(path: Path, name: Path | None = None) -> tuple[object, dict[str, list[s
     dropped: Counter = Counter()
     cleaned = clean_config(config, dropped)
     with tempfile.TemporaryDirectory(prefix="edgecnn-h5-") as tmp:
-        copy = Path(tmp) / "model.h5"
-        shutil.copyfile(path, copy)
         try:
-            if cleaned != config:
-                with h5py.File(copy, "r+") as f:
+            source = path
+            if cleaned != config:  # a repaired copy; the file itself is never written
+                source = Path(tmp) / "model.h5"
+                shutil.copyfile(path, source)
+                with h5py.File(source, "r+") as f:
                     f.attrs["model_config"] = json.dumps(cleaned)
-            model = keras.saving.load_model(copy, compile=False, safe_mode=True)
+            model = keras.saving.load_model(source, compile=False, safe_mode=True)
         except Exception as exc:  # keras raises ValueError, TypeError, KeyError... on what it cannot read
             raise EdgeCNNError(f"{shown}: Keras 3 cannot load this Keras 2 model ({first_line(exc, 240)})") from None
     removed: dict[str, list[str]] = {}
