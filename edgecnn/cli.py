@@ -343,6 +343,33 @@ def inspect_cmd(
     print(json.dumps(info, indent=2) if json_out else format_text(info))
 
 
+@app.command("quant-debug")
+def quant_debug_cmd(
+    run: Optional[str] = typer.Argument(None, help="Run name/folder or a .keras file beside its labels.json "
+                                        "(default: the latest run).", show_default=False),
+    calib_samples: int = typer.Option(500, help="Training images used to calibrate int8 (as edgecnn export "
+                                      "--calib-samples: the same number gives the same scales)."),
+    samples: int = typer.Option(256, help="Test images the layers are compared on."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Data source (default: the run's own)."),
+    runs_dir: str = RUNS_DIR_OPT,
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Per-layer int8 quantization error: each layer's own error (rmse over scale, share of values clipped,
+    SQNR), to find the layers an int8 accuracy drop comes from. Writes RUN/quant_debug.json.
+
+    Example: edgecnn quant-debug run3
+    """
+    from edgecnn.quant_debug import format_text, quant_debug
+
+    result = quant_debug(run, runs_dir, data, calib_samples=calib_samples, samples=samples,
+                         log=_err if json_out else _log)
+    if json_out:
+        print(json.dumps(result, indent=2))
+    else:
+        _log(format_text(result))
+        _log(f"written: {result['path']}")
+
+
 # --------------------------------------------------------------------------- benchmark
 
 

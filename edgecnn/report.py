@@ -7,7 +7,7 @@ import html
 import json
 from pathlib import Path
 
-from edgecnn.fsutil import write_text
+from edgecnn.fsutil import sha256, write_text
 
 
 def _load(path: Path):
@@ -113,6 +113,13 @@ def write(run_dir: Path) -> tuple[Path, Path]:
                          _export_table(exports), None))
     else:
         sections.append(("Exports", "No exports yet: run `edgecnn export --format all`.", None, None))
+    quant = _load(run_dir / "quant_debug.json")
+    if quant and quant.get("layers") and (run_dir / "model.keras").is_file() \
+            and quant.get("model_sha256") == sha256(run_dir / "model.keras"):  # not a table of an earlier model
+        from edgecnn import quant_debug
+
+        sections.append(("Per-layer int8 error (edgecnn quant-debug)", " ".join(quant_debug.notes(quant)),
+                         quant_debug.table(quant), None))
     if bench:
         m = bench["meta"]
         text = (f"{m['images']} test images, {m['threads']} thread(s), {m['machine']['cpu']} "

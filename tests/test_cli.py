@@ -103,7 +103,7 @@ def test_run_refuses_a_bad_export_option_before_training(capsys, tmp_path, optio
 def test_a_run_whose_data_has_moved_says_to_pass_data(capsys, run_copy, tmp_path):
     cfg = json.loads((run_copy / "config.json").read_text())
     (run_copy / "config.json").write_text(json.dumps(cfg | {"data": str(tmp_path / "gone")}))
-    for command in ("export", "benchmark", "evaluate"):
+    for command in ("export", "benchmark", "evaluate", "quant-debug"):
         code, _, err = run_main(capsys, command, str(run_copy))
         _one_line_error(code, err)
         assert "no such file or folder" in err and f"it is the data {run_copy} was trained on: pass --data" in err

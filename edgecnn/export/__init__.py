@@ -122,17 +122,17 @@ def filename(fmt: str, variant: str) -> str:
     return f"model_{variant}.{fmt}"
 
 
-def _source(cfg: ExportConfig) -> tuple[Path, Path, dict]:
-    """(run_dir or model folder, model.keras path, labels)."""
+def source(run: str | None, runs_dir: str) -> tuple[Path, Path, dict]:
+    """(run_dir or model folder, model.keras path, labels) of a run name/folder or a .keras file."""
     from edgecnn.fsutil import read_json
 
-    if cfg.run and cfg.run.endswith(".keras"):
-        model_path = Path(cfg.run)
+    if run and run.endswith(".keras"):
+        model_path = Path(run)
         if not model_path.is_file():
             raise EdgeCNNError(f"model file not found: {model_path}")
         base = model_path.parent
     else:
-        base = runs.resolve(cfg.run, cfg.runs_dir)
+        base = runs.resolve(run, runs_dir)
         model_path = base / runs.MODEL_FILE
     labels_path = base / "labels.json"
     if not labels_path.is_file():
@@ -142,23 +142,24 @@ def _source(cfg: ExportConfig) -> tuple[Path, Path, dict]:
     return base, model_path, read_json(labels_path, "labels file")
 
 
-def _data(base: Path, cfg: ExportConfig):
+def load_data(base: Path, data: str | None, labelled: bool = False):
+    """The data of the run in ``base`` (or ``data``); ``labelled``: matched to the model's classes, for scoring."""
     from edgecnn.evaluate import load_run_data
 
-    if not cfg.data and not (base / "config.json").is_file():
+    if not data and not (base / "config.json").is_file():
         raise EdgeCNNError(f"{base} has no config.json recording the training data; pass --data")
-    return load_run_data(base, cfg.data, labelled=cfg.micro)  # only --micro scores accuracy
+    return load_run_data(base, data, labelled=labelled)
 
 
 def export(cfg: ExportConfig, log=print) -> dict:
     """Run the export plan; return the report. Raises EdgeCNNError if any export failed."""
     pairs = cfg.check()
-    base, model_path, labels = _source(cfg)
+    base, model_path, labels = source(cfg.run, cfg.runs_dir)
     out_dir = ensure_dir(base / "exports")
     from edgecnn import model as model_mod
 
     core = model_mod.load_keras(model_path)
-    ds = _data(base, cfg)
+    ds = load_data(base, cfg.data, labelled=cfg.micro)  # only --micro scores accuracy
     if tuple(ds.input_shape) != tuple(core.input_shape[1:]):
         raise EdgeCNNError(f"data images are {ds.input_shape} but the model takes {tuple(core.input_shape[1:])}")
     run_cfg = runs.config(base)

@@ -45,11 +45,15 @@ def convert(saved_model_dir: Path, variant: str, calibration: np.ndarray | None 
 
 def run_converter(conv, variant: str, calibration: np.ndarray | None = None, io_dtype: str = "uint8") -> bytes:
     """Configure ``conv`` (any TFLiteConverter, e.g. from a tfmot QAT model) for ``variant`` and run it."""
+    return _convert(configure(conv, variant, calibration, io_dtype), variant)
+
+
+def configure(conv, variant: str, calibration: np.ndarray | None = None, io_dtype: str = "uint8"):
+    """Set ``conv``'s options for ``variant``; return it."""
     if variant not in VARIANTS:
         raise EdgeCNNError(f"unknown TFLite variant {variant!r} (use {', '.join(VARIANTS)})")
     import tensorflow as tf
 
-    from edgecnn._stderr import capture_fd2
     if variant == "float16":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
         conv.target_spec.supported_types = [tf.float16]
@@ -67,12 +71,44 @@ def run_converter(conv, variant: str, calibration: np.ndarray | None = None, io_
         io = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[io_dtype]
         conv.inference_input_type = io
         conv.inference_output_type = io
+    return conv
+
+
+def _convert(conv, variant: str) -> bytes:
+    from edgecnn._stderr import capture_fd2
+
     try:
         with capture_fd2() as log:
             return conv.convert()
     except Exception as exc:  # converter raises ConverterError, RuntimeError, ValueError...
         lines = [ln for ln in (str(exc).splitlines() + log.lines()) if "rror" in ln] or [str(exc)]
         raise EdgeCNNError(f"TFLite {variant} conversion failed: {lines[0].strip()[:300]}") from None
+
+
+def debug_model(saved_model_dir: Path, calibration: np.ndarray) -> bytes:
+    """The int8 model as ``convert`` quantizes it (the same calibration, the same scales), with a NumericVerify op
+    after every quantized op: it holds that op's int8 output and the float op's output on the same dequantized
+    inputs, so each layer's own quantization error can be read (TensorFlow's QuantizationDebugger model, run here
+    in LiteRT). Its input and output stay float32."""
+    import tensorflow as tf
+
+    try:  # private: no public route to the debug model (TensorFlow's QuantizationDebugger takes the same one)
+        from tensorflow.lite.python.convert import mlir_quantize
+    except ImportError:
+        raise EdgeCNNError(f"TensorFlow {tf.__version__} has no tensorflow.lite.python.convert.mlir_quantize, "
+                           "which the int8 debug model needs (TensorFlow 2.21 has it)") from None
+    conv = configure(tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir)), "int8", calibration, "float32")
+    conv.experimental_mlir_quantizer = True
+    conv._experimental_calibrate_only = True  # as QuantizationDebugger does: calibrate, then quantize below
+    calibrated = _convert(conv, "int8")
+    from edgecnn._stderr import capture_fd2
+
+    try:
+        with capture_fd2():  # the quantizer prints its settings
+            return mlir_quantize(calibrated, disable_per_channel=False, fully_quantize=False,
+                                 enable_numeric_verify=True)
+    except Exception as exc:  # noqa: BLE001 - the quantizer raises ConverterError, RuntimeError...
+        raise EdgeCNNError(f"TFLite int8 debug quantization failed: {str(exc).strip()[:300]}") from None
 
 
 def calibration_images(x_train: np.ndarray, n: int, seed: int = 0) -> np.ndarray:

@@ -8,9 +8,11 @@ from edgecnn.errors import EdgeCNNError
 from edgecnn.runners.base import Runner, dequantize, quantize
 
 
-def interpreter(path=None, content: bytes | None = None, threads: int | None = None, delegate: bool = True):
+def interpreter(path=None, content: bytes | None = None, threads: int | None = None, delegate: bool = True,
+                preserve_all_tensors: bool = False):
     """A LiteRT interpreter, with its default XNNPACK delegate unless ``delegate`` is False
-    (inspection wants the model's own ops, not DELEGATE nodes); one clear line on a bad file."""
+    (inspection wants the model's own ops, not DELEGATE nodes); one clear line on a bad file.
+    ``preserve_all_tensors``: every intermediate tensor stays readable after invoke (debugging)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from edgecnn._stderr import capture_fd2
@@ -19,7 +21,8 @@ def interpreter(path=None, content: bytes | None = None, threads: int | None = N
         with capture_fd2() as log:
             it = Interpreter(model_path=None if content else str(path), model_content=content, num_threads=threads,
                              experimental_op_resolver_type=OpResolverType.AUTO if delegate
-                             else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+                             else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                             experimental_preserve_all_tensors=preserve_all_tensors)
             it.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         detail = (log.lines() or [str(exc)])[-1].strip()

@@ -1,0 +1,199 @@
+"""Per-layer error of full-integer int8 quantization: which layers lose precision, and whether from rounding or
+from values beyond the range calibration chose.
+
+The model is quantized as ``edgecnn export`` quantizes it (the same deployable graph, calibration images and
+converter, so the same scales as ``model_int8.tflite``), in TensorFlow's debug mode: after every quantized op
+the model also runs that op in float32 on the same (dequantized) int8 inputs. Each row therefore measures one
+layer's own error (its int8 weights and its int8 output), not the error piled up by the layers before it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn import runs
+from edgecnn.errors import EdgeCNNError
+
+ROUNDING = 1 / math.sqrt(12)  # rmse/scale of rounding alone: the least any 8-bit tensor has
+QMIN, QMAX = -128, 127  # the debug model's int8 activations
+RESULT_FILE = "quant_debug.json"
+
+
+def layer_names(model) -> list[str]:
+    """Every layer's name, nested models' layers included, in model order."""
+    out = []
+    for layer in model.layers:
+        out.append(layer.name)
+        if hasattr(layer, "layers"):
+            out += layer_names(layer)
+    return out
+
+
+def label(tensor_name: str, known: list[str], op: str = "") -> str:
+    """The Keras layers a converted tensor comes from, in model order ('conv1+bn2+relu3' for a fused
+    Conv-BN-ReLU), from names like 'core_1/relu3_1/Relu;core_1/bn2_1/batchnorm/add_1;...'; the op's name where
+    none is named (a Dense layer's softmax)."""
+    order = {name: i for i, name in enumerate(known)}
+    found = set()
+    for part in re.split(r"[;/:]", tensor_name):
+        for name in (part, re.sub(r"_\d+$", "", part)):
+            if name in order:
+                found.add(name)
+                break
+    return "+".join(sorted(found, key=order.get)) or op.lower() or tensor_name.split(";")[0][:60]
+
+
+def layer_errors(blob: bytes, images: np.ndarray, known: list[str] = ()) -> list[dict]:
+    """Run ``blob`` (export.tflite.debug_model) on ``images`` (uint8, N x H x W x C); one row per quantized op, in
+    model order: its int8 output against its float op's, aggregated over every image and element."""
+    from edgecnn.runners.tflite import interpreter
+
+    # No XNNPACK: a delegate fuses ops and leaves their intermediate tensors unwritten.
+    it = interpreter(content=blob, delegate=False, preserve_all_tensors=True)
+    ops = it._get_ops_details()  # private, and the only op listing LiteRT offers
+    defining = {int(t): o for o in ops for t in o["outputs"]}
+    rows = []
+    for op in ops:
+        if op["op_name"] != "NumericVerify":
+            continue
+        q, f = (int(i) for i in op["inputs"])
+        detail = it._get_tensor_details(q, 0)
+        scales, zps = detail["quantization_parameters"]["scales"], detail["quantization_parameters"]["zero_points"]
+        if len(scales) != 1:  # activations are quantized per tensor; anything else is not a layer output
+            continue
+        rows.append({"q": q, "f": f, "name": detail["name"], "op": defining[q]["op_name"] if q in defining else "?",
+                     "shape": [int(v) for v in detail["shape"][1:]], "scale": float(scales[0]), "zero_point":
+                     int(zps[0]), "n": 0, "f2": 0.0, "e": 0.0, "e2": 0.0, "max": 0.0, "clipped": 0})
+    if not rows:
+        raise EdgeCNNError("the debug model holds no quantized layer to compare")
+    inp = it.get_input_details()[0]
+    for image in images:
+        it.set_tensor(inp["index"], image[None].astype(np.float32))
+        it.invoke()
+        for r in rows:
+            ref = it.get_tensor(r["f"]).astype(np.float64).ravel()
+            got = (it.get_tensor(r["q"]).astype(np.float64).ravel() - r["zero_point"]) * r["scale"]
+            err = got - ref
+            lo, hi = (QMIN - r["zero_point"] - 0.5) * r["scale"], (QMAX - r["zero_point"] + 0.5) * r["scale"]
+            r["n"] += ref.size
+            r["f2"] += float(ref @ ref)
+            r["e"] += float(err.sum())
+            r["e2"] += float(err @ err)
+            r["max"] = max(r["max"], float(np.abs(err).max()))
+            r["clipped"] += int(((ref < lo) | (ref > hi)).sum())
+    return [_summary(r, known) for r in rows]
+
+
+def _summary(r: dict, known) -> dict:
+    s = r["scale"]
+    return {
+        "layer": label(r["name"], list(known), r["op"]),
+        "op": r["op"],
+        "output_shape": r["shape"],
+        "scale": s,
+        "zero_point": r["zero_point"],
+        "rmse_over_scale": math.sqrt(r["e2"] / r["n"]) / s,
+        "max_error_over_scale": r["max"] / s,
+        "bias_over_scale": r["e"] / r["n"] / s,
+        "clipped_fraction": r["clipped"] / r["n"],
+        "sqnr_db": 10 * math.log10(r["f2"] / r["e2"]) if r["e2"] > 0 and r["f2"] > 0 else None,
+        "tensor": r["name"],
+    }
+
+
+def quant_debug(run: str | None, runs_dir: str = runs.DEFAULT_RUNS_DIR, data: str | None = None,
+                calib_samples: int = 500, samples: int = 256, log=print) -> dict:
+    """Per-layer int8 error of a run's model (or a .keras file beside its labels.json); writes
+    ``RUN/quant_debug.json`` and returns it."""
+    from edgecnn import model as model_mod
+    from edgecnn.export import load_data, source
+    from edgecnn.export import tflite as tfl
+    from edgecnn.fsutil import sha256, write_json
+
+    if calib_samples < 1:
+        raise EdgeCNNError(f"--calib-samples must be at least 1, got {calib_samples}")
+    if samples < 1:
+        raise EdgeCNNError(f"--samples must be at least 1, got {samples}")
+    base, model_path, _ = source(run, runs_dir)
+    core = model_mod.load_keras(model_path)
+    ds = load_data(base, data)
+    if tuple(ds.input_shape) != tuple(core.input_shape[1:]):
+        raise EdgeCNNError(f"data images are {ds.input_shape} but the model takes {tuple(core.input_shape[1:])}")
+    run_cfg = runs.config(base) if (base / "config.json").is_file() else {}
+    if (run_cfg.get("finetune") or {}).get("mode") == "qat":
+        log(f"note: {base.name}'s int8 files come from quantization-aware training; this measures post-training "
+            f"quantization of its model.keras")
+    calib = tfl.calibration_images(ds.x_train, calib_samples, run_cfg.get("seed", 0))  # as edgecnn export picks them
+    images = ds.x_test[:samples]
+    with tempfile.TemporaryDirectory(prefix="edgecnn-quant-debug-") as tmp:
+        saved = tfl.export_saved_model(model_mod.fold_pooled_batchnorm(core), Path(tmp) / "saved_model", batch=1)
+        blob = tfl.debug_model(saved, calib)
+    layers = layer_errors(blob, images, layer_names(core))
+    exported = base / "exports" / "model_int8.tflite"
+    ranked = sorted((r for r in layers if r["sqnr_db"] is not None), key=lambda r: r["sqnr_db"])
+    result = {
+        "model": str(model_path),
+        "model_sha256": sha256(model_path),  # the report leaves out a table of a model since replaced
+        "calibration": {"split": "train", "samples": int(len(calib)), "seed": run_cfg.get("seed", 0)},
+        "images": {"split": "test", "count": int(len(images))},
+        "rounding_rmse_over_scale": ROUNDING,
+        "layers": layers,
+        "lowest_sqnr": [r["layer"] for r in ranked[:3]],
+        # whether the run's int8 file was quantized the same way (it was not if made by QAT or other calibration)
+        "export_int8": {"file": str(exported), "same_scales": same_scales(layers, exported)}
+        if exported.is_file() else None,
+    }
+    result["path"] = str(write_json(base / RESULT_FILE, result))
+    return result
+
+
+def same_scales(layers: list[dict], path: Path) -> bool:
+    """Whether the TFLite file at ``path`` holds every row's output scale and zero point."""
+    from edgecnn.runners.tflite import interpreter
+
+    have = set()
+    for d in interpreter(path, delegate=False).get_tensor_details():
+        q = d["quantization_parameters"]
+        if len(q["scales"]) == 1:
+            have.add((float(np.float32(q["scales"][0])), int(q["zero_points"][0])))
+    return all((float(np.float32(r["scale"])), r["zero_point"]) in have for r in layers)
+
+
+def table(result: dict) -> list[list[str]]:
+    """The per-layer table: a header row, then one row per quantized op."""
+    head = ["#", "layer", "op", "output", "scale", "rmse/scale", "max/scale", "bias/scale", "clipped %", "SQNR dB"]
+    return [head] + [[str(i), r["layer"], r["op"], "x".join(map(str, r["output_shape"])), f"{r['scale']:.4g}",
+                      f"{r['rmse_over_scale']:.3f}", f"{r['max_error_over_scale']:.2f}", f"{r['bias_over_scale']:+.3f}",
+                      f"{100 * r['clipped_fraction']:.2g}", "inf" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}"]
+                     for i, r in enumerate(result["layers"], 1)]
+
+
+def notes(result: dict) -> list[str]:
+    """The lowest-SQNR layers, how to read the columns, and whether the run's int8 file has these scales."""
+    worst = [r for r in sorted(result["layers"], key=lambda r: r["sqnr_db"] if r["sqnr_db"] is not None
+                               else math.inf)[:3] if r["sqnr_db"] is not None]
+    lines = ["lowest SQNR: " + (", ".join(f"{r['layer']} {r['sqnr_db']:.1f} dB" for r in worst) or "-"),
+             f"{result['images']['count']} test images, {result['calibration']['samples']} calibration images (as "
+             f"edgecnn export --calib-samples {result['calibration']['samples']}); each row is one layer on the same "
+             f"int8 inputs. rmse/scale {ROUNDING:.3f} is an output's rounding alone (ReLU's zeros lower it, int8 "
+             f"weights raise it); clipped: float values beyond the int8 range calibration chose (a softmax output "
+             f"of 1.0 is one: int8 stops at 255/256)."]
+    ex = result.get("export_int8")
+    if ex:
+        lines.append(f"{ex['file']}: " + ("the same scales, so this is its quantization" if ex["same_scales"] else
+                                          "other scales (quantization-aware training, or other calibration): "
+                                          "this is a fresh post-training quantization"))
+    return lines
+
+
+def format_text(result: dict) -> str:
+    """The per-layer table, aligned, and its notes."""
+    rows = table(result)
+    widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
+    return "\n".join(["  ".join(c.ljust(w) if k in (1, 2, 3) else c.rjust(w)
+                                for k, (c, w) in enumerate(zip(row, widths))) for row in rows] + notes(result))
