@@ -129,7 +129,7 @@ def quant_debug(run: str | None, runs_dir: str = runs.DEFAULT_RUNS_DIR, data: st
         log(f"note: {base.name}'s int8 files come from quantization-aware training; this measures post-training "
             f"quantization of its model.keras")
     calib = tfl.calibration_images(ds.x_train, calib_samples, run_cfg.get("seed", 0))  # as edgecnn export picks them
-    images = ds.x_test[:samples]
+    images = ds.x_test[:samples]  # never empty: every data source refuses an empty test split
     with tempfile.TemporaryDirectory(prefix="edgecnn-quant-debug-") as tmp:
         saved = tfl.export_saved_model(model_mod.fold_pooled_batchnorm(core), Path(tmp) / "saved_model", batch=1)
         blob = tfl.debug_model(saved, calib)
