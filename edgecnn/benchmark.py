@@ -309,7 +309,7 @@ def benchmark(cfg: BenchmarkConfig, log=print) -> tuple[list[dict], int]:
     test_labels = hashlib.sha256(np.asarray(y, np.int64).tobytes()).hexdigest()[:16]
     if base is not None:
         compare_baseline(rows, base, {"images": int(len(x)), "test_labels": test_labels}, cfg.baseline, log)
-    code = gate(rows, cfg, log)
+    code = gate(rows, cfg, log, run_dir)
     if code == 0 and any(r["status"] == "failed" for r in rows):
         code = 2
     meta = {"run": str(run_dir), "data": ds.source, "images": int(len(x)), "test_labels": test_labels,
@@ -372,7 +372,7 @@ def compare_baseline(rows: list[dict], base: dict, now: dict, path: str, log) ->
         log(f"  {r['name']} ({r['device']}): " + ", ".join(parts))
 
 
-def gate(rows: list[dict], cfg: BenchmarkConfig, log) -> int:
+def gate(rows: list[dict], cfg: BenchmarkConfig, log, run_dir: Path | None = None) -> int:
     bad = []
     for r in rows:
         if r["name"] == "keras" or r["status"] != "ok" or r.get("accuracy") is None:
@@ -407,6 +407,8 @@ def gate(rows: list[dict], cfg: BenchmarkConfig, log) -> int:
                    "--formats tflite-int8)")
     for line in bad:
         log(f"GATE FAILED: {line}")
+    if any(line.startswith("tflite-int8 (") and ("accuracy drop" in line or "agreement" in line) for line in bad):
+        log(f"  which layers lose it: edgecnn quant-debug {run_dir or ''}".rstrip())
     return 1 if bad else 0
 
 
