@@ -25,26 +25,29 @@ RESULT_FILE = "quant_debug.json"
 
 
 def layer_names(model) -> list[str]:
-    """Every layer's name, nested models' layers included, in model order."""
+    """The name of every layer that is not a model, nested models' layers included, in model order."""
     out = []
     for layer in model.layers:
-        out.append(layer.name)
-        if hasattr(layer, "layers"):
-            out += layer_names(layer)
+        out += layer_names(layer) if hasattr(layer, "layers") else [layer.name]
     return out
 
 
 def label(tensor_name: str, known: list[str], op: str = "") -> str:
     """The Keras layers a converted tensor comes from, in model order ('conv1+bn2+relu3' for a fused
     Conv-BN-ReLU), from names like 'core_1/relu3_1/Relu;core_1/bn2_1/batchnorm/add_1;...'; the op's name where
-    none is named (a Dense layer's softmax)."""
+    none is named (a Dense layer's softmax).
+
+    Each ';' part is a scope path ending in a TensorFlow op name (dropped: 'add_1' there is an op, not the layer
+    'add_1'); tracing gave each layer's scope a '_N' suffix, so 'conv2d_1_2' is the layer 'conv2d_1' and
+    'conv2d_1' the layer 'conv2d' when both exist."""
     order = {name: i for i, name in enumerate(known)}
     found = set()
-    for part in re.split(r"[;/:]", tensor_name):
-        for name in (part, re.sub(r"_\d+$", "", part)):
-            if name in order:
-                found.add(name)
-                break
+    for part in tensor_name.split(";"):
+        for scope in part.split("/")[:-1]:
+            for name in (re.sub(r"_\d+$", "", scope), scope):
+                if name in order:
+                    found.add(name)
+                    break
     return "+".join(sorted(found, key=order.get)) or op.lower() or tensor_name.split(";")[0][:60]
 
 

@@ -85,3 +85,19 @@ def test_quant_debug_bad_input_is_one_line(run_copy, capsys, tmp_path):
     code, _, err = run_main(capsys, "quant-debug", "nosuchrun", "--runs-dir", str(tmp_path))
     assert code == 2 and err.startswith("error:") and len(err.splitlines()) == 1
     assert not (run_copy / "quant_debug.json").exists()
+
+
+def test_layer_labels_follow_keras_names_through_tracing_suffixes_and_nested_models():
+    from edgecnn.quant_debug import label
+
+    known = ["conv2d", "batch_normalization", "activation", "conv2d_1", "batch_normalization_1", "activation_1",
+             "add", "add_1", "dense"]  # a Keras 2 ResNet inside the imported run's model (layer_names skips models)
+    first = ("core_1/model_1/activation_1/Relu;core_1/model_1/batch_normalization_1/batchnorm/add_1;"
+             "core_1/model_1/conv2d_1/convolution;core_1/model_1/batch_normalization_1/batchnorm/sub21")
+    second = ("core_1/model_1/activation_1_2/Relu;core_1/model_1/batch_normalization_1_2/batchnorm/add_1;"
+              "core_1/model_1/conv2d_1_2/convolution;core_1/model_1/batch_normalization_1_2/batchnorm/sub11")
+    assert label(first, known) == "conv2d+batch_normalization+activation"  # not the op 'add_1', not the model
+    assert label(second, known) == "conv2d_1+batch_normalization_1+activation_1"
+    assert label("core_1/model_1/add_1_2/Add1", known) == "add_1"
+    assert label("core_1/relu3_1/Relu;core_1/conv1_1/convolution", ["conv1", "relu3"]) == "conv1+relu3"
+    assert label("StatefulPartitionedCall_1:02", known, "SOFTMAX") == "softmax"
