@@ -138,7 +138,6 @@ def quant_debug(run: str | None, runs_dir: str = runs.DEFAULT_RUNS_DIR, data: st
         blob = tfl.debug_model(saved, calib)
     layers = layer_errors(blob, images, layer_names(core))
     exported = base / "exports" / "model_int8.tflite"
-    ranked = sorted((r for r in layers if r["sqnr_db"] is not None), key=lambda r: r["sqnr_db"])
     result = {
         "model": str(model_path),
         "model_sha256": sha256(model_path),  # the report leaves out a table of a model since replaced
@@ -146,13 +145,18 @@ def quant_debug(run: str | None, runs_dir: str = runs.DEFAULT_RUNS_DIR, data: st
         "images": {"split": "test", "count": int(len(images))},
         "rounding_rmse_over_scale": ROUNDING,
         "layers": layers,
-        "lowest_sqnr": [r["layer"] for r in ranked[:3]],
+        "lowest_sqnr": [r["layer"] for r in lowest(layers)],
         # whether the run's int8 file was quantized the same way (it was not if made by QAT or other calibration)
         "export_int8": {"file": str(exported), "same_scales": same_scales(layers, exported)}
         if exported.is_file() else None,
     }
     result["path"] = str(write_json(base / RESULT_FILE, result))
     return result
+
+
+def lowest(layers: list[dict], n: int = 3) -> list[dict]:
+    """The ``n`` rows of lowest SQNR (rows without error have none)."""
+    return sorted((r for r in layers if r["sqnr_db"] is not None), key=lambda r: r["sqnr_db"])[:n]
 
 
 def same_scales(layers: list[dict], path: Path) -> bool:
@@ -178,9 +182,8 @@ def table(result: dict) -> list[list[str]]:
 
 def notes(result: dict) -> list[str]:
     """The lowest-SQNR layers, how to read the columns, and whether the run's int8 file has these scales."""
-    worst = [r for r in sorted(result["layers"], key=lambda r: r["sqnr_db"] if r["sqnr_db"] is not None
-                               else math.inf)[:3] if r["sqnr_db"] is not None]
-    lines = ["lowest SQNR: " + (", ".join(f"{r['layer']} {r['sqnr_db']:.1f} dB" for r in worst) or "-"),
+    lines = ["lowest SQNR: " + (", ".join(f"{r['layer']} {r['sqnr_db']:.1f} dB" for r in lowest(result["layers"]))
+                                or "-"),
              f"{result['images']['count']} test images, {result['calibration']['samples']} calibration images (as "
              f"edgecnn export --calib-samples {result['calibration']['samples']}); each row is one layer on the same "
              f"int8 inputs. rmse/scale {ROUNDING:.3f} is an output's rounding alone (ReLU's zeros lower it, int8 "
