@@ -340,6 +340,20 @@ def test_bad_image_sizes_name_the_option(text):
         data.parse_image_size(text)
 
 
+def test_shapes_at_a_non_square_size_keep_their_proportions():
+    """Drawn at height x width (not drawn square and squashed): a circle's outline is as high as it is wide."""
+    from edgecnn.data import shapes
+
+    ds = data.load("shapes:200", image_size=(16, 64))
+    ratios = []
+    for img in ds.x_train[ds.y_train == shapes.CLASSES.index("circle")].astype(int):
+        bg = np.median(np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]]), axis=0)  # mostly background
+        ys, xs = np.nonzero(np.abs(img - bg).sum(-1) > 120)  # foreground: the colours differ by more than 240
+        if len(xs):
+            ratios.append((xs.max() - xs.min() + 1) / (ys.max() - ys.min() + 1))
+    assert len(ratios) >= 10 and 0.7 < np.median(ratios) < 1.4, np.median(ratios)  # squashed: about 4
+
+
 def test_non_square_sizes_load_every_source_at_height_by_width(tmp_path):
     from conftest import make_folder
 

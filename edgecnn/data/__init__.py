@@ -170,7 +170,7 @@ def load(
             if not 20 <= n <= 1_000_000:
                 raise EdgeCNNError(f"--data {src}: N must be 20..1000000")
         h, w = image_hw(image_size) or (32, 32)
-        splits, classes = shapes.load(n, max(h, w), channels, seed=seed)
+        splits, classes = shapes.load(n, (h, w), channels, seed=seed)  # drawn at h x w: _convert keeps them
         (xt, yt), (xv, yv), (xs, ys) = ((_convert(x, image_size, channels), y) for x, y in
                                         (splits["train"], splits["val"], splits["test"]))
         return Dataset(xt, yt, xv, yv, xs, ys, classes, src, info)

@@ -69,36 +69,40 @@ def _colour_pair(rng: np.random.Generator):
             return tuple(int(v) for v in fg), tuple(int(v) for v in bg)
 
 
-def generate(n: int, image_size: int = 32, channels: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``n`` images (uint8, N x S x S x channels) and labels, balanced over the classes."""
+def generate(n: int, image_size: int | tuple[int, int] = 32, channels: int = 3,
+             seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``n`` images (uint8, N x H x W x channels; ``image_size``: a side or (height, width)) and labels,
+    balanced over the classes. A shape's size follows the shorter side, so shapes keep their proportions in a
+    non-square image."""
     from PIL import Image, ImageDraw
 
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     rng = np.random.default_rng(seed)
     scale = 2  # draw at twice the size, then downsample for anti-aliased edges
-    s = image_size * scale
+    sh, sw = h * scale, w * scale
     labels = np.arange(n) % len(CLASSES)
     rng.shuffle(labels)
-    x = np.empty((n, image_size, image_size, channels), dtype=np.uint8)
+    x = np.empty((n, h, w, channels), dtype=np.uint8)
     for i, label in enumerate(labels):
         fg, bg = _colour_pair(rng)
-        img = Image.new("RGB", (s, s), bg)
+        img = Image.new("RGB", (sw, sh), bg)
         draw = ImageDraw.Draw(img)
-        r = s * rng.uniform(0.24, 0.42)
-        cx = rng.uniform(r * 0.8, s - r * 0.8)
-        cy = rng.uniform(r * 0.8, s - r * 0.8)
+        r = min(sh, sw) * rng.uniform(0.24, 0.42)
+        cx = rng.uniform(r * 0.8, sw - r * 0.8)
+        cy = rng.uniform(r * 0.8, sh - r * 0.8)
         rot = rng.uniform(0, 2 * math.pi)
         line = max(2, int(r * rng.uniform(0.18, 0.3)))
         _draw(draw, int(label), cx, cy, r, rot, fg, bg, line)
-        img = img.resize((image_size, image_size), Image.BOX)
+        img = img.resize((w, h), Image.BOX)
         if channels == 1:
             img = img.convert("L")
-        arr = np.asarray(img, dtype=np.float32).reshape(image_size, image_size, channels)
+        arr = np.asarray(img, dtype=np.float32).reshape(h, w, channels)
         arr = arr + rng.normal(0.0, rng.uniform(0, 10), arr.shape)
         x[i] = np.clip(arr, 0, 255).astype(np.uint8)
     return x, labels.astype(np.int64)
 
 
-def load(n_train: int = DEFAULT_TRAIN, image_size: int = 32, channels: int = 3, seed: int = 0):
+def load(n_train: int = DEFAULT_TRAIN, image_size: int | tuple[int, int] = 32, channels: int = 3, seed: int = 0):
     """Train/val/test splits with disjoint seeds; val and test each have n_train/6 images (min 100)."""
     n_eval = max(100, n_train // 6)
     splits = {}
