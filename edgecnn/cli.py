@@ -350,6 +350,9 @@ def quant_debug_cmd(
     calib_samples: int = typer.Option(500, help="Training images used to calibrate int8 (as edgecnn export "
                                       "--calib-samples: the same number gives the same scales)."),
     samples: int = typer.Option(256, help="Test images the layers are compared on."),
+    float_trials: int = typer.Option(0, "--float-trials", help="Also score the int8 model on those images with "
+                                     "each of the N lowest-SQNR layers alone left in float32: whether that layer "
+                                     "costs the accuracy (a diagnostic; such a file is not full-integer)."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Data source (default: the run's own)."),
     runs_dir: str = RUNS_DIR_OPT,
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -361,7 +364,7 @@ def quant_debug_cmd(
     """
     from edgecnn.quant_debug import format_text, quant_debug
 
-    result = quant_debug(run, runs_dir, data, calib_samples=calib_samples, samples=samples,
+    result = quant_debug(run, runs_dir, data, calib_samples=calib_samples, samples=samples, trials=float_trials,
                          log=_err if json_out else _log)
     if json_out:
         print(json.dumps(result, indent=2))

@@ -52,8 +52,9 @@ def label(tensor_name: str, known: list[str], op: str = "") -> str:
 
 
 def layer_errors(blob: bytes, images: np.ndarray, known: list[str] = ()) -> list[dict]:
-    """Run ``blob`` (export.tflite.debug_model) on ``images`` (uint8, N x H x W x C); one row per quantized op, in
-    model order: its int8 output against its float op's, aggregated over every image and element."""
+    """Run ``blob`` (the debug model of export.tflite.quantize_calibrated) on ``images`` (uint8, N x H x W x C);
+    one row per quantized op, in model order: its int8 output against its float op's, over every image and
+    element."""
     from edgecnn.runners.tflite import interpreter
 
     # No XNNPACK: a delegate fuses ops and leaves their intermediate tensors unwritten.
@@ -69,9 +70,10 @@ def layer_errors(blob: bytes, images: np.ndarray, known: list[str] = ()) -> list
         scales, zps = detail["quantization_parameters"]["scales"], detail["quantization_parameters"]["zero_points"]
         if len(scales) != 1:  # activations are quantized per tensor; anything else is not a layer output
             continue
-        rows.append({"q": q, "f": f, "name": detail["name"], "op": defining[q]["op_name"] if q in defining else "?",
-                     "shape": [int(v) for v in detail["shape"][1:]], "scale": float(scales[0]), "zero_point":
-                     int(zps[0]), "n": 0, "f2": 0.0, "e": 0.0, "e2": 0.0, "max": 0.0, "clipped": 0})
+        rows.append({"q": q, "f": f, "name": detail["name"], "float_name": it._get_tensor_details(f, 0)["name"],
+                     "op": defining[q]["op_name"] if q in defining else "?",
+                     "shape": [int(v) for v in detail["shape"][1:]], "scale": float(scales[0]),
+                     "zero_point": int(zps[0]), "n": 0, "f2": 0.0, "e": 0.0, "e2": 0.0, "max": 0.0, "clipped": 0})
     if not rows:
         raise EdgeCNNError("the debug model holds no quantized layer to compare")
     inp = it.get_input_details()[0]
@@ -106,13 +108,38 @@ def _summary(r: dict, known) -> dict:
         "clipped_fraction": r["clipped"] / r["n"],
         "sqnr_db": 10 * math.log10(r["f2"] / r["e2"]) if r["e2"] > 0 and r["f2"] > 0 else None,
         "tensor": r["name"],
+        "float_tensor": r["float_name"],  # what --float-trials keeps in float
     }
 
 
+def float_trials(calibrated: bytes, layers: list[dict], core, images: np.ndarray, labels: np.ndarray) -> dict:
+    """Test accuracy on ``images`` of Keras, of the int8 model, and of the int8 model with each of ``layers`` alone
+    left in float32: whether keeping that layer in float would win the accuracy back."""
+    from edgecnn.export import tflite as tfl
+    from edgecnn.runners.tflite import interpreter
+
+    def accuracy(blob: bytes) -> float:
+        it = interpreter(content=blob)
+        inp, out = it.get_input_details()[0], it.get_output_details()[0]
+        right = 0
+        for image, label in zip(images, labels):
+            it.set_tensor(inp["index"], image[None].astype(np.float32))
+            it.invoke()
+            right += int(it.get_tensor(out["index"])[0].argmax() == label)
+        return right / len(images)
+
+    keras_acc = float((core.predict(images.astype(np.float32), batch_size=256, verbose=0).argmax(1) == labels).mean())
+    return {"images": int(len(images)), "keras_accuracy": keras_acc,
+            "int8_accuracy": accuracy(tfl.quantize_calibrated(calibrated)),
+            "layers": [{"layer": r["layer"], "accuracy": accuracy(tfl.quantize_calibrated(
+                calibrated, keep_float=(r["float_tensor"],)))} for r in layers]}
+
+
 def quant_debug(run: str | None, runs_dir: str = runs.DEFAULT_RUNS_DIR, data: str | None = None,
-                calib_samples: int = 500, samples: int = 256, log=print) -> dict:
+                calib_samples: int = 500, samples: int = 256, trials: int = 0, log=print) -> dict:
     """Per-layer int8 error of a run's model (or a .keras file beside its labels.json); writes
-    ``RUN/quant_debug.json`` and returns it."""
+    ``RUN/quant_debug.json`` and returns it. ``trials``: also score the int8 model with each of the ``trials``
+    lowest-SQNR layers left in float32 (float_trials)."""
     from edgecnn import model as model_mod
     from edgecnn.export import load_data, source
     from edgecnn.export import tflite as tfl
@@ -122,9 +149,11 @@ def quant_debug(run: str | None, runs_dir: str = runs.DEFAULT_RUNS_DIR, data: st
         raise EdgeCNNError(f"--calib-samples must be at least 1, got {calib_samples}")
     if samples < 1:
         raise EdgeCNNError(f"--samples must be at least 1, got {samples}")
+    if trials < 0:
+        raise EdgeCNNError(f"--float-trials must be 0 or more, got {trials}")
     base, model_path, _ = source(run, runs_dir)
     core = model_mod.load_keras(model_path)
-    ds = load_data(base, data)
+    ds = load_data(base, data, labelled=trials > 0)  # trials score accuracy: classes matched to the model's
     if tuple(ds.input_shape) != tuple(core.input_shape[1:]):
         raise EdgeCNNError(f"data images are {ds.input_shape} but the model takes {tuple(core.input_shape[1:])}")
     run_cfg = runs.config(base) if (base / "config.json").is_file() else {}
@@ -135,8 +164,8 @@ def quant_debug(run: str | None, runs_dir: str = runs.DEFAULT_RUNS_DIR, data: st
     images = ds.x_test[:samples]  # never empty: every data source refuses an empty test split
     with tempfile.TemporaryDirectory(prefix="edgecnn-quant-debug-") as tmp:
         saved = tfl.export_saved_model(model_mod.fold_pooled_batchnorm(core), Path(tmp) / "saved_model", batch=1)
-        blob = tfl.debug_model(saved, calib)
-    layers = layer_errors(blob, images, layer_names(core))
+        calibrated = tfl.calibrated_model(saved, calib)
+    layers = layer_errors(tfl.quantize_calibrated(calibrated, numeric_verify=True), images, layer_names(core))
     exported = base / "exports" / "model_int8.tflite"
     result = {
         "model": str(model_path),
@@ -150,6 +179,10 @@ def quant_debug(run: str | None, runs_dir: str = runs.DEFAULT_RUNS_DIR, data: st
         "export_int8": {"file": str(exported), "same_scales": same_scales(layers, exported)}
         if exported.is_file() else None,
     }
+    if trials:
+        log(f"scoring the int8 model with each of {min(trials, len(lowest(layers, trials)))} layers left in float32")
+        result["float_trials"] = float_trials(calibrated, lowest(layers, trials), core, images,
+                                              ds.y_test[:samples])
     result["path"] = str(write_json(base / RESULT_FILE, result))
     return result
 
@@ -189,6 +222,11 @@ def notes(result: dict) -> list[str]:
              f"int8 inputs. rmse/scale {ROUNDING:.3f} is an output's rounding alone (ReLU's zeros lower it, int8 "
              f"weights raise it); clipped: float values beyond the int8 range calibration chose (a softmax output "
              f"of 1.0 is one: int8 stops at 255/256)."]
+    ft = result.get("float_trials")
+    if ft:
+        lines.append(f"accuracy on {ft['images']} test images: Keras {100 * ft['keras_accuracy']:.2f}%, int8 "
+                     f"{100 * ft['int8_accuracy']:.2f}%; int8 with one layer left in float32: "
+                     + ", ".join(f"{t['layer']} {100 * t['accuracy']:.2f}%" for t in ft["layers"]))
     ex = result.get("export_int8")
     if ex:
         lines.append(f"{ex['file']}: " + ("the same scales, so this is its quantization" if ex["same_scales"] else

@@ -101,3 +101,49 @@ def test_layer_labels_follow_keras_names_through_tracing_suffixes_and_nested_mod
     assert label("core_1/model_1/add_1_2/Add1", known) == "add_1"
     assert label("core_1/relu3_1/Relu;core_1/conv1_1/convolution", ["conv1", "relu3"]) == "conv1+relu3"
     assert label("StatefulPartitionedCall_1:02", known, "SOFTMAX") == "softmax"
+
+
+def test_float_trials_score_the_int8_file_and_keep_just_that_layer_in_float(run_copy, capsys):
+    from edgecnn.evaluate import load_run_data
+    from edgecnn.export import ExportConfig, export
+    from edgecnn.export import tflite as tfl
+    from edgecnn.model import fold_pooled_batchnorm, load_keras
+    from edgecnn.runners.tflite import interpreter
+
+    export(ExportConfig(run=str(run_copy), formats="tflite", quantize="int8", calib_samples=30, verify_samples=64),
+           log=lambda m: None)
+    code, out, err = run_main(capsys, "quant-debug", str(run_copy), "--calib-samples", "30", "--samples", "80",
+                              "--float-trials", "2", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    trials = result["float_trials"]
+    assert [t["layer"] for t in trials["layers"]] == result["lowest_sqnr"][:2] and trials["images"] == 80
+    # The int8 accuracy is the exported file's (the same scales), scored here through its uint8 input.
+    ds = load_run_data(run_copy)
+    it = interpreter(run_copy / "exports" / "model_int8.tflite")
+    right = 0
+    for image, label in zip(ds.x_test[:80], ds.y_test[:80]):
+        it.set_tensor(it.get_input_details()[0]["index"], image[None])
+        it.invoke()
+        right += int(it.get_tensor(it.get_output_details()[0]["index"])[0].argmax() == label)
+    assert abs(right / 80 - trials["int8_accuracy"]) <= 1 / 80  # a tie among uint8 outputs may differ
+    assert abs(trials["keras_accuracy"] - trials["int8_accuracy"]) < 0.2
+
+    # keep_float leaves that one layer's weights in float32 and every other layer in int8.
+    core = load_keras(run_copy / "model.keras")
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = tfl.export_saved_model(fold_pooled_batchnorm(core), Path(tmp) / "sm", batch=1)
+        calibrated = tfl.calibrated_model(saved, tfl.calibration_images(ds.x_train, 30))
+    second_conv = [r for r in result["layers"] if r["op"] == "CONV_2D"][1]
+
+    def weight_dtypes(blob):
+        it = interpreter(content=blob, delegate=False)
+        return [it._get_tensor_details(op["inputs"][1], 0)["dtype"].__name__ for op in it._get_ops_details()
+                if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")]
+
+    full = weight_dtypes(tfl.quantize_calibrated(calibrated))
+    kept = weight_dtypes(tfl.quantize_calibrated(calibrated, keep_float=(second_conv["float_tensor"],)))
+    assert set(full) == {"int8"} and kept[1] == "float32" and kept[:1] + kept[2:] == full[:1] + full[2:]

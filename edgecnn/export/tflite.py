@@ -85,28 +85,36 @@ def _convert(conv, variant: str) -> bytes:
         raise EdgeCNNError(f"TFLite {variant} conversion failed: {lines[0].strip()[:300]}") from None
 
 
-def debug_model(saved_model_dir: Path, calibration: np.ndarray) -> bytes:
-    """The int8 model as ``convert`` quantizes it (the same calibration, the same scales), with a NumericVerify op
-    after every quantized op: it holds that op's int8 output and the float op's output on the same dequantized
-    inputs, so each layer's own quantization error can be read (TensorFlow's QuantizationDebugger model, run here
-    in LiteRT). Its input and output stay float32."""
+def calibrated_model(saved_model_dir: Path, calibration: np.ndarray) -> bytes:
+    """The float model with the activation ranges ``calibration`` gives, as the int8 conversion records them
+    before quantizing (TensorFlow's QuantizationDebugger takes the same step)."""
     import tensorflow as tf
 
-    try:  # private: no public route to the debug model (TensorFlow's QuantizationDebugger takes the same one)
+    conv = configure(tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir)), "int8", calibration, "float32")
+    conv.experimental_mlir_quantizer = True
+    conv._experimental_calibrate_only = True
+    return _convert(conv, "int8")
+
+
+def quantize_calibrated(calibrated: bytes, numeric_verify: bool = False, keep_float: tuple[str, ...] = ()) -> bytes:
+    """Quantize ``calibrated_model``'s output to int8 as ``convert`` does (the same scales), with float32 input and
+    output. ``numeric_verify``: the debug model, with a NumericVerify op after every quantized op holding that op's
+    int8 output and the float op's output on the same dequantized inputs, so each layer's own error can be read
+    (TensorFlow's QuantizationDebugger model). ``keep_float``: output tensor names of ops left in float32 (a
+    diagnostic: the file is then not full-integer)."""
+    import tensorflow as tf
+
+    try:  # private: no public route to these models (TensorFlow's QuantizationDebugger takes the same one)
         from tensorflow.lite.python.convert import mlir_quantize
     except ImportError:
         raise EdgeCNNError(f"TensorFlow {tf.__version__} has no tensorflow.lite.python.convert.mlir_quantize, "
                            "which the int8 debug model needs (TensorFlow 2.21 has it)") from None
-    conv = configure(tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir)), "int8", calibration, "float32")
-    conv.experimental_mlir_quantizer = True
-    conv._experimental_calibrate_only = True  # as QuantizationDebugger does: calibrate, then quantize below
-    calibrated = _convert(conv, "int8")
     from edgecnn._stderr import capture_fd2
 
     try:
         with capture_fd2():  # the quantizer prints its settings
             return mlir_quantize(calibrated, disable_per_channel=False, fully_quantize=False,
-                                 enable_numeric_verify=True)
+                                 enable_numeric_verify=numeric_verify, denylisted_nodes=list(keep_float) or None)
     except Exception as exc:  # noqa: BLE001 - the quantizer raises ConverterError, RuntimeError...
         raise EdgeCNNError(f"TFLite int8 debug quantization failed: {str(exc).strip()[:300]}") from None
 
