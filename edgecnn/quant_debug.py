@@ -180,7 +180,7 @@ def quant_debug(run: str | None, runs_dir: str = runs.DEFAULT_RUNS_DIR, data: st
         if exported.is_file() else None,
     }
     if trials:
-        log(f"scoring the int8 model with each of {min(trials, len(lowest(layers, trials)))} layers left in float32")
+        log(f"scoring the int8 model with each of {len(lowest(layers, trials))} layers left in float32")
         result["float_trials"] = float_trials(calibrated, lowest(layers, trials), core, images,
                                               ds.y_test[:samples])
     result["path"] = str(write_json(base / RESULT_FILE, result))
