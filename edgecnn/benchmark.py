@@ -374,16 +374,19 @@ def compare_baseline(rows: list[dict], base: dict, now: dict, path: str, log) ->
 
 def gate(rows: list[dict], cfg: BenchmarkConfig, log, run_dir: Path | None = None) -> int:
     bad = []
+    int8_lost = False  # the int8 TFLite row failed an accuracy gate: quant-debug shows where
     for r in rows:
         if r["name"] == "keras" or r["status"] != "ok" or r.get("accuracy") is None:
             continue
         compared = r.get("agreement") is not None  # else the Keras row failed, which already sets exit code 2
+        accuracy_gates = len(bad)
         if compared and cfg.max_drop is not None and r["drop_pp"] > cfg.max_drop:
             bad.append(f"{r['name']} ({r['device']}): accuracy drop {r['drop_pp']:.2f} pp > {cfg.max_drop} pp "
                        f"(by {r['drop_pp'] - cfg.max_drop:.2f} pp)")
         if compared and cfg.min_agreement is not None and r["agreement"] < cfg.min_agreement:
             bad.append(f"{r['name']} ({r['device']}): agreement {r['agreement']:.4f} < {cfg.min_agreement} "
                        f"(by {cfg.min_agreement - r['agreement']:.4f})")
+        int8_lost |= r["name"] == "tflite-int8" and len(bad) > accuracy_gates
         if r["name"] == "tflite-micro":
             continue  # the int8 file's own row carries its size and arena; host timing of reference kernels
         if cfg.max_size_kb is not None and r.get("size_bytes") and r["size_bytes"] / 1024 > cfg.max_size_kb:
@@ -407,7 +410,7 @@ def gate(rows: list[dict], cfg: BenchmarkConfig, log, run_dir: Path | None = Non
                    "--formats tflite-int8)")
     for line in bad:
         log(f"GATE FAILED: {line}")
-    if any(line.startswith("tflite-int8 (") and ("accuracy drop" in line or "agreement" in line) for line in bad):
+    if int8_lost:
         log(f"  which layers lose it: edgecnn quant-debug {run_dir or ''}".rstrip())
     return 1 if bad else 0
 

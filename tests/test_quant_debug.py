@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -131,9 +133,6 @@ def test_float_trials_score_the_int8_file_and_keep_just_that_layer_in_float(run_
 
     # keep_float leaves that one layer's weights in float32 and every other layer in int8.
     core = load_keras(run_copy / "model.keras")
-    import tempfile
-    from pathlib import Path
-
     with tempfile.TemporaryDirectory() as tmp:
         saved = tfl.export_saved_model(fold_pooled_batchnorm(core), Path(tmp) / "sm", batch=1)
         calibrated = tfl.calibrated_model(saved, tfl.calibration_images(ds.x_train, 30))
