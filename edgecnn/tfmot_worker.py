@@ -23,8 +23,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 TRANSFER_TOLERANCE = 1e-4
 PRUNABLE = ("Conv2D", "Dense")
-NOT_QUANTIZABLE = ("Rescaling", "InputLayer")
+NOT_QUANTIZABLE = ("InputLayer",)
 OUTPUT_ONLY = ("Multiply",)  # not in tfmot's registry: fake-quantize its output, as TFLite's int8 MUL has one
+PIXELS = ("Rescaling",)  # the model's own 0..255 scaling: its output on the pixels' exact 8-bit grid
 
 
 def _libs():
@@ -80,6 +81,46 @@ def _owner(variable) -> str:
     return variable.name.split(":")[0].rpartition("/")[0].split("/")[-1]
 
 
+def pixel_quantize_config(tfmot):
+    """tfmot's QuantizeConfig for the Rescaling in front of the first convolution (tfmot has none).
+
+    Its output is a pixel scaled, 256 values on an 8-bit grid, so a fake-quant whose range holds exactly
+    those values loses nothing, and gives the first convolution a quantized input: without one, tf2onnx
+    left that convolution float in the QAT ONNX file (ONNX Runtime ran it as a float Conv). The range
+    covers every value seen (tfmot's AllValuesQuantizer, which only widens), started at the layer's exact
+    image of 0..255 by `init_activation_ranges`.
+    """
+    q = tfmot.quantization.keras
+
+    class PixelQuantizeConfig(q.QuantizeConfig):
+        def get_weights_and_quantizers(self, layer):
+            return []
+
+        def get_activations_and_quantizers(self, layer):
+            return []
+
+        def set_quantize_weights(self, layer, quantize_weights):
+            pass
+
+        def set_quantize_activations(self, layer, quantize_activations):
+            pass
+
+        def get_output_quantizers(self, layer):
+            return [q.quantizers.AllValuesQuantizer(num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
+
+        def get_config(self):
+            return {}
+
+    return PixelQuantizeConfig
+
+
+def pixel_range(layer) -> tuple[float, float]:
+    """Where a Rescaling layer maps 0..255 (0 included, as a fake-quant range must hold it)."""
+    offset = np.asarray(layer.offset, np.float32)
+    ends = np.concatenate([(np.float32(255.0) * np.asarray(layer.scale, np.float32) + offset).ravel(), offset.ravel()])
+    return min(float(ends.min()), 0.0), max(float(ends.max()), 0.0)
+
+
 def _freeze_quantized(wrapper) -> None:
     """Stop QAT training a frozen layer's weights (--whiten's convolution).
 
@@ -106,7 +147,8 @@ def init_activation_ranges(tf_keras, model, qat, images, seed: int) -> int:
     8-bit range unused, and ONNX Runtime, which folds a ReLU into an integer convolution only when
     its range starts at 0, ran those convolutions in float. The average over batches of each layer's
     minimum and maximum (0 included) is what that moving average converges to. Returns how many
-    quantizers were set.
+    quantizers were set. The input's range is 0..255 and a Rescaling's the exact image of that
+    (`pixel_range`): set, not measured, so every pixel value lies on the 8-bit grid.
     """
     pairs = []  # (min variable, max variable, float layer)
     for wrapper in qat.layers:
@@ -117,8 +159,16 @@ def init_activation_ranges(tf_keras, model, qat, images, seed: int) -> int:
         for prefix in ("output", "post_activation"):
             if f"{prefix}_min" in own and f"{prefix}_max" in own:
                 pairs.append((own[f"{prefix}_min"], own[f"{prefix}_max"], model.get_layer(inner.name)))
+    exact = [(layer.quantizer_vars["min_var"], layer.quantizer_vars["max_var"], (0.0, 255.0))
+             for layer in qat.layers  # tfmot's quantizer of the model's input, in front of the Rescaling
+             if type(layer).__name__ == "QuantizeLayer" and getattr(layer, "quantizer_vars", None)]
+    exact += [(vmin, vmax, pixel_range(layer)) for vmin, vmax, layer in pairs if type(layer).__name__ in PIXELS]
+    for vmin, vmax, (low, high) in exact:
+        vmin.assign(low)
+        vmax.assign(high)
+    pairs = [(vmin, vmax, layer) for vmin, vmax, layer in pairs if type(layer).__name__ not in PIXELS]
     if not pairs:
-        return 0
+        return len(exact)
     probe = tf_keras.Model(model.inputs, [layer.output for _, _, layer in pairs])
     order = np.random.default_rng(seed).permutation(len(images))[:RANGE_IMAGES]
     lows, highs = [], []
@@ -130,7 +180,7 @@ def init_activation_ranges(tf_keras, model, qat, images, seed: int) -> int:
     for (vmin, vmax, _), low, high in zip(pairs, np.mean(lows, axis=0), np.mean(highs, axis=0)):
         vmin.assign(low)
         vmax.assign(high if high > low else low + 1e-3)
-    return len(pairs)
+    return len(pairs) + len(exact)
 
 
 def accuracy(model, ds) -> float:
@@ -189,16 +239,20 @@ def run(job: dict) -> dict:
         from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
             default_8bit_quantize_configs as configs)
 
+        pixels = pixel_quantize_config(tfmot)
+
         def annotate(layer):
             if type(layer).__name__ in NOT_QUANTIZABLE:
                 return layer
             if type(layer).__name__ in OUTPUT_ONLY:
                 return q.quantize_annotate_layer(layer, quantize_config=configs.Default8BitOutputQuantizeConfig())
+            if type(layer).__name__ in PIXELS:
+                return q.quantize_annotate_layer(layer, quantize_config=pixels())
             return q.quantize_annotate_layer(layer)
 
         annotated = tf_keras.models.clone_model(model, clone_function=annotate)
         annotated.set_weights(model.get_weights())
-        with q.quantize_scope():
+        with q.quantize_scope({"PixelQuantizeConfig": pixels}):
             tuned = q.quantize_apply(annotated)
         for wrapper in tuned.layers:
             if getattr(wrapper, "layer", None) is not None and wrapper.layer.name in frozen:

@@ -436,7 +436,9 @@ def test_sparse_int8_weights_compress_better_without_string_matching():
 def test_weights_on_an_int8_grid_are_stored_as_int8(tmp_path):
     """What tf2onnx makes of a QAT model: float kernels equal to q * scale (per output channel for a
     convolution, per tensor for a dense layer). They are stored as int8 and dequantize to the same
-    floats; a kernel off the grid stays float."""
+    floats, a channel that ends short of the grid's end too (a nearly dead channel of a QAT run's 120x120
+    kernel, about 1e-29, ended at 111 steps and kept the whole kernel float); a kernel off the grid stays
+    float."""
     import onnx
     import onnxruntime as ort
     from onnx import numpy_helper
@@ -449,9 +451,11 @@ def test_weights_on_an_int8_grid_are_stored_as_int8(tmp_path):
     x = keras.layers.Conv2D(4, 3, name="grid_conv")(inputs)
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="float_conv")(x))
     model = keras.Model(inputs, keras.layers.Dense(5, name="grid_dense")(x))
-    scales = np.array([0.01, 0.02, 0.005, 0.03], np.float32)
+    scales = np.array([0.01, 0.02, 3.3e-31, 0.03], np.float32)
     q = rng.integers(-127, 128, (3, 3, 3, 4))
-    q[0, 0, 0] = 127  # each channel reaches the grid's end, as a symmetric scale max|w| / 127 makes it
+    q[0, 0, 0] = 127  # the channels reach the grid's end, as a symmetric scale max|w| / 127 makes it ...
+    q[..., 2] = np.clip(q[..., 2], -110, 110)
+    q[0, 0, 0, 2] = 111  # ... but for one that ends at 111 steps
     model.get_layer("grid_conv").kernel.assign((q * scales).astype(np.float32))
     model.get_layer("grid_dense").kernel.assign((np.r_[[127] * 5, rng.integers(-127, 128, 15)].reshape(4, 5)
                                                  * np.float32(0.004)).astype(np.float32))
@@ -463,6 +467,13 @@ def test_weights_on_an_int8_grid_are_stored_as_int8(tmp_path):
     kernels = sorted(a.size for name, a in int8.items() if not name.endswith("_zero_point"))
     assert kernels == [20, 108]  # the dense and the first convolution's kernels
     assert [n.op_type for n in proto.graph.node].count("DequantizeLinear") == 2
+    floats = {i.name: numpy_helper.to_array(i) for i in onnx.load_from_string(before).graph.initializer}
+    scales_of = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for name, a in int8.items():
+        if name.endswith("_int8"):
+            w, scale = floats[name[:-5]], scales_of[name[:-5] + "_scale"]
+            back = a * (scale.reshape(-1, *[1] * (a.ndim - 1)) if scale.ndim else scale)
+            np.testing.assert_allclose(back, w, rtol=1e-6, atol=0)  # the dead channel's 1e-29 values too
     x = rng.integers(0, 256, (6, 8, 8, 3)).astype(np.float32)
     plain = ort.SessionOptions()  # as written: ORT's optimizer would fuse the dense layer into integer kernels
     plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -71,6 +71,20 @@ def test_qat_writes_verified_int8_tflite_and_qdq_onnx(tiny_run):
     relu_zero_points = [int(inits[n.input[2]]) for n in proto.graph.node
                         if n.op_type == "QuantizeLinear" and made_by.get(n.input[0]) == "Relu"]
     assert m["qat_activation_ranges_set"] >= len(relu_zero_points) >= 2 and set(relu_zero_points) == {0}
+    # The input (raw pixels) and the Rescaling's output are quantized on the pixels' own grid (scales 1 and
+    # 1/255, zero point 0: lossless), so ONNX Runtime runs the first convolution as an integer one too (it
+    # ran a float Conv without it), and the TFLite file's uint8 input still takes raw pixels.
+    pixel_qs = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"
+                and (n.input[0] == "image" or n.input[0].startswith("core/quant_rescale/"))]
+    assert [(made_by.get(n.input[0], "input"), round(float(inits[n.input[1]]) * 255, 6), int(inits[n.input[2]]))
+            for n in pixel_qs] == [("input", 255.0, 0), ("Add", 1.0, 0)]
+    assert tfl["inputs"][0]["quantization"] == {"scale": 1.0, "zero_point": 0}
+    from edgecnn.runners import open_runner
+    from edgecnn.runners.onnx import placement
+
+    path = dst / "exports" / "model_int8.onnx"
+    ran = placement(path, ["CPUExecutionProvider"], open_runner(path, "cpu", threads=1).inp, 1)
+    assert ran["CPUExecutionProvider"]["QLinearConv"] == 3 and not ran["CPUExecutionProvider"]["Conv"], ran
     # The parent process is still Keras 3 and the export command accepts the new run like any other.
     import keras
 

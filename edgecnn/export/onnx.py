@@ -254,14 +254,35 @@ def take_uint8_input(proto) -> str:
 GRID_TOLERANCE = 1e-3  # |w / scale - round(w / scale)| allowed: float32 round-off of weights already on the grid
 
 
+def grid_scales(rows: np.ndarray) -> np.ndarray | None:
+    """The step of the symmetric int8 grid each row of ``rows`` lies on, or None if a row lies on none.
+
+    A row's largest magnitude is normally the grid's end, 127 steps (tfmot's symmetric ranges). A row can end
+    short of it: BatchNorm folded into a nearly dead channel left ``q * scale`` at about 1e-29 ending at 111
+    steps in a QAT run (a 120x120x3x3 kernel then stayed float: 518 KB). So each row takes the largest step
+    count of 127 or fewer that puts all its values on the grid. An all-zero row gets step 1.
+    """
+    top = np.abs(rows).max(axis=1)
+    scales = np.where(top > 0, 0.0, 1.0).astype(np.float32)
+    for steps in range(127, 0, -1):
+        todo = scales == 0
+        if not todo.any():
+            break
+        step = (top[todo] / np.float32(steps)).astype(np.float32)
+        q = rows[todo] / step[:, None]
+        fits = np.abs(q - np.rint(q)).max(axis=1) <= GRID_TOLERANCE
+        scales[np.flatnonzero(todo)[fits]] = step[fits]
+    return None if (scales == 0).any() else scales
+
+
 def store_int8_weights(proto) -> int:
     """Store float weights that already lie on a symmetric int8 grid as int8 + DequantizeLinear.
 
     tf2onnx folds a QAT model's weight fake-quant into float constants: each Conv kernel holds
     ``q * scale`` per output channel, each MatMul/Gemm kernel ``q * scale`` per tensor (tfmot's
-    8-bit scheme: symmetric, -127..127). Written as int8 with their scale, the weights take a
-    quarter of the bytes and dequantize to the same floats (to float32 round-off). A weight not on
-    such a grid is left as it is. Returns how many weights were converted.
+    8-bit scheme: symmetric, -127..127; `grid_scales` finds each scale). Written as int8 with their
+    scale, the weights take a quarter of the bytes and dequantize to the same floats (to float32
+    round-off). A weight not on such a grid is left as it is. Returns how many weights were converted.
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -279,18 +300,20 @@ def store_int8_weights(proto) -> int:
         if name not in inits or name in done or inits[name].data_type != onnx.TensorProto.FLOAT:
             continue
         w = numpy_helper.to_array(inits[name])
+        if not w.size:
+            continue
         if node.op_type == "Conv" and w.ndim >= 3:  # per output channel
-            scale, shape = np.abs(w).reshape(len(w), -1).max(axis=1) / 127, (-1,) + (1,) * (w.ndim - 1)
+            scale, shape = grid_scales(w.reshape(len(w), -1)), (-1,) + (1,) * (w.ndim - 1)
         elif node.op_type != "Conv" and w.ndim == 2:  # per tensor
-            scale, shape = np.asarray(np.abs(w).max() / 127), ()
+            scale, shape = grid_scales(w.reshape(1, -1)), ()
+            scale = None if scale is None else scale.reshape(())
         else:
             continue
-        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-        q = w / scale.reshape(shape)
-        if not w.size or np.abs(q - np.rint(q)).max() > GRID_TOLERANCE:
+        if scale is None:
             continue
+        q = np.rint(w / scale.reshape(shape))
         graph.initializer.remove(inits[name])
-        graph.initializer.extend([numpy_helper.from_array(np.rint(q).astype(np.int8), name + "_int8"),
+        graph.initializer.extend([numpy_helper.from_array(q.astype(np.int8), name + "_int8"),
                                   numpy_helper.from_array(scale, name + "_scale"),
                                   numpy_helper.from_array(np.zeros(scale.shape, np.int8), name + "_zero_point")])
         dq_nodes.append(helper.make_node("DequantizeLinear", [name + "_int8", name + "_scale", name + "_zero_point"],
