@@ -300,7 +300,7 @@ def store_int8_weights(proto) -> int:
         if name not in inits or name in done or inits[name].data_type != onnx.TensorProto.FLOAT:
             continue
         w = numpy_helper.to_array(inits[name])
-        if not w.size:
+        if not w.size or not np.isfinite(w).all():
             continue
         if node.op_type == "Conv" and w.ndim >= 3:  # per output channel
             scale, shape = grid_scales(w.reshape(len(w), -1)), (-1,) + (1,) * (w.ndim - 1)
