@@ -86,30 +86,18 @@ def pixel_quantize_config(tfmot):
 
     Its output is a pixel scaled, 256 values on an 8-bit grid, so a fake-quant whose range holds exactly
     those values loses nothing, and gives the first convolution a quantized input: without one, tf2onnx
-    left that convolution float in the QAT ONNX file (ONNX Runtime ran it as a float Conv). The range
-    covers every value seen (tfmot's AllValuesQuantizer, which only widens), started at the layer's exact
-    image of 0..255 by `init_activation_ranges`.
+    left that convolution float in the QAT ONNX file (ONNX Runtime ran it as a float Conv). tfmot's own
+    output-only config, with a range that covers every value seen (AllValuesQuantizer, which only
+    widens), started at the layer's exact image of 0..255 by `init_activation_ranges`.
     """
-    q = tfmot.quantization.keras
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_configs as configs)
 
-    class PixelQuantizeConfig(q.QuantizeConfig):
-        def get_weights_and_quantizers(self, layer):
-            return []
+    quantizers = tfmot.quantization.keras.quantizers
 
-        def get_activations_and_quantizers(self, layer):
-            return []
-
-        def set_quantize_weights(self, layer, quantize_weights):
-            pass
-
-        def set_quantize_activations(self, layer, quantize_activations):
-            pass
-
+    class PixelQuantizeConfig(configs.Default8BitOutputQuantizeConfig):
         def get_output_quantizers(self, layer):
-            return [q.quantizers.AllValuesQuantizer(num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
-
-        def get_config(self):
-            return {}
+            return [quantizers.AllValuesQuantizer(num_bits=8, per_axis=False, symmetric=False, narrow_range=False)]
 
     return PixelQuantizeConfig
 
