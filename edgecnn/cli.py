@@ -353,19 +353,34 @@ def quant_debug_cmd(
     float_trials: int = typer.Option(0, "--float-trials", help="Also score the int8 model on those images with "
                                      "each of the N lowest-SQNR layers alone left in float32: whether that layer "
                                      "costs the accuracy (a diagnostic; such a file is not full-integer)."),
+    fmt: str = typer.Option("tflite", "--format", "-f", help="tflite: a post-training int8 quantization of the "
+                            "run's model, as edgecnn export makes model_int8.tflite; onnx: the run's "
+                            "exports/model_int8.onnx itself (also a QAT or --onnx-target file), with each layer's "
+                            "drift from float32."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Data source (default: the run's own)."),
     runs_dir: str = RUNS_DIR_OPT,
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ):
     """Per-layer int8 quantization error: each layer's own error (rmse over scale, share of values clipped,
-    SQNR), to find the layers an int8 accuracy drop comes from. Writes RUN/quant_debug.json.
+    SQNR), to find the layers an int8 accuracy drop comes from. Writes RUN/quant_debug.json
+    (RUN/quant_debug_onnx.json with --format onnx).
 
-    Example: edgecnn quant-debug run3
+    Example: edgecnn quant-debug run3 --format onnx
     """
     from edgecnn.quant_debug import format_text, quant_debug
 
-    result = quant_debug(run, runs_dir, data, calib_samples=calib_samples, samples=samples, trials=float_trials,
-                         log=_err if json_out else _log)
+    log = _err if json_out else _log
+    if fmt == "onnx":
+        if float_trials:
+            raise EdgeCNNError("--float-trials works with --format tflite only")
+        from edgecnn.quant_debug_onnx import quant_debug_onnx
+
+        result = quant_debug_onnx(run, runs_dir, data, samples=samples)
+    elif fmt == "tflite":
+        result = quant_debug(run, runs_dir, data, calib_samples=calib_samples, samples=samples, trials=float_trials,
+                             log=log)
+    else:
+        raise EdgeCNNError(f"--format must be tflite or onnx, got {fmt!r}")
     if json_out:
         print(json.dumps(result, indent=2))
     else:

@@ -39,12 +39,14 @@ def label(tensor_name: str, known: list[str], op: str = "") -> str:
 
     Each ';' part is a scope path ending in a TensorFlow op name (dropped: 'add_1' there is an op, not the layer
     'add_1'); tracing gave each layer's scope a '_N' suffix, so 'conv2d_1_2' is the layer 'conv2d_1' and
-    'conv2d_1' the layer 'conv2d' when both exist."""
+    'conv2d_1' the layer 'conv2d' when both exist. tfmot's wrappers prefix 'quant_' ('core/quant_conv1/...' in a
+    QAT ONNX file)."""
     order = {name: i for i, name in enumerate(known)}
     found = set()
     for part in tensor_name.split(";"):
         for scope in part.split("/")[:-1]:
-            for name in (re.sub(r"_\d+$", "", scope), scope):
+            bare = scope.removeprefix("quant_")
+            for name in (re.sub(r"_\d+$", "", scope), scope, re.sub(r"_\d+$", "", bare), bare):
                 if name in order:
                     found.add(name)
                     break
@@ -91,10 +93,12 @@ def layer_errors(blob: bytes, images: np.ndarray, known: list[str] = ()) -> list
             r["e2"] += float(err @ err)
             r["max"] = max(r["max"], float(np.abs(err).max()))
             r["clipped"] += int(((ref < lo) | (ref > hi)).sum())
-    return [_summary(r, known) for r in rows]
+    return [summarize(r, known) for r in rows]
 
 
-def _summary(r: dict, known) -> dict:
+def summarize(r: dict, known) -> dict:
+    """One table row from a layer's error sums over every image and element (``r``: n, f2, e, e2, max, clipped,
+    with its tensor's name, op, shape, scale and zero point); also used for ONNX files (quant_debug_onnx)."""
     s = r["scale"]
     return {
         "layer": label(r["name"], list(known), r["op"]),
@@ -205,16 +209,28 @@ def same_scales(layers: list[dict], path: Path) -> bool:
 
 
 def table(result: dict) -> list[list[str]]:
-    """The per-layer table: a header row, then one row per quantized op."""
+    """The per-layer table: a header row, then one row per quantized op (with the drift column of an ONNX
+    file's table, quant_debug_onnx)."""
+    drift = result.get("format") == "onnx"
     head = ["#", "layer", "op", "output", "scale", "rmse/scale", "max/scale", "bias/scale", "clipped %", "SQNR dB"]
-    return [head] + [[str(i), r["layer"], r["op"], "x".join(map(str, r["output_shape"])), f"{r['scale']:.4g}",
-                      f"{r['rmse_over_scale']:.3f}", f"{r['max_error_over_scale']:.2f}", f"{r['bias_over_scale']:+.3f}",
-                      f"{100 * r['clipped_fraction']:.2g}", "inf" if r["sqnr_db"] is None else f"{r['sqnr_db']:.1f}"]
-                     for i, r in enumerate(result["layers"], 1)]
+
+    def db(v):
+        return "inf" if v is None else f"{v:.1f}"
+
+    return [head + ["drift dB"] * drift] + [
+        [str(i), r["layer"], r["op"], "x".join(map(str, r["output_shape"])), f"{r['scale']:.4g}",
+         f"{r['rmse_over_scale']:.3f}", f"{r['max_error_over_scale']:.2f}", f"{r['bias_over_scale']:+.3f}",
+         f"{100 * r['clipped_fraction']:.2g}", db(r["sqnr_db"])]
+        + ([db(r["drift_sqnr_db"]) if r.get("drift_tensor") else "-"] if drift else [])
+        for i, r in enumerate(result["layers"], 1)]
 
 
 def notes(result: dict) -> list[str]:
     """The lowest-SQNR layers, how to read the columns, and whether the run's int8 file has these scales."""
+    if result.get("format") == "onnx":
+        from edgecnn import quant_debug_onnx
+
+        return quant_debug_onnx.notes(result)
     lines = ["lowest SQNR: " + (", ".join(f"{r['layer']} {r['sqnr_db']:.1f} dB" for r in lowest(result["layers"]))
                                 or "-"),
              f"{result['images']['count']} test images, {result['calibration']['samples']} calibration images (as "

@@ -120,6 +120,13 @@ def write(run_dir: Path) -> tuple[Path, Path]:
 
         sections.append(("Per-layer int8 error (edgecnn quant-debug)", " ".join(quant_debug.notes(quant)),
                          quant_debug.table(quant), None))
+    quant = _load(run_dir / "quant_debug_onnx.json")
+    if quant and quant.get("layers"):
+        from edgecnn import quant_debug, quant_debug_onnx
+
+        if quant_debug_onnx.file_matches(quant):  # not a table of an earlier file
+            sections.append(("Per-layer int8 error of model_int8.onnx (edgecnn quant-debug --format onnx)",
+                             " ".join(quant_debug.notes(quant)), quant_debug.table(quant), None))
     if bench:
         m = bench["meta"]
         text = (f"{m['images']} test images, {m['threads']} thread(s), {m['machine']['cpu']} "

@@ -85,6 +85,20 @@ def test_qat_writes_verified_int8_tflite_and_qdq_onnx(tiny_run):
     path = dst / "exports" / "model_int8.onnx"
     ran = placement(path, ["CPUExecutionProvider"], open_runner(path, "cpu", threads=1).inp, 1)
     assert ran["CPUExecutionProvider"]["QLinearConv"] == 3 and not ran["CPUExecutionProvider"]["Conv"], ran
+    # quant-debug --format onnx reads the QAT file: its layers named through tfmot's 'quant_' scopes, each
+    # tensor's drift measured against the run's float model; no float weights for its own error (BatchNorm is
+    # folded into the int8 ones), and it says so.
+    from edgecnn.model import load_keras
+    from edgecnn.quant_debug import notes
+    from edgecnn.quant_debug_onnx import quant_debug_onnx
+
+    qd = quant_debug_onnx(str(dst), str(dst.parent), samples=16)
+    rows = [r for r in qd["layers"] if r["op"].startswith("Conv") or "+Conv" in r["op"]]
+    assert [r["layer"].split("+")[0] for r in rows] == [layer.name for layer in load_keras(dst / "model.keras").layers
+                                                        if layer.__class__.__name__ == "Conv2D"]
+    assert qd["qat"] and not any(r["float_weights"] for r in rows)
+    assert all(r["drift_tensor"] and r["drift_sqnr_db"] > 15 for r in rows), rows
+    assert qd["runtime_check"]["top1_agreement"] >= 0.9 and any("quantization-aware" in n for n in notes(qd))
     # The parent process is still Keras 3 and the export command accepts the new run like any other.
     import keras
 
