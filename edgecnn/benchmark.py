@@ -374,7 +374,7 @@ def compare_baseline(rows: list[dict], base: dict, now: dict, path: str, log) ->
 
 def gate(rows: list[dict], cfg: BenchmarkConfig, log, run_dir: Path | None = None) -> int:
     bad = []
-    int8_lost = False  # the int8 TFLite row failed an accuracy gate: quant-debug shows where
+    int8_lost = {}  # int8 rows that failed an accuracy gate: quant-debug shows where, per format
     for r in rows:
         if r["name"] == "keras" or r["status"] != "ok" or r.get("accuracy") is None:
             continue
@@ -386,7 +386,8 @@ def gate(rows: list[dict], cfg: BenchmarkConfig, log, run_dir: Path | None = Non
         if compared and cfg.min_agreement is not None and r["agreement"] < cfg.min_agreement:
             bad.append(f"{r['name']} ({r['device']}): agreement {r['agreement']:.4f} < {cfg.min_agreement} "
                        f"(by {cfg.min_agreement - r['agreement']:.4f})")
-        int8_lost |= r["name"] == "tflite-int8" and len(bad) > accuracy_gates
+        if r["name"] in ("tflite-int8", "onnx-int8") and len(bad) > accuracy_gates:
+            int8_lost[r["name"]] = " --format onnx" if r["name"] == "onnx-int8" else ""
         if r["name"] == "tflite-micro":
             continue  # the int8 file's own row carries its size and arena; host timing of reference kernels
         if cfg.max_size_kb is not None and r.get("size_bytes") and r["size_bytes"] / 1024 > cfg.max_size_kb:
@@ -410,8 +411,8 @@ def gate(rows: list[dict], cfg: BenchmarkConfig, log, run_dir: Path | None = Non
                    "--formats tflite-int8)")
     for line in bad:
         log(f"GATE FAILED: {line}")
-    if int8_lost:
-        log(f"  which layers lose it: edgecnn quant-debug {run_dir or ''}".rstrip())
+    for option in int8_lost.values():
+        log(f"  which layers lose it: edgecnn quant-debug {run_dir or ''}".rstrip() + option)
     return 1 if bad else 0
 
 

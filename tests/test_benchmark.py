@@ -64,6 +64,21 @@ def test_gate_thresholds_around_the_measured_agreement(bench):
         assert gate(rows, BenchmarkConfig(max_drop=worst_drop - 0.01), lambda m: None) == 1
 
 
+def test_a_failed_int8_row_names_the_quant_debug_command_of_its_format(bench):
+    rows, _ = bench
+    picked = [r for r in rows if r["device"] == "cpu" and r["name"] in ("keras", "tflite-int8", "onnx-int8")]
+    assert [r["name"] for r in picked] == ["keras", "tflite-int8", "onnx-int8"]
+    impossible = BenchmarkConfig(min_agreement=1.0 + 1e-9)  # every compared row fails it
+    lines = []
+    assert gate(picked, impossible, lines.append, Path("runs/r")) == 1
+    assert lines[-2:] == ["  which layers lose it: edgecnn quant-debug runs/r",
+                          "  which layers lose it: edgecnn quant-debug runs/r --format onnx"]
+    lines.clear()
+    floats = [r for r in rows if r["device"] == "cpu" and r["name"] in ("keras", "onnx-float32")]
+    assert gate(floats, impossible, lines.append, Path("runs/r")) == 1
+    assert lines and not any("quant-debug" in ln for ln in lines)  # no quantized layer to blame
+
+
 def test_size_latency_and_arena_gates_around_the_measured_values(bench):
     """Flash (file size), speed (batch-1 median) and RAM (TFLite Micro arena) budgets, as CI would set them."""
     rows, _ = bench
