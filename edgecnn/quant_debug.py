@@ -85,15 +85,22 @@ def layer_errors(blob: bytes, images: np.ndarray, known: list[str] = ()) -> list
         for r in rows:
             ref = it.get_tensor(r["f"]).astype(np.float64).ravel()
             got = (it.get_tensor(r["q"]).astype(np.float64).ravel() - r["zero_point"]) * r["scale"]
-            err = got - ref
-            lo, hi = (QMIN - r["zero_point"] - 0.5) * r["scale"], (QMAX - r["zero_point"] + 0.5) * r["scale"]
-            r["n"] += ref.size
-            r["f2"] += float(ref @ ref)
-            r["e"] += float(err.sum())
-            r["e2"] += float(err @ err)
-            r["max"] = max(r["max"], float(np.abs(err).max()))
-            r["clipped"] += int(((ref < lo) | (ref > hi)).sum())
+            accumulate(r, got, ref, r["scale"], r["zero_point"], QMIN, QMAX)
     return [summarize(r, known) for r in rows]
+
+
+def accumulate(sums: dict, got: np.ndarray, ref: np.ndarray, scale: float, zero_point: int, qmin: int, qmax: int):
+    """Add one batch of a layer's dequantized output ``got`` and float reference ``ref`` (float64, flat) to its
+    error sums (n, f2, e, e2, max, clipped: what summarize reads); clipped: reference values beyond the int8
+    range [qmin, qmax] on that scale and zero point."""
+    err = got - ref
+    lo, hi = (qmin - zero_point - 0.5) * scale, (qmax - zero_point + 0.5) * scale
+    sums["n"] += ref.size
+    sums["f2"] += float(ref @ ref)
+    sums["e"] += float(err.sum())
+    sums["e2"] += float(err @ err)
+    sums["max"] = max(sums["max"], float(np.abs(err).max()))
+    sums["clipped"] += int(((ref < lo) | (ref > hi)).sum())
 
 
 def summarize(r: dict, known) -> dict:

@@ -24,7 +24,7 @@ import numpy as np
 
 from edgecnn import runs
 from edgecnn.errors import EdgeCNNError, first_line
-from edgecnn.quant_debug import ROUNDING, label, layer_names, lowest, summarize
+from edgecnn.quant_debug import ROUNDING, accumulate, label, layer_names, lowest, summarize
 
 RESULT_FILE = "quant_debug_onnx.json"
 FILE = "model_int8.onnx"
@@ -291,15 +291,7 @@ def layer_errors(proto, ref_proto, images: np.ndarray, known=()) -> tuple[list[d
         for r, a in zip(rows, acc):
             ref = got[r["ref"]][:n].astype(np.float64).ravel()
             q = got[r["dq"]][:n].astype(np.float64).ravel()
-            err = q - ref
-            lo = (r["qmin"] - r["zero_point"] - 0.5) * r["scale"]
-            hi = (r["qmax"] - r["zero_point"] + 0.5) * r["scale"]
-            a["n"] += ref.size
-            a["f2"] += float(ref @ ref)
-            a["e"] += float(err.sum())
-            a["e2"] += float(err @ err)
-            a["max"] = max(a["max"], float(np.abs(err).max()))
-            a["clipped"] += int(((ref < lo) | (ref > hi)).sum())
+            accumulate(a, q, ref, r["scale"], r["zero_point"], r["qmin"], r["qmax"])
             if r["drift"]:
                 f = floats[r["drift"]][:n].astype(np.float64).ravel()
                 if f.size == q.size:
