@@ -348,7 +348,7 @@ def quant_debug_cmd(
     run: Optional[str] = typer.Argument(None, help="Run name/folder or a .keras file beside its labels.json "
                                         "(default: the latest run).", show_default=False),
     calib_samples: int = typer.Option(500, help="Training images used to calibrate int8 (as edgecnn export "
-                                      "--calib-samples: the same number gives the same scales)."),
+                                      "--calib-samples: the same number gives the same scales); --format tflite."),
     samples: int = typer.Option(256, help="Test images the layers are compared on."),
     float_trials: int = typer.Option(0, "--float-trials", help="Also score the int8 model on those images with "
                                      "each of the N lowest-SQNR layers alone left in float32: whether that layer "
@@ -371,11 +371,11 @@ def quant_debug_cmd(
 
     log = _err if json_out else _log
     if fmt == "onnx":
-        if float_trials:
-            raise EdgeCNNError("--float-trials works with --format tflite only")
+        if calib_samples != 500:
+            raise EdgeCNNError("--calib-samples works with --format tflite only (an ONNX file keeps its own scales)")
         from edgecnn.quant_debug_onnx import quant_debug_onnx
 
-        result = quant_debug_onnx(run, runs_dir, data, samples=samples)
+        result = quant_debug_onnx(run, runs_dir, data, samples=samples, trials=float_trials)
     elif fmt == "tflite":
         result = quant_debug(run, runs_dir, data, calib_samples=calib_samples, samples=samples, trials=float_trials,
                              log=log)

@@ -247,15 +247,21 @@ def notes(result: dict) -> list[str]:
              f"of 1.0 is one: int8 stops at 255/256)."]
     ft = result.get("float_trials")
     if ft:
-        lines.append(f"accuracy on {ft['images']} test images: Keras {100 * ft['keras_accuracy']:.2f}%, int8 "
-                     f"{100 * ft['int8_accuracy']:.2f}%; int8 with one layer left in float32: "
-                     + ", ".join(f"{t['layer']} {100 * t['accuracy']:.2f}%" for t in ft["layers"]))
+        lines.append(trials_note(ft, "Keras", ft["keras_accuracy"]))
     ex = result.get("export_int8")
     if ex:
         lines.append(f"{ex['file']}: " + ("the same scales, so this is its quantization" if ex["same_scales"] else
                                           "other scales (quantization-aware training, or other calibration): "
                                           "this is a fresh post-training quantization"))
     return lines
+
+
+def trials_note(ft: dict, float_name: str, float_accuracy: float) -> str:
+    """The float-trials line: the float model's accuracy, the int8 model's, and each trial's."""
+    return (f"accuracy on {ft['images']} test images: {float_name} {100 * float_accuracy:.2f}%, int8 "
+            f"{100 * ft['int8_accuracy']:.2f}%; int8 with one layer left in float32: "
+            + ", ".join(f"{t['layer']} " + ("(no float32 weights)" if t["accuracy"] is None else
+                                              f"{100 * t['accuracy']:.2f}%") for t in ft["layers"]))
 
 
 def format_text(result: dict) -> str:

@@ -12,7 +12,8 @@ then its QuantizeLinear. That makes both halves of a layer's error visible:
 Float weights are found by the names tf2onnx and ONNX Runtime's quantizer give them, float tensors also by the
 float op reading the same weights or by the Keras layer a name holds. A QAT file's weights have no float original
 (BatchNorm is folded into them): its rows use the file's own int8 weights. A last check runs the file in ONNX
-Runtime's integer kernels and compares its outputs.
+Runtime's integer kernels and compares its outputs. Float trials score the file with one layer's ops on their
+float32 weights (trial_model).
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ import numpy as np
 
 from edgecnn import runs
 from edgecnn.errors import EdgeCNNError, first_line
-from edgecnn.quant_debug import ROUNDING, accumulate, label, layer_names, lowest, summarize
+from edgecnn.quant_debug import ROUNDING, accumulate, label, layer_names, lowest, summarize, trials_note
 
 RESULT_FILE = "quant_debug_onnx.json"
 FILE = "model_int8.onnx"
 REF = "_edgecnn_float"  # suffix of the float-weight copies added to the debug graph
 NUMBERED = re.compile(r"__\d+(:\d+)?$")  # tf2onnx's numbered names ('Conv__42:0'): its counter runs on
+# ONNX Runtime's optimizer quantizes the float32 weights of an op between DequantizeLinear and QuantizeLinear
+# itself (its WeightBiasQuantization transformer): a float trial turns it off to keep that layer's weights float.
+KEEP_FLOAT_WEIGHTS = ["WeightBiasQuantization"]
 LAYOUT_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")  # move values, compute none
 
 
@@ -238,7 +242,7 @@ def _with_outputs(proto, names: list[str]):
     return out
 
 
-def _session(proto, optimized: bool):
+def _session(proto, optimized: bool, disabled: list[str] = ()):
     import onnxruntime as ort
 
     from edgecnn.runners.onnx import session_options
@@ -247,7 +251,8 @@ def _session(proto, optimized: bool):
     if not optimized:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        return ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(disabled))
     except Exception as exc:
         raise EdgeCNNError(f"ONNX Runtime cannot load the debug model ({first_line(exc, 200)})") from None
 
@@ -255,17 +260,11 @@ def _session(proto, optimized: bool):
 def layer_errors(proto, ref_proto, images: np.ndarray, known=()) -> tuple[list[dict], dict]:
     """Rows of the int8 ONNX ``proto`` on ``images`` (uint8, N x H x W x C) against the float32 ``ref_proto``,
     and how closely the file run as written matched ONNX Runtime's integer kernels."""
-    from edgecnn.export.onnx import input_layout
-
     debug, rows = debug_model(proto, ref_proto, known)
     if not rows:
         raise EdgeCNNError("the ONNX file holds no quantized activation to compare (no QuantizeLinear nodes)")
     inp = proto.graph.input[0]
     out_name = proto.graph.output[0].name
-    dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
-    batch = dims[0] if dims[0] > 0 else 64
-    nchw = input_layout(proto, images.shape[1:]) == "NCHW"
-    uint8_in = inp.type.tensor_type.elem_type == 2  # TensorProto.UINT8
     ref_input = ref_proto.graph.input[0].name
     drift_names = sorted({r["drift"] for r in rows if r["drift"] and r["drift"] != ref_input})
     ref_sess = _session(_with_outputs(ref_proto, drift_names), optimized=True) if drift_names else None
@@ -273,13 +272,8 @@ def layer_errors(proto, ref_proto, images: np.ndarray, known=()) -> tuple[list[d
     names = [o.name for o in debug.graph.output]
     acc = [{"n": 0, "f2": 0.0, "e": 0.0, "e2": 0.0, "max": 0.0, "clipped": 0, "g2": 0.0, "d2": 0.0} for _ in rows]
     agree, max_dp, count = 0, 0.0, 0
-    for i in range(0, len(images), batch):
-        x = images[i:i + batch]
-        n = len(x)
-        if n < batch and dims[0] > 0:
-            x = np.concatenate([x, np.zeros((batch - n, *x.shape[1:]), x.dtype)])
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if nchw else x
-        feed_q = {inp.name: x if uint8_in else x.astype(np.float32)}
+    for x, _, n in batches(proto, images):
+        feed_q = {inp.name: x}
         got = dict(zip(names, dbg_sess.run(names, feed_q)))
         real = real_sess.run([out_name], feed_q)[0][:n]
         floats = {ref_input: x.astype(np.float32)}
@@ -312,6 +306,87 @@ def layer_errors(proto, ref_proto, images: np.ndarray, known=()) -> tuple[list[d
     return out, {"images": count, "top1_agreement": agree / count, "max_abs_dp": max_dp}
 
 
+def batches(proto, images: np.ndarray):
+    """``images`` (uint8, N x H x W x C) as ``proto``'s input takes them, one batch at a time: (input, start, count),
+    in its layout and dtype, a fixed batch size padded with zeros."""
+    from edgecnn.export.onnx import input_layout
+
+    inp = proto.graph.input[0].type.tensor_type
+    fixed = inp.shape.dim[0].dim_value
+    batch = fixed if fixed > 0 else 64
+    nchw = input_layout(proto, images.shape[1:]) == "NCHW"
+    for i in range(0, len(images), batch):
+        x = images[i:i + batch]
+        n = len(x)
+        if n < batch and fixed > 0:
+            x = np.concatenate([x, np.zeros((batch - n, *x.shape[1:]), x.dtype)])
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if nchw else x
+        yield (x if inp.elem_type == 2 else x.astype(np.float32)), i, n  # 2: TensorProto.UINT8
+
+
+def trial_model(debug, proto, layer: dict):
+    """The int8 file with ``layer`` (a row of layer_errors) computed by the float32-weight copy of its ops in
+    ``debug`` (debug_model's graph), then quantized for the next layer as before, as TFLite's selective
+    quantization leaves a layer in float32 between int8 ones."""
+    import onnx
+
+    x, ref = layer["tensor"].split(";")[0], layer["float_tensor"]
+    model = onnx.ModelProto()
+    model.CopyFrom(debug)
+    graph = model.graph
+    for n in graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[0] == x:
+            n.input[0] = ref
+    del graph.output[:]
+    graph.output.extend(proto.graph.output)
+    _prune(graph)
+    return model
+
+
+def _prune(graph) -> None:
+    """Keep the nodes the graph's outputs need, each after what it reads, and the initializers they read."""
+    producer = {o: n for n in graph.node for o in n.output if o}
+    order, done = [], set()
+    stack = [(producer[o.name], False) for o in graph.output if o.name in producer]
+    while stack:
+        node, expanded = stack.pop()
+        if id(node) in done:
+            continue
+        if expanded:
+            done.add(id(node))
+            order.append(node)
+            continue
+        stack.append((node, True))
+        stack += [(producer[i], False) for i in node.input if i in producer and id(producer[i]) not in done]
+    read = {i for n in order for i in n.input}
+    for field, keep in ((graph.node, order), (graph.initializer, [t for t in graph.initializer if t.name in read])):
+        copies = [type(m)() for m in keep]  # copied out before the field is cleared under them
+        for c, m in zip(copies, keep):
+            c.CopyFrom(m)
+        del field[:]
+        field.extend(copies)
+
+
+def float_trials(proto, ref_proto, layers: list[dict], images: np.ndarray, labels: np.ndarray, known=()) -> dict:
+    """Test accuracy on ``images`` of the float32 model, of the int8 file, and of the file with each of ``layers``
+    alone left out of quantization (trial_model): whether keeping that layer in float would win accuracy back.
+    A layer without float32 weights (a QAT file's) has nothing to try."""
+    debug, _ = debug_model(proto, ref_proto, known)
+
+    def accuracy(model, disabled=()) -> float:
+        session = _session(model, optimized=True, disabled=disabled)
+        name = model.graph.input[0].name
+        right = 0
+        for x, i, n in batches(model, images):
+            right += int((session.run(None, {name: x})[0][:n].argmax(-1) == labels[i:i + n]).sum())
+        return right / len(images)
+
+    return {"images": int(len(images)), "float_accuracy": accuracy(ref_proto), "int8_accuracy": accuracy(proto),
+            "layers": [{"layer": r["layer"], "accuracy": accuracy(trial_model(debug, proto, r), KEEP_FLOAT_WEIGHTS)
+                        if r["float_weights"] and r["float_tensor"] != r["tensor"].split(";")[0] else None}
+                       for r in layers]}
+
+
 def float_reference(core, proto, input_shape, tta: bool = False):
     """The run's model as float32 ONNX, converted as ``edgecnn export`` converts it for ``proto``'s layout and
     opset (so its tensors carry the names of the int8 file's)."""
@@ -327,8 +402,10 @@ def float_reference(core, proto, input_shape, tta: bool = False):
 
 
 def quant_debug_onnx(run: str | None, runs_dir: str = runs.DEFAULT_RUNS_DIR, data: str | None = None,
-                     samples: int = 256) -> dict:
-    """Per-layer error of ``RUN/exports/model_int8.onnx``; writes ``RUN/quant_debug_onnx.json`` and returns it."""
+                     samples: int = 256, trials: int = 0) -> dict:
+    """Per-layer error of ``RUN/exports/model_int8.onnx``; writes ``RUN/quant_debug_onnx.json`` and returns it.
+    ``trials``: also score the file with each of the ``trials`` lowest-SQNR layers left in float32
+    (float_trials)."""
     import onnx
 
     from edgecnn import model as model_mod
@@ -338,6 +415,8 @@ def quant_debug_onnx(run: str | None, runs_dir: str = runs.DEFAULT_RUNS_DIR, dat
 
     if samples < 1:
         raise EdgeCNNError(f"--samples must be at least 1, got {samples}")
+    if trials < 0:
+        raise EdgeCNNError(f"--float-trials must be 0 or more, got {trials}")
     base, model_path, _ = source(run, runs_dir)
     path = base / "exports" / FILE
     if not path.is_file():
@@ -345,14 +424,15 @@ def quant_debug_onnx(run: str | None, runs_dir: str = runs.DEFAULT_RUNS_DIR, dat
     check_external_data(path)
     proto = onnx.load(str(path))
     core = model_mod.load_keras(model_path)
-    ds = load_data(base, data)
+    ds = load_data(base, data, labelled=trials > 0)  # trials score accuracy: classes matched to the model's
     if tuple(ds.input_shape) != tuple(core.input_shape[1:]):
         raise EdgeCNNError(f"data images are {ds.input_shape} but the model takes {tuple(core.input_shape[1:])}")
     meta = {p.key: p.value for p in proto.metadata_props}
     tta = "flip TTA" in meta.get("edgecnn_variant", "")
     ref = float_reference(core, proto, ds.input_shape, tta)
     images = ds.x_test[:samples]
-    layers, check = layer_errors(proto, ref, images, layer_names(core))
+    known = layer_names(core)
+    layers, check = layer_errors(proto, ref, images, known)
     run_cfg = runs.config(base) if (base / "config.json").is_file() else {}
     result = {
         "format": "onnx",
@@ -366,6 +446,8 @@ def quant_debug_onnx(run: str | None, runs_dir: str = runs.DEFAULT_RUNS_DIR, dat
         "lowest_sqnr": [r["layer"] for r in lowest(layers)],
         "runtime_check": check,
     }
+    if trials:
+        result["float_trials"] = float_trials(proto, ref, lowest(layers, trials), images, ds.y_test[:samples], known)
     result["path"] = str(write_json(base / RESULT_FILE, result))
     return result
 
@@ -384,6 +466,9 @@ def notes(result: dict) -> list[str]:
         lines.append(f"no float32 weights found by name for {', '.join(own)}"
                      + (" (a quantization-aware training file)" if result.get("qat") else "")
                      + ": those rows measure the output's rounding with the file's own int8 weights")
+    ft = result.get("float_trials")
+    if ft:
+        lines.append(trials_note(ft, "float32", ft["float_accuracy"]))
     c = result["runtime_check"]
     lines.append(f"against ONNX Runtime's integer kernels (the file as deployed): top-1 agreement "
                  f"{100 * c['top1_agreement']:.2f}%, max |dp| {c['max_abs_dp']:.2g} on {c['images']} images")

@@ -92,13 +92,15 @@ def test_qat_writes_verified_int8_tflite_and_qdq_onnx(tiny_run):
     from edgecnn.quant_debug import notes
     from edgecnn.quant_debug_onnx import quant_debug_onnx
 
-    qd = quant_debug_onnx(str(dst), str(dst.parent), samples=16)
+    qd = quant_debug_onnx(str(dst), str(dst.parent), samples=16, trials=1)
     rows = [r for r in qd["layers"] if r["op"].startswith("Conv") or "+Conv" in r["op"]]
     assert [r["layer"].split("+")[0] for r in rows] == [layer.name for layer in load_keras(dst / "model.keras").layers
                                                         if layer.__class__.__name__ == "Conv2D"]
     assert qd["qat"] and not any(r["float_weights"] for r in rows)
     assert all(r["drift_tensor"] and r["drift_sqnr_db"] > 15 for r in rows), rows
     assert qd["runtime_check"]["top1_agreement"] >= 0.9 and any("quantization-aware" in n for n in notes(qd))
+    assert qd["float_trials"]["layers"][0]["accuracy"] is None  # no float layer to try
+    assert any("(no float32 weights)" in n for n in notes(qd))
     # The parent process is still Keras 3 and the export command accepts the new run like any other.
     import keras
 

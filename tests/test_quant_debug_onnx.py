@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 
 import numpy as np
 
@@ -106,7 +107,8 @@ def test_onnx_quant_debug_bad_input_is_one_line(run_copy, capsys, tmp_path):
     code, _, err = run_main(capsys, "quant-debug", str(run_copy), "--format", "onnx")
     assert code == 2 and "model_int8.onnx does not exist" in err and "edgecnn export" in err
     _export(run_copy)
-    for args, needle in [(("--format", "onnx", "--float-trials", "2"), "--float-trials"),
+    for args, needle in [(("--format", "onnx", "--float-trials", "-1"), "--float-trials"),
+                         (("--format", "onnx", "--calib-samples", "100"), "--calib-samples"),
                          (("--format", "pb"), "--format"), (("--format", "onnx", "--samples", "0"), "--samples")]:
         code, _, err = run_main(capsys, "quant-debug", str(run_copy), *args)
         assert code == 2 and err.startswith("error:") and needle in err and len(err.splitlines()) == 1, err
@@ -142,3 +144,50 @@ def test_a_residual_add_is_its_own_row_with_the_relu_the_quantizer_folded_into_i
     assert all(r["float_weights"] and r["drift_tensor"] for r in result["layers"]), result["layers"]
     assert adds[0]["sqnr_db"] > 20 and adds[0]["drift_sqnr_db"] > 15, adds
     assert "no float32 weights" not in out
+
+
+def test_onnx_float_trials_score_the_file_and_leave_just_that_layer_in_float(run_copy, capsys, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from edgecnn.evaluate import load_run_data
+    from edgecnn.model import load_keras
+    from edgecnn.quant_debug import format_text
+    from edgecnn.quant_debug_onnx import KEEP_FLOAT_WEIGHTS, debug_model, float_reference, trial_model
+
+    _export(run_copy)
+    code, out, err = run_main(capsys, "quant-debug", str(run_copy), "-f", "onnx", "--samples", "80",
+                              "--float-trials", "2", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    trials = result["float_trials"]
+    assert [t["layer"] for t in trials["layers"]] == result["lowest_sqnr"][:2] and trials["images"] == 80
+    # The int8 accuracy is the exported file's, run by ONNX Runtime as deployed; the float one is Keras's.
+    ds = load_run_data(run_copy)
+    x, y = ds.x_test[:80], ds.y_test[:80]
+    path = run_copy / "exports" / "model_int8.onnx"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert trials["int8_accuracy"] == float((session.run(None, {"image": x.astype(np.float32)})[0].argmax(1)
+                                             == y).mean())
+    core = load_keras(run_copy / "model.keras")
+    keras_acc = float((core.predict(x.astype(np.float32), verbose=0).argmax(1) == y).mean())
+    assert abs(trials["float_accuracy"] - keras_acc) <= 1 / 80  # a tie may break either way
+    assert all(0 <= t["accuracy"] <= 1 for t in trials["layers"]) and "left in float32" in format_text(result)
+
+    # The trial file of the second convolution: that Conv reads float32 weights and runs in float; the other
+    # convolutions stay int8 and run in ONNX Runtime's integer kernels.
+    proto = onnx.load(str(path))
+    conv = [r for r in result["layers"] if r["op"] == "Conv"][1]
+    debug, _ = debug_model(proto, float_reference(core, proto, (16, 16, 3)), [layer.name for layer in core.layers])
+    trial = trial_model(debug, proto, conv)
+    onnx.checker.check_model(trial)  # pruned of the debug copies, in topological order
+    inits = {t.name: t.data_type for t in trial.graph.initializer}
+    kernels = [n.input[1] for n in trial.graph.node if n.op_type == "Conv"]
+    assert sum(inits.get(k) == onnx.TensorProto.FLOAT for k in kernels) == 1 and len(kernels) == 3, kernels
+    # As float_trials runs it: ONNX Runtime's optimizer would quantize those float32 weights itself.
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "trial_optimized.onnx")
+    ort.InferenceSession(trial.SerializeToString(), opts, providers=["CPUExecutionProvider"],
+                         disabled_optimizers=KEEP_FLOAT_WEIGHTS)
+    ran = Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+    assert ran["QLinearConv"] == 2 and ran["Conv"] == 1, ran
