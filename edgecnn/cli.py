@@ -355,15 +355,14 @@ def quant_debug_cmd(
                                      "costs the accuracy (a diagnostic; such a file is not full-integer)."),
     fmt: str = typer.Option("tflite", "--format", "-f", help="tflite: a post-training int8 quantization of the "
                             "run's model, as edgecnn export makes model_int8.tflite; onnx: the run's "
-                            "exports/model_int8.onnx itself (also a QAT or --onnx-target file), with each layer's "
-                            "drift from float32."),
+                            "exports/model_int8.onnx itself (also a QAT or --onnx-target file)."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Data source (default: the run's own)."),
     runs_dir: str = RUNS_DIR_OPT,
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ):
     """Per-layer int8 quantization error: each layer's own error (rmse over scale, share of values clipped,
-    SQNR), to find the layers an int8 accuracy drop comes from. Writes RUN/quant_debug.json
-    (RUN/quant_debug_onnx.json with --format onnx).
+    SQNR) and its drift from the float32 model, to find the layers an int8 accuracy drop comes from. Writes
+    RUN/quant_debug.json (RUN/quant_debug_onnx.json with --format onnx).
 
     Example: edgecnn quant-debug run3 --format onnx
     """

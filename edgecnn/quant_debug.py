@@ -4,7 +4,8 @@ from values beyond the range calibration chose.
 The model is quantized as ``edgecnn export`` quantizes it (the same deployable graph, calibration images and
 converter, so the same scales as ``model_int8.tflite``), in TensorFlow's debug mode: after every quantized op
 the model also runs that op in float32 on the same (dequantized) int8 inputs. Each row therefore measures one
-layer's own error (its int8 weights and its int8 output), not the error piled up by the layers before it.
+layer's own error (its int8 weights and its int8 output), not the error piled up by the layers before it; that
+one, the drift, compares the int8 path's tensor with the Keras model's layer output on the same image.
 """
 
 from __future__ import annotations
@@ -53,10 +54,11 @@ def label(tensor_name: str, known: list[str], op: str = "") -> str:
     return "+".join(sorted(found, key=order.get)) or op.lower() or tensor_name.split(";")[0][:60]
 
 
-def layer_errors(blob: bytes, images: np.ndarray, known: list[str] = ()) -> list[dict]:
+def layer_errors(blob: bytes, images: np.ndarray, known: list[str] = (), reference=None) -> list[dict]:
     """Run ``blob`` (the debug model of export.tflite.quantize_calibrated) on ``images`` (uint8, N x H x W x C);
     one row per quantized op, in model order: its int8 output against its float op's, over every image and
-    element."""
+    element; with the float32 Keras model ``reference``, also its drift: against the output of the last Keras
+    layer the row is named after (the int8 path of the debug model is the deployed file's, op for op)."""
     from edgecnn.runners.tflite import interpreter
 
     # No XNNPACK: a delegate fuses ops and leaves their intermediate tensors unwritten.
@@ -79,20 +81,54 @@ def layer_errors(blob: bytes, images: np.ndarray, known: list[str] = ()) -> list
     if not rows:
         raise EdgeCNNError("the debug model holds no quantized layer to compare")
     inp = it.get_input_details()[0]
-    for image in images:
-        it.set_tensor(inp["index"], image[None].astype(np.float32))
-        it.invoke()
-        for r in rows:
-            ref = it.get_tensor(r["f"]).astype(np.float64).ravel()
-            got = (it.get_tensor(r["q"]).astype(np.float64).ravel() - r["zero_point"]) * r["scale"]
-            accumulate(r, got, ref, r["scale"], r["zero_point"], QMIN, QMAX)
+    floats = _float_outputs(reference, rows, known) if reference is not None else None
+    for start in range(0, len(images), 64):
+        chunk = images[start:start + 64]
+        outs = floats(chunk) if floats else {}
+        for j, image in enumerate(chunk):
+            it.set_tensor(inp["index"], image[None].astype(np.float32))
+            it.invoke()
+            for r in rows:
+                ref = it.get_tensor(r["f"]).astype(np.float64).ravel()
+                got = (it.get_tensor(r["q"]).astype(np.float64).ravel() - r["zero_point"]) * r["scale"]
+                drift = outs[r["drift"]][j].astype(np.float64).ravel() if r.get("drift") else None
+                accumulate(r, got, ref, r["scale"], r["zero_point"], QMIN, QMAX, drift)
     return [summarize(r, known) for r in rows]
 
 
-def accumulate(sums: dict, got: np.ndarray, ref: np.ndarray, scale: float, zero_point: int, qmin: int, qmax: int):
+def _float_outputs(reference, rows: list[dict], known):
+    """A function of a batch of images giving, by layer name, the outputs of ``reference``'s layers that rows are
+    named after (each row's last such layer of its shape: 'relu3' of conv1+bn2+relu3), its ``drift``."""
+    from edgecnn._tf import keras
+
+    layers = {layer.name: layer for layer in reference.layers}
+    for r in rows:
+        names = label(r["name"], list(known), r["op"]).split("+")
+        r["drift"] = next((n for n in reversed(names) if n in layers and hasattr(layers[n], "output")
+                           and list(layers[n].output.shape[1:]) == r["shape"]), None)
+    last = reference.layers[-1]
+    if rows and not rows[-1]["drift"] and list(last.output.shape[1:]) == rows[-1]["shape"]:
+        rows[-1]["drift"] = last.name  # the model's output ('probabilities'), named after no layer in the file
+    wanted = sorted({r["drift"] for r in rows if r["drift"]})
+    if not wanted:
+        return None
+    probe = keras.Model(reference.inputs, [layers[n].output for n in wanted])
+
+    def run(x):
+        out = probe([x.astype(np.float32)], training=False)  # a list, as the functional model's inputs are
+        return dict(zip(wanted, (np.asarray(o) for o in (out if isinstance(out, (list, tuple)) else [out]))))
+
+    return run
+
+
+def accumulate(sums: dict, got: np.ndarray, ref: np.ndarray, scale: float, zero_point: int, qmin: int, qmax: int,
+               drift: np.ndarray | None = None):
     """Add one batch of a layer's dequantized output ``got`` and float reference ``ref`` (float64, flat) to its
     error sums (n, f2, e, e2, max, clipped: what summarize reads); clipped: reference values beyond the int8
-    range [qmin, qmax] on that scale and zero point."""
+    range [qmin, qmax] on that scale and zero point. ``drift``: the float32 model's tensor there (g2, d2)."""
+    if drift is not None:
+        sums["g2"] = sums.get("g2", 0.0) + float(drift @ drift)
+        sums["d2"] = sums.get("d2", 0.0) + float((got - drift) @ (got - drift))
     err = got - ref
     lo, hi = (qmin - zero_point - 0.5) * scale, (qmax - zero_point + 0.5) * scale
     sums["n"] += ref.size
@@ -105,8 +141,10 @@ def accumulate(sums: dict, got: np.ndarray, ref: np.ndarray, scale: float, zero_
 
 def summarize(r: dict, known) -> dict:
     """One table row from a layer's error sums over every image and element (``r``: n, f2, e, e2, max, clipped,
-    with its tensor's name, op, shape, scale and zero point); also used for ONNX files (quant_debug_onnx)."""
+    with its tensor's name, op, shape, scale and zero point; drift, g2 and d2 where the float32 model's tensor is
+    known); also used for ONNX files (quant_debug_onnx)."""
     s = r["scale"]
+    drift = r.get("drift")
     return {
         "layer": label(r["name"], list(known), r["op"]),
         "op": r["op"],
@@ -120,6 +158,9 @@ def summarize(r: dict, known) -> dict:
         "sqnr_db": 10 * math.log10(r["f2"] / r["e2"]) if r["e2"] > 0 and r["f2"] > 0 else None,
         "tensor": r["name"],
         "float_tensor": r["float_name"],  # what --float-trials keeps in float
+        "drift_tensor": drift,  # the float32 model's tensor this one is compared with for drift
+        "drift_sqnr_db": 10 * math.log10(r["g2"] / r["d2"]) if drift and r.get("d2", 0) > 0 and r["g2"] > 0
+        else None,
     }
 
 
@@ -174,9 +215,11 @@ def quant_debug(run: str | None, runs_dir: str = runs.DEFAULT_RUNS_DIR, data: st
     calib = tfl.calibration_images(ds.x_train, calib_samples, run_cfg.get("seed", 0))  # as edgecnn export picks them
     images = ds.x_test[:samples]  # never empty: every data source refuses an empty test split
     with tempfile.TemporaryDirectory(prefix="edgecnn-quant-debug-") as tmp:
-        saved = tfl.export_saved_model(model_mod.fold_pooled_batchnorm(core), Path(tmp) / "saved_model", batch=1)
+        deploy = model_mod.fold_pooled_batchnorm(core)  # the graph edgecnn export quantizes
+        saved = tfl.export_saved_model(deploy, Path(tmp) / "saved_model", batch=1)
         calibrated = tfl.calibrated_model(saved, calib)
-    layers = layer_errors(tfl.quantize_calibrated(calibrated, numeric_verify=True), images, layer_names(core))
+    layers = layer_errors(tfl.quantize_calibrated(calibrated, numeric_verify=True), images, layer_names(core),
+                          reference=deploy)
     exported = base / "exports" / "model_int8.tflite"
     result = {
         "model": str(model_path),
@@ -218,7 +261,7 @@ def same_scales(layers: list[dict], path: Path) -> bool:
 def table(result: dict) -> list[list[str]]:
     """The per-layer table: a header row, then one row per quantized op (with the drift column of an ONNX
     file's table, quant_debug_onnx)."""
-    drift = result.get("format") == "onnx"
+    drift = any("drift_tensor" in r for r in result["layers"])  # not in tables written before it was measured
     head = ["#", "layer", "op", "output", "scale", "rmse/scale", "max/scale", "bias/scale", "clipped %", "SQNR dB"]
 
     def db(v):
@@ -244,7 +287,9 @@ def notes(result: dict) -> list[str]:
              f"edgecnn export --calib-samples {result['calibration']['samples']}); each row is one layer on the same "
              f"int8 inputs. rmse/scale {ROUNDING:.3f} is an output's rounding alone (ReLU's zeros lower it, int8 "
              f"weights raise it); clipped: float values beyond the int8 range calibration chose (a softmax output "
-             f"of 1.0 is one: int8 stops at 255/256)."]
+             f"of 1.0 is one: int8 stops at 255/256)"
+             + ("; drift: SQNR of the int8 model's tensor against the Keras model's there, the error piled up to "
+                "that layer." if any(r.get("drift_tensor") for r in result["layers"]) else ".")]
     ft = result.get("float_trials")
     if ft:
         lines.append(trials_note(ft, "Keras", ft["keras_accuracy"]))

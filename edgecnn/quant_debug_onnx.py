@@ -270,7 +270,7 @@ def layer_errors(proto, ref_proto, images: np.ndarray, known=()) -> tuple[list[d
     ref_sess = _session(_with_outputs(ref_proto, drift_names), optimized=True) if drift_names else None
     dbg_sess, real_sess = _session(debug, optimized=False), _session(proto, optimized=True)
     names = [o.name for o in debug.graph.output]
-    acc = [{"n": 0, "f2": 0.0, "e": 0.0, "e2": 0.0, "max": 0.0, "clipped": 0, "g2": 0.0, "d2": 0.0} for _ in rows]
+    acc = [{"n": 0, "f2": 0.0, "e": 0.0, "e2": 0.0, "max": 0.0, "clipped": 0} for _ in rows]
     agree, max_dp, count = 0, 0.0, 0
     for x, _, n in batches(proto, images):
         feed_q = {inp.name: x}
@@ -285,23 +285,17 @@ def layer_errors(proto, ref_proto, images: np.ndarray, known=()) -> tuple[list[d
         for r, a in zip(rows, acc):
             ref = got[r["ref"]][:n].astype(np.float64).ravel()
             q = got[r["dq"]][:n].astype(np.float64).ravel()
-            accumulate(a, q, ref, r["scale"], r["zero_point"], r["qmin"], r["qmax"])
-            if r["drift"]:
-                f = floats[r["drift"]][:n].astype(np.float64).ravel()
-                if f.size == q.size:
-                    a["g2"] += float(f @ f)
-                    a["d2"] += float((q - f) @ (q - f))
-                else:  # the float model's tensor of that name holds something else
-                    r["drift"] = None
+            f = floats[r["drift"]][:n].astype(np.float64).ravel() if r["drift"] else None
+            if f is not None and f.size != q.size:  # the float model's tensor of that name holds something else
+                r["drift"] = f = None
+            accumulate(a, q, ref, r["scale"], r["zero_point"], r["qmin"], r["qmax"], f)
             r["shape"] = list(got[r["dq"]].shape[1:])
     out = []
     for r, a in zip(rows, acc):
         row = summarize({**a, "name": ";".join(r["names"]), "float_name": r["ref"], "op": r["op"],
-                        "shape": r["shape"], "scale": r["scale"], "zero_point": r["zero_point"]}, known)
+                        "shape": r["shape"], "scale": r["scale"], "zero_point": r["zero_point"],
+                        "drift": r["drift"]}, known)
         row["float_weights"] = r["float_weights"]
-        row["drift_tensor"] = r["drift"]
-        row["drift_sqnr_db"] = (10 * np.log10(a["g2"] / a["d2"]) if a["d2"] > 0 and a["g2"] > 0 else None) \
-            if r["drift"] else None
         out.append(row)
     return out, {"images": count, "top1_agreement": agree / count, "max_abs_dp": max_dp}
 

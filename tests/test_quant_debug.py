@@ -17,6 +17,7 @@ def test_quant_debug_measures_the_layers_of_the_exported_int8_file(run_copy, cap
     from edgecnn.runners.tflite import interpreter
     from edgecnn.evaluate import load_run_data
     from edgecnn._tf import keras
+    from edgecnn.quant_debug import format_text
 
     export(ExportConfig(run=str(run_copy), formats="tflite", quantize="int8", calib_samples=100,
                         verify_samples=64), log=lambda m: None)
@@ -62,6 +63,28 @@ def test_quant_debug_measures_the_layers_of_the_exported_int8_file(run_copy, cap
         got.append((it.get_tensor(tensor["index"]).astype(np.float64) - zp) * scale)
     rmse = float(np.sqrt(np.mean((np.concatenate(got) - ref) ** 2))) / scale
     assert abs(rmse - first["rmse_over_scale"]) < 0.02 + 0.05 * rmse, (rmse, first["rmse_over_scale"])
+
+    # Drift: each tensor of the int8 path against the Keras model's, every row matched (the softmax by the
+    # model's output). The pixels reach the first convolution exactly, so its own error is all its drift; the
+    # last convolution's drift, recomputed from model_int8.tflite itself, holds the layers before it too.
+    assert all(r["drift_tensor"] for r in result["layers"]) and "drift dB" in format_text(result)
+    assert abs(first["drift_sqnr_db"] - first["sqnr_db"]) < 0.05, first
+    last = layers[len(convs) - 1]
+    assert last["drift_sqnr_db"] < last["sqnr_db"] - 1, last
+    tensor = next(d for d in it.get_tensor_details()
+                  if d["name"].split(";")[0] == last["tensor"].split(";")[0] and d["dtype"] == np.int8
+                  and len(d["quantization_parameters"]["scales"]) == 1)
+    scale, zp = tensor["quantization"]
+    got = []
+    for image in x:
+        it.set_tensor(it.get_input_details()[0]["index"], image[None])
+        it.invoke()
+        got.append((it.get_tensor(tensor["index"]).astype(np.float64) - zp) * scale)
+    ref = keras.Model(core.inputs, core.get_layer(last["drift_tensor"]).output).predict(x.astype(np.float32),
+                                                                                       verbose=0)
+    err = np.concatenate(got) - ref
+    by_hand = 10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / float(np.sum(err ** 2)))
+    assert abs(by_hand - last["drift_sqnr_db"]) < 0.1, (by_hand, last["drift_sqnr_db"])
 
     # Other calibration gives other scales, and the result says it no longer describes the file.
     code, out, _ = run_main(capsys, "quant-debug", str(run_copy), "--calib-samples", "3", "--samples", "8")
