@@ -259,8 +259,8 @@ def same_scales(layers: list[dict], path: Path) -> bool:
 
 
 def table(result: dict) -> list[list[str]]:
-    """The per-layer table: a header row, then one row per quantized op (with the drift column of an ONNX
-    file's table, quant_debug_onnx)."""
+    """The per-layer table: a header row, then one row per quantized op (and a drift column where the rows
+    measured it)."""
     drift = any("drift_tensor" in r for r in result["layers"])  # not in tables written before it was measured
     head = ["#", "layer", "op", "output", "scale", "rmse/scale", "max/scale", "bias/scale", "clipped %", "SQNR dB"]
 
