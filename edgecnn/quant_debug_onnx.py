@@ -34,7 +34,10 @@ NUMBERED = re.compile(r"__\d+(:\d+)?$")  # tf2onnx's numbered names ('Conv__42:0
 # ONNX Runtime's optimizer quantizes the float32 weights of an op between DequantizeLinear and QuantizeLinear
 # itself (its WeightBiasQuantization transformer): a float trial turns it off to keep that layer's weights float.
 KEEP_FLOAT_WEIGHTS = ["WeightBiasQuantization"]
-LAYOUT_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity")  # move values, compute none
+# Ops that move, copy or select values (and the shape arithmetic beside them: a flip's ReverseSequence), computing
+# none: a tensor made by them alone from inputs on its own grid has no error of its own.
+MOVE_OPS = ("Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Concat", "ReverseSequence",
+            "Gather", "Slice", "Expand", "Tile", "Shape")
 
 
 def debug_model(proto, ref_proto, known=()) -> tuple[object, list[dict]]:
@@ -161,11 +164,14 @@ def debug_model(proto, ref_proto, known=()) -> tuple[object, list[dict]]:
             continue  # not an activation quantized per tensor by constants
         zp = int(numpy_helper.to_array(zp_tensor).reshape(-1)[0]) if zp_tensor is not None else 0
         signed = zp_tensor is not None and zp_tensor.data_type == TensorProto.INT8
-        if p is not None and p.op_type in LAYOUT_OPS and producer.get(p.input[0]) is not None \
-                and producer[p.input[0]].op_type == "DequantizeLinear":
-            src = producer[p.input[0]]
-            if list(src.input[1:]) == list(q.input[1:]) or (np.array_equal(const(src.input[1]), scale) and (
-                    len(src.input) < 3 or np.array_equal(const(src.input[2]), const(q.input[2])))):
+        if p is not None and p.op_type in MOVE_OPS:
+            island = _island(x, producer, const_dq)
+            sources = [producer[i] for n in island for i in n.input
+                       if i in producer and producer[i].op_type == "DequantizeLinear" and i not in const_dq]
+            if sources and all(n.op_type in MOVE_OPS for n in island) and all(
+                    list(d.input[1:]) == list(q.input[1:]) or (np.array_equal(const(d.input[1]), scale) and (
+                        len(d.input) < 3 or np.array_equal(const(d.input[2]), const(q.input[2]))))
+                    for d in sources):
                 continue  # values moved on the same grid: no error to measure
         seen.add(x)
         row = {"dq": dq.output[0], "scale": float(scale.reshape(-1)[0]), "zero_point": zp,

@@ -191,3 +191,19 @@ def test_onnx_float_trials_score_the_file_and_leave_just_that_layer_in_float(run
                          disabled_optimizers=KEEP_FLOAT_WEIGHTS)
     ran = Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
     assert ran["QLinearConv"] == 2 and ran["Conv"] == 1, ran
+
+
+def test_a_flip_tta_file_is_measured_against_a_flip_tta_float_model(run_copy, capsys):
+    """``export --tta`` puts the mirror image in the batch (ReverseSequence, Concat): those move values on the
+    pixels' grid and get no row; every layer after them is matched to the float model with the same flip."""
+    _export(run_copy, tta=True)
+    code, out, err = run_main(capsys, "quant-debug", str(run_copy), "--format", "onnx", "--samples", "16")
+    assert code == 0, err
+    result = json.loads((run_copy / "quant_debug_onnx.json").read_text())
+    ops = [r["op"] for r in result["layers"]]
+    assert ops[:2] == ["input", "Mul"] and ops.count("Conv") == 3, ops
+    assert not any(op in ("Concat", "ReverseSequence") or "Transpose" in op for op in ops), ops
+    assert all(r["drift_tensor"] and r["float_weights"] for r in result["layers"])
+    conv = next(r for r in result["layers"] if r["op"] == "Conv")
+    assert abs(conv["drift_sqnr_db"] - conv["sqnr_db"]) < 0.05, conv  # the flipped pixels are exact too
+    assert result["runtime_check"]["top1_agreement"] >= 0.9
