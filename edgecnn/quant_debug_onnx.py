@@ -263,10 +263,10 @@ def _session(proto, optimized: bool, disabled: list[str] = ()):
         raise EdgeCNNError(f"ONNX Runtime cannot load the debug model ({first_line(exc, 200)})") from None
 
 
-def layer_errors(proto, ref_proto, images: np.ndarray, known=()) -> tuple[list[dict], dict]:
-    """Rows of the int8 ONNX ``proto`` on ``images`` (uint8, N x H x W x C) against the float32 ``ref_proto``,
-    and how closely the file run as written matched ONNX Runtime's integer kernels."""
-    debug, rows = debug_model(proto, ref_proto, known)
+def layer_errors(proto, ref_proto, debug, rows: list[dict], images: np.ndarray, known=()) -> tuple[list[dict], dict]:
+    """Rows of the int8 ONNX ``proto`` on ``images`` (uint8, N x H x W x C) against the float32 ``ref_proto``
+    (``debug`` and ``rows``: debug_model's), and how closely the file run as written matched ONNX Runtime's
+    integer kernels."""
     if not rows:
         raise EdgeCNNError("the ONNX file holds no quantized activation to compare (no QuantizeLinear nodes)")
     inp = proto.graph.input[0]
@@ -367,11 +367,11 @@ def _prune(graph) -> None:
         field.extend(copies)
 
 
-def float_trials(proto, ref_proto, layers: list[dict], images: np.ndarray, labels: np.ndarray, known=()) -> dict:
+def float_trials(proto, ref_proto, debug, layers: list[dict], images: np.ndarray, labels: np.ndarray) -> dict:
     """Test accuracy on ``images`` of the float32 model, of the int8 file, and of the file with each of ``layers``
-    alone left out of quantization (trial_model): whether keeping that layer in float would win accuracy back.
-    A layer without float32 weights (a QAT file's) has nothing to try."""
-    debug, _ = debug_model(proto, ref_proto, known)
+    (rows of layer_errors) alone left out of quantization (trial_model on debug_model's ``debug``): whether
+    keeping that layer in float would win accuracy back. A layer without float32 weights (a QAT file's) has
+    nothing to try."""
 
     def accuracy(model, disabled=()) -> float:
         session = _session(model, optimized=True, disabled=disabled)
@@ -432,7 +432,8 @@ def quant_debug_onnx(run: str | None, runs_dir: str = runs.DEFAULT_RUNS_DIR, dat
     ref = float_reference(core, proto, ds.input_shape, tta)
     images = ds.x_test[:samples]
     known = layer_names(core)
-    layers, check = layer_errors(proto, ref, images, known)
+    debug, rows = debug_model(proto, ref, known)
+    layers, check = layer_errors(proto, ref, debug, rows, images, known)
     run_cfg = runs.config(base) if (base / "config.json").is_file() else {}
     result = {
         "format": "onnx",
@@ -447,7 +448,7 @@ def quant_debug_onnx(run: str | None, runs_dir: str = runs.DEFAULT_RUNS_DIR, dat
         "runtime_check": check,
     }
     if trials:
-        result["float_trials"] = float_trials(proto, ref, lowest(layers, trials), images, ds.y_test[:samples], known)
+        result["float_trials"] = float_trials(proto, ref, debug, lowest(layers, trials), images, ds.y_test[:samples])
     result["path"] = str(write_json(base / RESULT_FILE, result))
     return result
 
