@@ -93,6 +93,20 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
     return int(exc.value.code or 0), out.out, out.err
 
 
+
+def quant_debug_trials(capsys, run, *options: str, samples: int = 80) -> tuple[dict, dict]:
+    """``edgecnn quant-debug RUN OPTIONS --float-trials 2 --json`` on ``samples`` test images: (its result, its
+    float_trials), checked to be the two lowest-SQNR layers' trials on that many images."""
+    import json
+
+    code, out, err = run_main(capsys, "quant-debug", str(run), *options, "--samples", str(samples),
+                              "--float-trials", "2", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    trials = result["float_trials"]
+    assert [t["layer"] for t in trials["layers"]] == result["lowest_sqnr"][:2] and trials["images"] == samples
+    return result, trials
+
 # Runs a script (argv[1:]) with TensorFlow, Keras and edgecnn made unimportable: the standalone scripts' test.
 NO_TF_BLOCK = ("import runpy, sys\n"
                "for name in ('tensorflow', 'keras', 'tf_keras', 'edgecnn'):\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import run_main
+from conftest import quant_debug_trials, run_main
 
 
 def test_quant_debug_measures_the_layers_of_the_exported_int8_file(run_copy, capsys):
@@ -137,12 +137,7 @@ def test_float_trials_score_the_int8_file_and_keep_just_that_layer_in_float(run_
 
     export(ExportConfig(run=str(run_copy), formats="tflite", quantize="int8", calib_samples=30, verify_samples=64),
            log=lambda m: None)
-    code, out, err = run_main(capsys, "quant-debug", str(run_copy), "--calib-samples", "30", "--samples", "80",
-                              "--float-trials", "2", "--json")
-    assert code == 0, err
-    result = json.loads(out)
-    trials = result["float_trials"]
-    assert [t["layer"] for t in trials["layers"]] == result["lowest_sqnr"][:2] and trials["images"] == 80
+    result, trials = quant_debug_trials(capsys, run_copy, "--calib-samples", "30")
     # The int8 accuracy is the exported file's (the same scales), scored here through its uint8 input.
     ds = load_run_data(run_copy)
     it = interpreter(run_copy / "exports" / "model_int8.tflite")

@@ -8,7 +8,7 @@ from collections import Counter
 
 import numpy as np
 
-from conftest import run_main
+from conftest import quant_debug_trials, run_main
 
 
 def _export(run, **options):
@@ -156,12 +156,7 @@ def test_onnx_float_trials_score_the_file_and_leave_just_that_layer_in_float(run
     from edgecnn.quant_debug_onnx import KEEP_FLOAT_WEIGHTS, debug_model, float_reference, trial_model
 
     _export(run_copy)
-    code, out, err = run_main(capsys, "quant-debug", str(run_copy), "-f", "onnx", "--samples", "80",
-                              "--float-trials", "2", "--json")
-    assert code == 0, err
-    result = json.loads(out)
-    trials = result["float_trials"]
-    assert [t["layer"] for t in trials["layers"]] == result["lowest_sqnr"][:2] and trials["images"] == 80
+    result, trials = quant_debug_trials(capsys, run_copy, "-f", "onnx")
     # The int8 accuracy is the exported file's, run by ONNX Runtime as deployed; the float one is Keras's.
     ds = load_run_data(run_copy)
     x, y = ds.x_test[:80], ds.y_test[:80]
