@@ -44,12 +44,13 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
     if cfg.get("imported"):
         raise EdgeCNNError(f"{src} was imported (edgecnn import), not built from an edgecnn architecture, so finetune "
                            "cannot rebuild it for TensorFlow Model Optimization; export and benchmark work on it")
-    if not cfg.get("arch"):
+    arch = runs.architecture(cfg)
+    if not arch:
         raise EdgeCNNError(f"{src} has no config.json with its architecture; finetune needs a run made by edgecnn")
     if mode == "qat":
         from edgecnn.spec import parse
 
-        if any(layer.pool for layer in parse(cfg.get("arch_spec") or cfg["arch"]).conv):
+        if any(layer.pool for layer in parse(arch).conv):
             raise EdgeCNNError(f"--qat: {src}'s architecture has pool-first blocks (e.g. '32np'), whose BatchNorm "
                                "follows a max-pool and has no tfmot quantization; use '32n p' there, or --prune")
     labels = runs.labels(src)
@@ -75,7 +76,7 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
         (dst / "exports").mkdir(exist_ok=True)
         shutil.copyfile(src / "labels.json", dst / "labels.json")
         job = {
-            "mode": mode, "arch": cfg["arch"], "input_shape": labels["input_shape"], "num_classes": ds.num_classes,
+            "mode": mode, "arch": arch, "input_shape": labels["input_shape"], "num_classes": ds.num_classes,
             "data": cfg["data"], "val_split": cfg.get("val_split", 0.1), "test_split": cfg.get("test_split", 0.1),
             "seed": cfg.get("seed", 0), "skip_bad_images": cfg.get("skip_bad_images", False),
             "resize": resize_mode(labels.get("input", {}).get("resize")),  # as load_run_data reads it
@@ -101,7 +102,7 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
         result = json.loads((tmp / "result.json").read_text())
         if result["status"] != "ok":
             raise EdgeCNNError(f"{mode} failed: {result['error']}")
-        tuned = model_mod.build_core(cfg["arch"], tuple(labels["input_shape"]), ds.num_classes)
+        tuned = model_mod.build_core(arch, tuple(labels["input_shape"]), ds.num_classes)
         with np.load(tmp / "weights_out.npz") as z:
             for layer in tuned.layers:
                 n = len(layer.get_weights())

@@ -67,3 +67,9 @@ def config(run_dir: Path) -> dict:
     path = Path(run_dir) / "config.json"
     return read_json(path, "run config") if path.is_file() else {}
 
+
+def architecture(cfg: dict) -> str | None:
+    """The network a run trained, from its config.json ``cfg``: the spec it recorded (``arch_spec``; a preset of the
+    name in ``arch`` may stand for another network since), else ``arch`` (runs from before arch_spec)."""
+    return cfg.get("arch_spec") or cfg.get("arch")
+

@@ -469,6 +469,7 @@ def config_from_run(run_dir: Path) -> TrainConfig:
         raise EdgeCNNError(f"{run_dir} has no config.json; it cannot be resumed")
     names = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in saved.items() if k in names})
+    cfg.arch = runs.architecture(saved)  # the network it started, should its preset name mean another one now
     # --precision auto resumes in the precision it picked at the start (its checkpoint's layers have it), not in
     # what it would pick on this machine now.
     if cfg.precision == "auto" and (used := precision_used(saved)):

@@ -286,3 +286,19 @@ def test_qat_quantizes_squeeze_excitation(tmp_path):
     assert [(e["status"], e["verify"]["passed"]) for e in m["qat_exports"]] == [("ok", True)] * 2
     tfl = inspect(dst / "exports" / "model_int8.tflite")
     assert tfl["all_builtin"] and {"MUL", "LOGISTIC"} <= set(tfl["ops"]), tfl["ops"]
+
+
+def test_finetune_rebuilds_the_network_the_run_trained_not_what_its_preset_name_means_now(run_copy):
+    """A run keeps the network it trained as arch_spec; its arch may be a preset name whose network has changed
+    since (the cifar10 preset's head went from gap to gmp): finetune rebuilt the new one and failed to load the
+    weights into it."""
+    from edgecnn.finetune import finetune
+    from edgecnn.model import load_keras
+
+    cfg = json.loads((run_copy / "config.json").read_text())
+    assert cfg["arch_spec"] != "C: 16n r16 r32 r64 gap | L2: 0.0001"  # resnet8: another network
+    (run_copy / "config.json").write_text(json.dumps(cfg | {"arch": "resnet8"}))
+    dst = finetune(str(run_copy), "prune", str(run_copy.parent), epochs=1, sparsity=0.5, log=lambda m: None)
+    source, pruned = load_keras(run_copy / "model.keras"), load_keras(dst / "model.keras")
+    assert [layer.name for layer in pruned.layers] == [layer.name for layer in source.layers]
+    assert pruned.count_params() == source.count_params()

@@ -521,3 +521,18 @@ def test_bench_train_speed_tool_times_each_variant_in_its_own_environment():
     assert "--variants default,onednn-off,keras-bn --archs 'C: 4n gap' --images 64 --epochs 1 --rounds 1 " \
            "--batch-size 32`" in out.stdout
     assert "then 1 timed epoch; 1 process per variant" in out.stdout
+
+
+def test_a_resumed_run_trains_the_network_it_started_even_if_its_preset_changed(tmp_path):
+    """--resume rebuilds the deployable model from the run's config: by its preset name, a run of the cifar10
+    preset from before its head went from gap to gmp would have been saved as the new network."""
+    from edgecnn.spec import PRESETS, describe, parse
+    from edgecnn.train import config_from_run
+
+    old = "C: 16n 32n p r32 64n p 120n p r120 gap | L2: 1e-4"
+    assert describe(parse(PRESETS["cifar10"])) != describe(parse(old))
+    (tmp_path / "config.json").write_text(json.dumps({"arch": "cifar10", "arch_spec": describe(parse(old)),
+                                                      "epochs": 3}))
+    assert describe(parse(config_from_run(tmp_path).arch)) == describe(parse(old))
+    (tmp_path / "config.json").write_text(json.dumps({"arch": "cifar10", "epochs": 3}))  # from before arch_spec
+    assert config_from_run(tmp_path).arch == "cifar10"
