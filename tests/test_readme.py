@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,32 @@ def test_add_row_fills_the_int8_column_and_pads_an_older_table(tmp_path):
     again = doc.read_text().splitlines()
     assert again.count(bench.ALSO_HEAD[0]) == 1 and again.count(bench.ALSO_NOTE) == 1
     assert again[head + 3].endswith("| 85.30% | - |") and len(again) == len(lines)
+
+
+def test_a_row_names_the_data_as_the_tool_was_given_it_where_the_run_used_that_file(tmp_path):
+    """--add-row/--also: a run trained on the file the tool's --data names shows that (relative) path, so the
+    document does not carry the absolute path of the machine that trained it; another file is shown as recorded."""
+    import json
+
+    bench = _bench_cifar10()
+    data = tmp_path / "data" / "cifar10-jpg.tar.gz"
+    data.parent.mkdir()
+    data.write_bytes(b"archive")
+    run = tmp_path / "runs" / "c10-x"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"data": str(data), "arch": "cifar10", "epochs": 45}))
+    (run / "metrics.json").write_text(json.dumps({"test_accuracy": 0.87, "epochs_run": 45, "train_seconds": 1170}))
+    relative = os.path.relpath(data)
+    assert f"`edgecnn train --data {relative} --arch" in bench._also_row(run, relative)
+    assert f"`edgecnn train --data {data} --arch" in bench._also_row(run)
+    other = tmp_path / "other.tar.gz"
+    other.write_bytes(b"archive")
+    assert f"`edgecnn train --data {data} --arch" in bench._also_row(run, str(other))
+    assert f"`edgecnn train --data {data} --arch" in bench._also_row(run, "cifar10")  # not a file: as recorded
+    # a relative path as typed where `edgecnn train` ran, the folder above runs/ (not this test's directory)
+    (run / "config.json").write_text(json.dumps({"data": "data/cifar10-jpg.tar.gz", "arch": "cifar10"}))
+    assert f"`edgecnn train --data {relative} --arch" in bench._also_row(run, relative)
+    assert "`edgecnn train --data data/cifar10-jpg.tar.gz --arch" in bench._also_row(run, str(other))
 
 
 def test_a_distilled_run_s_row_names_its_teacher(tmp_path):

@@ -523,6 +523,28 @@ def test_bench_train_speed_tool_times_each_variant_in_its_own_environment():
     assert "then 1 timed epoch; 1 process per variant" in out.stdout
 
 
+def test_profile_train_step_tool_sums_the_step_s_kernels_by_op_and_by_layer():
+    """tools/profile_train_step.py reads TensorFlow's profiler trace: by op, a conv net's step shows its filter
+    gradients; by layer, each conv layer of the spec and the augmentation, the kernels' shares adding up."""
+    tool = Path(__file__).parent.parent / "tools" / "profile_train_step.py"
+    tables = {}
+    for by in ("op", "layer"):
+        out = subprocess.run([sys.executable, str(tool), "--arch", "C: 4n p 8n gap", "--steps", "2", "--batch-size",
+                              "8", "--precision", "float32", "--by", by, "--top", "50"],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        rows = [[c.strip() for c in ln.split("|")[1:-1]] for ln in out.stdout.splitlines() if ln.startswith("| ")]
+        assert rows[0][0] == by and all(float(r[1]) >= 0 for r in rows[1:])
+        assert abs(sum(float(r[2].rstrip("%")) for r in rows[1:]) - 100) < 0.5
+        by_flag = "" if by == "op" else " --by layer"  # the default is not repeated
+        assert f"--precision float32 --batch-size 8 --steps 2{by_flag} --top 50`" in out.stdout
+        tables[by] = {r[0] for r in rows[1:]}
+    assert {"Conv2DBackpropFilter", "FusedBatchNormGradV3", "Conv2D"} <= tables["op"]
+    assert {"conv1", "bn2", "conv5", "random_translation"} <= tables["layer"]
+    bad = subprocess.run([sys.executable, str(tool), "--arch", "C: 8x"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("error: bad token '8x'")
+
+
 def test_a_resumed_run_trains_the_network_it_started_even_if_its_preset_changed(tmp_path):
     """--resume rebuilds the deployable model from the run's config: by its preset name, a run of the cifar10
     preset from before its head went from gap to gmp would have been saved as the new network."""

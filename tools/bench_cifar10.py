@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -173,7 +174,7 @@ def main() -> int:
                     help="rewrite only --stages' parts of --out (and of README with --readme), keeping the rest")
     a = ap.parse_args()
     if a.add_row:
-        add_rows(Path(a.out), [Path(p) for p in a.add_row])
+        add_rows(Path(a.out), [Path(p) for p in a.add_row], a.data)
         print(f"wrote {a.out}")
         return 0
     stages = [s.strip() for s in a.stages.split(",") if s.strip()]
@@ -363,7 +364,7 @@ def write_doc(b: Bench, stages: list[str], sweep: str | None, also: list[Path] =
                   "before training kept one endless data iterator, paying seconds at most epoch starts "
                   "(docs/epoch_start.md), so the same time budget bought fewer epochs.", "",
                   ALSO_NOTE, "", *ALSO_HEAD]
-        lines += [_also_row(run) for run in also]
+        lines += [_also_row(run, b.data) for run in also]
         lines.append("")
     if "regularized" in stages:
         lines += _regularized(b)
@@ -380,7 +381,23 @@ TRAIN_FLAGS = ("arch", "epochs", "batch_size", "optimizer", "lr", "schedule", "l
                "augment", "translate", "class_balance", "ema", "val_split", "time_budget", "keep", "seed", "precision")
 
 
-def _also_row(run: Path) -> str:
+def _shown_data(recorded: str, data: str | None, run: Path) -> str:
+    """The data source a row's command names: ``data`` (the tool's --data, the path the document's reader
+    uses) where the run was trained on that same file, else the path the run recorded. A relative recorded
+    path is tried from here and from the folder above the run's runs folder (where `edgecnn train` ran)."""
+    if not data:
+        return recorded
+    places = [Path(recorded)] + ([] if Path(recorded).is_absolute() else [run.parent.parent / recorded])
+    for place in places:
+        try:
+            if os.path.samefile(place, data):
+                return data
+        except OSError:  # either is gone or not a file (``cifar10``, ``shapes``)
+            continue
+    return data if data == recorded else recorded
+
+
+def _also_row(run: Path, data: str | None = None) -> str:
     from edgecnn.model import TRANSLATE, parse_augment
     from edgecnn.spec import describe, parse
     from edgecnn.train import precision_used
@@ -399,7 +416,8 @@ def _also_row(run: Path) -> str:
         flags += (f" --teacher {cfg['teacher']} --distill-weight {cfg.get('distill_weight')}"
                   f" --distill-temperature {cfg.get('distill_temperature')}")
     steal = m.get("cpu_steal_percent")
-    command = f"edgecnn train --data {cfg.get('data', '?')} {flags}".replace("|", "\\|")  # a table cell
+    shown = _shown_data(cfg.get("data", "?"), data, run)
+    command = f"edgecnn train --data {shown} {flags}".replace("|", "\\|")  # a table cell
     layers = cfg.get("augment_layers") or parse_augment(cfg.get("augment", "none"))
     translate = cfg.get("translate_interpolation", "bilinear") if "translate" in layers else "-"
     iterator = cfg.get("train_iterator", "per epoch")
@@ -409,8 +427,9 @@ def _also_row(run: Path) -> str:
             f"{_pct(m.get('test_accuracy'))} | {_pct(q and q['accuracy'])} |")
 
 
-def add_rows(doc: Path, runs: list[Path]) -> None:
-    """Replace or append each run's row in ``doc``'s "Other recipes tried" table; keep everything else."""
+def add_rows(doc: Path, runs: list[Path], data: str | None = None) -> None:
+    """Replace or append each run's row in ``doc``'s "Other recipes tried" table; keep everything else.
+    A run trained on the file ``data`` names (the tool's --data) is shown with that path."""
     lines = doc.read_text().splitlines()
     table = _table_at(lines, "| run | command |")
     if table is None:
@@ -426,7 +445,7 @@ def add_rows(doc: Path, runs: list[Path]) -> None:
         if not (run / "metrics.json").is_file():
             sys.exit(f"{run}: not a finished training run (no metrics.json)")
         mine = next((i for i, row in enumerate(rows) if row.startswith(f"| {run.name} |")), len(rows))
-        rows[mine:mine + 1] = [_also_row(run)]
+        rows[mine:mine + 1] = [_also_row(run, data)]
     from edgecnn.fsutil import write_text
 
     write_text(doc, "\n".join(lines[:head + 2] + rows + lines[end:]) + "\n")
