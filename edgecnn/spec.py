@@ -55,7 +55,7 @@ PRESETS: dict[str, str] = {
     # at the end, as Page's (since 2026-12-07): 87.84%, 87.66% and 87.60% in three 19.5-minute runs, against
     # 87.42-87.66% for global average pooling, the same parameters (README, "Why the cifar10 network").
     # 112 channels, not 120, since 2026-12-07: in bfloat16 on an AMX Xeon 120 trained 1.2x slower than 112 or
-    # 128 (docs/train_speed.md), so 112 runs 51-52 epochs where 120 ran 44-45, with 10% fewer parameters:
+    # 128 (docs/train_speed.md), so 112 runs 51-53 epochs where 120 ran 44-45, with 10% fewer parameters:
     # 87.84%, 87.78% and 87.72% (seeds 0, 1, 0) against 87.84%, 87.66% and 87.60% for 120.
     "cifar10": "C: 16n 32n p r32 64n p 112n p r112 gmp | L2: 1e-4",
     # MLPerf Tiny image-classification reference (ResNet-8, ~78k parameters).

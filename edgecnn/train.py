@@ -32,7 +32,7 @@ KEEP = ("best", "last")
 # unless the command line gives that option itself. Measured results: docs/benchmarks.md.
 TRAIN_PRESETS: dict[str, dict] = {
     # CIFAR-10 within 20 minutes of training on 2 CPU cores (the clock, not the epoch count, ends it
-    # there: 51-52 epochs on an AMX Xeon; up to 60 on faster machines); its int8 TFLite stays under 400 KB.
+    # there: 51-53 epochs on an AMX Xeon; up to 60 on faster machines); its int8 TFLite stays under 400 KB.
     # One-cycle anneals to the last step, so the last epoch is kept (1,000 validation images would pick by noise).
     "cifar10": dict(arch="cifar10", epochs=60, time_budget=19.5, batch_size=128, optimizer="adamw", lr=4e-3,
                     schedule="onecycle", label_smoothing=0.1, weight_decay=1e-4, augment="light", val_split=0.02,
