@@ -15,7 +15,7 @@ def load_run_data(run_dir, data: str | None = None, labelled: bool = True):
     (calibration, verification against Keras), passes False and takes any classes."""
     cfg = runs.config(run_dir)
     lab = runs.labels(run_dir)
-    src = data or cfg.get("data")
+    src = data or runs.data_source(cfg)
     if not src:
         raise EdgeCNNError(f"run {run_dir} does not record its data source; pass --data")
     try:

@@ -68,6 +68,19 @@ def config(run_dir: Path) -> dict:
     return read_json(path, "run config") if path.is_file() else {}
 
 
+def data_source(saved: dict) -> str | None:
+    """The data a run's config.json ``saved`` names: ``data`` as typed, or its absolute ``data_path`` where
+    the typed path was relative to another directory than this one."""
+    src = saved.get("data")
+    if src and saved.get("data_path"):
+        from edgecnn.data import local_path
+
+        typed = local_path(src)
+        if typed is not None and not typed.exists() and Path(saved["data_path"]).exists():
+            return saved["data_path"]
+    return src
+
+
 def architecture(cfg: dict) -> str | None:
     """The network a run trained, from its config.json ``cfg``: the spec it recorded (``arch_spec``; a preset of the
     name in ``arch`` may stand for another network since), else ``arch`` (runs from before arch_spec)."""

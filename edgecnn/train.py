@@ -470,6 +470,7 @@ def config_from_run(run_dir: Path) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in saved.items() if k in names})
     cfg.arch = runs.architecture(saved)  # the network it started, should its preset name mean another one now
+    cfg.data = runs.data_source(saved) or cfg.data  # a relative --data, resumed from another directory
     # --precision auto resumes in the precision it picked at the start (its checkpoint's layers have it), not in
     # what it would pick on this machine now.
     if cfg.precision == "auto" and (used := precision_used(saved)):
@@ -552,6 +553,8 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
                                   "device_used": setup.description, "precision_used": setup.precision}
         if teacher_file is not None:
             cfg_dict["teacher_file"] = str(teacher_file)
+        if (local := data_mod.local_path(cfg.data)) is not None:  # found from any directory later
+            cfg_dict["data_path"] = str(local.resolve())
         write_json(run_dir / "config.json", cfg_dict)
         write_json(run_dir / "labels.json", labels_info(ds, cfg.channels, cfg.resize))
     log(f"run: {run_dir}  device: {setup.description}")

@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,12 @@ def test_a_row_names_the_data_as_the_tool_was_given_it_where_the_run_used_that_f
     (run / "config.json").write_text(json.dumps({"data": "data/cifar10-jpg.tar.gz", "arch": "cifar10"}))
     assert f"`edgecnn train --data {relative} --arch" in bench._also_row(run, relative)
     assert "`edgecnn train --data data/cifar10-jpg.tar.gz --arch" in bench._also_row(run, str(other))
+    # a run that recorded the absolute path too (data_path) is matched by it, wherever its runs folder is now
+    moved = tmp_path / "elsewhere" / "runs" / "c10-x"
+    shutil.copytree(run, moved)
+    (moved / "config.json").write_text(json.dumps({"data": "data/cifar10-jpg.tar.gz", "data_path": str(data),
+                                                   "arch": "cifar10"}))
+    assert f"`edgecnn train --data {relative} --arch" in bench._also_row(moved, relative)
 
 
 def test_a_distilled_run_s_row_names_its_teacher(tmp_path):

@@ -523,6 +523,36 @@ def test_bench_train_speed_tool_times_each_variant_in_its_own_environment():
     assert "then 1 timed epoch; 1 process per variant" in out.stdout
 
 
+def test_a_run_trained_on_a_relative_path_finds_its_data_from_another_directory(tmp_path, monkeypatch, capsys):
+    """config.json keeps --data as typed and, for a file or folder, its absolute path (``data_path``): evaluate
+    (as export and benchmark, through the same loader) and --resume run from another directory still find the
+    images; once the data has moved it says to pass --data."""
+    import shutil
+
+    from conftest import run_main
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    make_folder(work / "colours", classes=("red", "green", "blue"), per_class=20, size=(16, 16))
+    monkeypatch.chdir(work)
+    train(TrainConfig(data="colours", image_size=16, arch=TINY_ARCH, epochs=1, batch_size=16, augment="none",
+                      name="rel", runs_dir="runs"), log=lambda m: None)
+    run = work / "runs" / "rel"
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["data"] == "colours" and cfg["data_path"] == str((work / "colours").resolve())
+    monkeypatch.chdir(elsewhere)
+    code, out, err = run_main(capsys, "evaluate", str(run))
+    assert code == 0, err
+    assert "accuracy" in out
+    from edgecnn.train import config_from_run
+
+    assert config_from_run(run).data == cfg["data_path"]  # --resume from here too
+    shutil.move(work / "colours", tmp_path / "moved")
+    code, out, err = run_main(capsys, "evaluate", str(run))
+    assert code != 0 and err.strip().splitlines()[-1].startswith("error: --data colours: no such file or folder")
+    assert "pass --data" in err
+
+
 def test_profile_train_step_tool_sums_the_step_s_kernels_by_op_and_by_layer():
     """tools/profile_train_step.py reads TensorFlow's profiler trace: by op, a conv net's step shows its filter
     gradients; by layer, each conv layer of the spec and the augmentation, the kernels' shares adding up."""

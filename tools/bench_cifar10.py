@@ -381,13 +381,15 @@ TRAIN_FLAGS = ("arch", "epochs", "batch_size", "optimizer", "lr", "schedule", "l
                "augment", "translate", "class_balance", "ema", "val_split", "time_budget", "keep", "seed", "precision")
 
 
-def _shown_data(recorded: str, data: str | None, run: Path) -> str:
+def _shown_data(recorded: str, data: str | None, run: Path, absolute: str | None = None) -> str:
     """The data source a row's command names: ``data`` (the tool's --data, the path the document's reader
     uses) where the run was trained on that same file, else the path the run recorded. A relative recorded
-    path is tried from here and from the folder above the run's runs folder (where `edgecnn train` ran)."""
+    path is tried as the run's config resolved it (``absolute``: its data_path), from here and from the folder
+    above the run's runs folder (where `edgecnn train` ran, for runs from before data_path)."""
     if not data:
         return recorded
-    places = [Path(recorded)] + ([] if Path(recorded).is_absolute() else [run.parent.parent / recorded])
+    places = [Path(p) for p in (absolute, recorded) if p]
+    places += [] if Path(recorded).is_absolute() else [run.parent.parent / recorded]
     for place in places:
         try:
             if os.path.samefile(place, data):
@@ -416,7 +418,7 @@ def _also_row(run: Path, data: str | None = None) -> str:
         flags += (f" --teacher {cfg['teacher']} --distill-weight {cfg.get('distill_weight')}"
                   f" --distill-temperature {cfg.get('distill_temperature')}")
     steal = m.get("cpu_steal_percent")
-    shown = _shown_data(cfg.get("data", "?"), data, run)
+    shown = _shown_data(cfg.get("data", "?"), data, run, cfg.get("data_path"))
     command = f"edgecnn train --data {shown} {flags}".replace("|", "\\|")  # a table cell
     layers = cfg.get("augment_layers") or parse_augment(cfg.get("augment", "none"))
     translate = cfg.get("translate_interpolation", "bilinear") if "translate" in layers else "-"

@@ -134,6 +134,14 @@ def _check_split_args(val_split: float, test_split: float) -> None:
         raise EdgeCNNError(f"--val-split + --test-split must leave training data, got {val_split + test_split}")
 
 
+def local_path(source: str | os.PathLike) -> Path | None:
+    """The file or folder a ``--data`` source names; None for the built-in ones (shapes[:N], cifar10)."""
+    src = str(source)
+    if src in ("shapes", "cifar10") or src.startswith("shapes:"):
+        return None
+    return Path(src).expanduser()
+
+
 def load(
     source: str | os.PathLike = "shapes",
     image_size: ImageSize | None = None,
