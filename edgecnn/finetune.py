@@ -77,7 +77,8 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
         shutil.copyfile(src / "labels.json", dst / "labels.json")
         job = {
             "mode": mode, "arch": arch, "input_shape": labels["input_shape"], "num_classes": ds.num_classes,
-            "data": cfg["data"], "val_split": cfg.get("val_split", 0.1), "test_split": cfg.get("test_split", 0.1),
+            "data": runs.data_source(cfg),  # as load_run_data found it (a relative --data, from elsewhere)
+            "val_split": cfg.get("val_split", 0.1), "test_split": cfg.get("test_split", 0.1),
             "seed": cfg.get("seed", 0), "skip_bad_images": cfg.get("skip_bad_images", False),
             "resize": resize_mode(labels.get("input", {}).get("resize")),  # as load_run_data reads it
             "augment": cfg.get("augment", "none"), "translate": cfg.get("translate", model_mod.TRANSLATE),

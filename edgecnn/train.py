@@ -553,7 +553,7 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
                                   "device_used": setup.description, "precision_used": setup.precision}
         if teacher_file is not None:
             cfg_dict["teacher_file"] = str(teacher_file)
-        if (local := data_mod.local_path(cfg.data)) is not None:  # found from any directory later
+        if (local := data_mod.local_path(cfg.data)) is not None and local.exists():  # found from anywhere later
             cfg_dict["data_path"] = str(local.resolve())
         write_json(run_dir / "config.json", cfg_dict)
         write_json(run_dir / "labels.json", labels_info(ds, cfg.channels, cfg.resize))
