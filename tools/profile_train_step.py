@@ -127,13 +127,13 @@ def main() -> int:
     except EdgeCNNError as e:
         raise SystemExit(f"error: {e}")
     rows = sorted(group(events, a.by).items(), key=lambda kv: -kv[1][0])
-    kernels = sum(s for s, _ in group(events, a.by).values())
-    given = " ".join(f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(a).items()
-                     if v != ap.get_default(k) and k != "arch")
+    kernels = sum(events.values())
+    command = ["python tools/profile_train_step.py", f"--arch {shlex.quote(a.arch)}"]
+    command += [f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(a).items()
+                if v != ap.get_default(k) and k != "arch"]  # the options given, but for their defaults
     print(f"`{a.arch}`, batch {a.batch_size}, {precision}: {wall * 1000:.1f} ms per step "
           f"({a.batch_size / wall:.0f} images/s) unprofiled; kernels {kernels * 1000:.1f} ms per step over the compute "
-          f"threads. Reproduce with `python tools/profile_train_step.py --arch {shlex.quote(a.arch)} {given}`.\n"
-          .replace(" `.", "`."))
+          f"threads. Reproduce with `{' '.join(command)}`.\n")
     print(f"| {a.by} | ms per step | share | ops |\n|---|---:|---:|---:|")
     shown, rest = rows[:a.top], rows[a.top:]
     if rest:
