@@ -62,6 +62,9 @@ def train(
                                 "mirrored in every other epoch)."),
     translate: float = typer.Option(0.1, help="Largest shift of the translate augmentation, a fraction of the "
                                     "image side (0.1: up to 3 px on 32x32)."),
+    translate_fill: str = typer.Option("nearest", help="What fills the edge a translation uncovers: nearest (the "
+                                       "edge pixels repeated), reflect (the image mirrored at its edge) or "
+                                       "constant (black, as a zero-padded crop)."),
     whiten: bool = typer.Option(False, "--whiten", help="Initialise the first convolution with the training "
                                 "images' whitened patch PCA and freeze it."),
     ema: float = typer.Option(0.0, "--ema", help="Keep an exponential moving average of the weights with this "
@@ -120,8 +123,8 @@ def train(
     cfg = _train_config(ctx, dict(
         data=data, arch=arch, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, schedule=schedule,
         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, weight_decay=weight_decay,
-        class_balance=class_balance, augment=augment,
-        translate=translate, whiten=whiten, ema=ema, teacher=teacher, distill_weight=distill_weight,
+        class_balance=class_balance, augment=augment, translate=translate, translate_fill=translate_fill,
+        whiten=whiten, ema=ema, teacher=teacher, distill_weight=distill_weight,
         distill_temperature=distill_temperature, early_stopping=early_stopping, keep=keep, time_budget=time_budget,
         seed=seed,
         image_size=image_size, resize=resize, channels=channels, val_split=val_split, test_split=test_split,

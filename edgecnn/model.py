@@ -28,6 +28,9 @@ TRANSLATE = 0.1
 # How RandomTranslation resamples, recorded in each run's config: runs made before it moved whole
 # pixels ("bilinear", absent from their config) trained on blurred images.
 TRANSLATE_INTERPOLATION = "nearest"
+# What the translate augmentation puts where the image moved away: the edge pixels repeated (nearest), the
+# image mirrored at its edge (reflect), or black (constant, a zero-padded crop).
+TRANSLATE_FILLS = ("nearest", "reflect", "constant")
 # Cutout's square side as a fraction of the shorter image side (8 px on CIFAR-10's 32).
 CUTOUT_FRACTION = 0.25
 CUTOUT_FILL = 127.5
@@ -57,11 +60,11 @@ def parse_augment(text: str) -> tuple[str, ...]:
 
 
 def build_augment(names: tuple[str, ...], input_shape, seed: int = 0, keras_module=None,
-                  translate: float = TRANSLATE):
+                  translate: float = TRANSLATE, translate_fill: str = "nearest"):
     """A Sequential of Keras random layers (identity at inference).
 
     ``keras_module``: tf_keras for the tfmot fine-tuning worker; Keras 3 by default.
-    ``translate``: the largest shift, a fraction of the image side.
+    ``translate``: the largest shift, a fraction of the image side; ``translate_fill``: one of TRANSLATE_FILLS.
     """
     keras = keras_module or _keras()
 
@@ -74,7 +77,7 @@ def build_augment(names: tuple[str, ...], input_shape, seed: int = 0, keras_modu
         elif name == "translate":
             # Whole-pixel shifts, as a padded random crop: bilinear resampling of a fractional shift
             # blurs nearly every training image, which no test image is.
-            layers.append(keras.layers.RandomTranslation(translate, translate, fill_mode="nearest",
+            layers.append(keras.layers.RandomTranslation(translate, translate, fill_mode=translate_fill,
                                                          interpolation=TRANSLATE_INTERPOLATION,
                                                          seed=seed + 1))
         elif name == "rotate":
@@ -353,7 +356,7 @@ def whiten_first_conv(core, images, eps: float = 5e-4, max_images: int = 2000) -
 
 
 def build_train_model(core, augment_names: tuple[str, ...], seed: int = 0, translate: float = TRANSLATE,
-                      teacher=None):
+                      teacher=None, translate_fill: str = "nearest"):
     """``Sequential([augment, core])``: augmentation runs on the device, inside the graph.
 
     ``teacher``: a trained model that sees the same augmented batch; the model then outputs the core's
@@ -364,7 +367,8 @@ def build_train_model(core, augment_names: tuple[str, ...], seed: int = 0, trans
     if not augment_names and teacher is None:
         return core
     inputs = keras.Input(core.input_shape[1:], name=INPUT_NAME)
-    images = build_augment(augment_names, core.input_shape[1:], seed, translate=translate)(inputs) \
+    images = build_augment(augment_names, core.input_shape[1:], seed, translate=translate,
+                           translate_fill=translate_fill)(inputs) \
         if augment_names else inputs
     outputs = core(images)
     if teacher is not None:

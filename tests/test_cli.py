@@ -47,6 +47,7 @@ def _one_line_error(code, err):
     ["train", "--arch", "C: 32q"],
     ["train", "--augment", "wobble"],
     ["train", "--translate", "1.5"],
+    ["train", "--translate-fill", "wrap"],
     ["train", "--device", "tpu"],
     ["train", "--data", "shapes:5"],
     ["summary", "C: | D:"],

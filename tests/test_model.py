@@ -55,6 +55,31 @@ def test_translate_moves_at_most_its_fraction_of_the_side(translate, largest):
     assert shifts.max() == largest  # reaches the bound and never passes it
 
 
+# numpy's names for what each --translate-fill puts where a shift uncovers the edge
+NUMPY_PAD = {"nearest": "edge", "reflect": "symmetric", "constant": "constant"}
+
+
+@pytest.mark.parametrize("fill", model.TRANSLATE_FILLS)
+def test_translate_fills_the_uncovered_edge_as_its_fill_names(fill):
+    """Each translated image is a crop of the original padded the named way (numpy's pad), and of no
+    other fill's padding: the edge is the edge pixels repeated, the image mirrored, or black."""
+    x = np.random.default_rng(1).integers(1, 256, (32, 8, 8, 1)).astype("float32")
+    y = np.asarray(model.build_augment(("translate",), (8, 8, 1), seed=2, translate=2 / 8,
+                                       translate_fill=fill)(x, training=True))
+
+    def crops(img, mode):
+        padded = np.pad(img, ((2, 2), (2, 2), (0, 0)), mode=mode)
+        return [padded[r:r + 8, c:c + 8] for r in range(5) for c in range(5)]
+
+    for name, mode in NUMPY_PAD.items():
+        matched = [any(np.array_equal(out, c) for c in crops(src, mode)) for src, out in zip(x, y)]
+        if name == fill:
+            assert all(matched)
+        else:
+            assert not all(matched)  # some shifted image tells the fills apart
+    assert not np.array_equal(x, y)
+
+
 def test_cutout_greys_one_square_per_image_and_is_off_at_inference():
     """16x16 images: a 4x4 square (a quarter of the side) centred anywhere, clipped at the borders."""
     x = np.random.default_rng(0).integers(0, 100, (256, 16, 16, 3)).astype("float32")

@@ -134,3 +134,17 @@ def test_a_distilled_run_s_row_names_its_teacher(tmp_path):
     (run / "metrics.json").write_text(json.dumps({"test_accuracy": 0.83, "epochs_run": 20, "train_seconds": 700}))
     assert "--epochs 20 --teacher teacher-c10 --distill-weight 0.9 --distill-temperature 4.0`" in \
         _bench_cifar10()._also_row(run)
+
+
+def test_a_row_names_the_translate_fill_only_where_it_is_not_the_default(tmp_path):
+    import json
+
+    bench = _bench_cifar10()
+    run = tmp_path / "c10-fill"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"test_accuracy": 0.87, "epochs_run": 50, "train_seconds": 1170}))
+    for fill, shown in (("reflect", " --translate-fill reflect"), ("nearest", None)):
+        (run / "config.json").write_text(json.dumps({"data": "cifar10", "arch": "cifar10", "epochs": 60,
+                                                     "augment": "light", "translate_fill": fill}))
+        row = bench._also_row(run)
+        assert (shown in row) if shown else "--translate-fill" not in row

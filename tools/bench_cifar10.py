@@ -378,7 +378,7 @@ ALSO_NOTE = ("\"int8 TFLite\": the run's full-integer TFLite file on the test se
 ALSO_HEAD = ["| run | command | translation | iterator | epochs | training | CPU steal | test accuracy | int8 TFLite |",
              "|---|---|---|---|---:|---:|---:|---:|---:|"]
 TRAIN_FLAGS = ("arch", "epochs", "batch_size", "optimizer", "lr", "schedule", "label_smoothing", "weight_decay",
-               "augment", "translate", "class_balance", "ema", "val_split", "time_budget", "keep", "seed", "precision")
+               "augment", "translate", "translate_fill", "class_balance", "ema", "val_split", "time_budget", "keep", "seed", "precision")
 
 
 def _shown_data(recorded: str, data: str | None, run: Path, absolute: str | None = None) -> str:
@@ -409,7 +409,8 @@ def _also_row(run: Path, data: str | None = None) -> str:
         cfg["precision"] = precision_used(cfg) or "auto"
     if cfg.get("arch_spec") and describe(parse(cfg.get("arch", ""))) != cfg["arch_spec"]:
         cfg["arch"] = cfg["arch_spec"]  # a preset name whose network has changed since: spell out the one used
-    defaults = {"time_budget": 0.0, "keep": "best", "translate": TRANSLATE, "seed": 0, "class_balance": "none",
+    defaults = {"time_budget": 0.0, "keep": "best", "translate": TRANSLATE, "translate_fill": "nearest", "seed": 0,
+                "class_balance": "none",
                 "ema": 0.0, "precision": "auto"}
     flags = " ".join(f"--{k.replace('_', '-')} {json.dumps(cfg[k]) if k == 'arch' else cfg[k]}" for k in TRAIN_FLAGS
                      if k in cfg and cfg[k] != defaults.get(k))
