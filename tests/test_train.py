@@ -355,8 +355,8 @@ def test_cifar10_preset_trains_end_to_end_at_test_size(tmp_path, capsys):
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
     recipe = TRAIN_PRESETS["cifar10"]
     assert cfg["preset"] == "cifar10" and cfg["epochs"] == 1  # typed: kept
-    for key in ("batch_size", "optimizer", "lr", "schedule", "label_smoothing", "augment", "translate_fill", "val_split",
-                "keep"):
+    for key in ("batch_size", "optimizer", "lr", "schedule", "label_smoothing", "augment", "translate_fill",
+                "val_split", "keep"):
         assert cfg[key] == recipe[key], key  # not typed: from the recipe
     assert cfg["arch_spec"] == describe(parse(PRESETS["cifar10"]))
     # Its int8 export is what the preset promises: full-integer, verified against Keras.
