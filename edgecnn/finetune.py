@@ -82,7 +82,7 @@ def finetune(run: str | None, mode: str, runs_dir: str = "runs", epochs: int = 3
             "seed": cfg.get("seed", 0), "skip_bad_images": cfg.get("skip_bad_images", False),
             "resize": resize_mode(labels.get("input", {}).get("resize")),  # as load_run_data reads it
             "augment": cfg.get("augment", "none"), "translate": cfg.get("translate", model_mod.TRANSLATE),
-            "translate_fill": cfg.get("translate_fill", "nearest"),
+            "translate_fill": cfg.get("translate_fill", model_mod.TRANSLATE_FILL),
             "batch_size": cfg.get("batch_size", 64), "epochs": epochs,
             "class_balance": cfg.get("class_balance", "none"),
             "lr": lr, "sparsity": sparsity, "schedule": schedule, "calib_samples": calib_samples,

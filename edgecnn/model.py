@@ -31,6 +31,7 @@ TRANSLATE_INTERPOLATION = "nearest"
 # What the translate augmentation puts where the image moved away: the edge pixels repeated (nearest), the
 # image mirrored at its edge (reflect), or black (constant, a zero-padded crop).
 TRANSLATE_FILLS = ("nearest", "reflect", "constant")
+TRANSLATE_FILL = "nearest"  # the default, and what every run made before the choice existed used
 # Cutout's square side as a fraction of the shorter image side (8 px on CIFAR-10's 32).
 CUTOUT_FRACTION = 0.25
 CUTOUT_FILL = 127.5
@@ -60,7 +61,7 @@ def parse_augment(text: str) -> tuple[str, ...]:
 
 
 def build_augment(names: tuple[str, ...], input_shape, seed: int = 0, keras_module=None,
-                  translate: float = TRANSLATE, translate_fill: str = "nearest"):
+                  translate: float = TRANSLATE, translate_fill: str = TRANSLATE_FILL):
     """A Sequential of Keras random layers (identity at inference).
 
     ``keras_module``: tf_keras for the tfmot fine-tuning worker; Keras 3 by default.
@@ -356,7 +357,7 @@ def whiten_first_conv(core, images, eps: float = 5e-4, max_images: int = 2000) -
 
 
 def build_train_model(core, augment_names: tuple[str, ...], seed: int = 0, translate: float = TRANSLATE,
-                      teacher=None, translate_fill: str = "nearest"):
+                      teacher=None, translate_fill: str = TRANSLATE_FILL):
     """``Sequential([augment, core])``: augmentation runs on the device, inside the graph.
 
     ``teacher``: a trained model that sees the same augmented batch; the model then outputs the core's

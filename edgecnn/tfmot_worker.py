@@ -210,7 +210,7 @@ def run(job: dict) -> dict:
                        skip_bad_images=job["skip_bad_images"], resize=job.get("resize", "squash"))
     names = parse_augment(job["augment"])
     augment = (build_augment(names, tuple(job["input_shape"]), job["seed"], keras_module=tf_keras,
-                             translate=job["translate"], translate_fill=job.get("translate_fill", "nearest"))
+                             translate=job["translate"], translate_fill=job["translate_fill"])
                if names else None)
     train_ds = batches(tf, ds.x_train, ds.y_train, ds.num_classes, job["batch_size"], True, job["seed"],
                        repeat=True, class_balance=job.get("class_balance", "none"), augment=augment)

@@ -19,7 +19,7 @@ from edgecnn import balance, runs, tfdata
 from edgecnn.device import PRECISIONS
 from edgecnn.errors import EdgeCNNError
 from edgecnn.fsutil import atomic_path, read_json, write_json, write_text
-from edgecnn.model import TRANSLATE, TRANSLATE_FILLS
+from edgecnn.model import TRANSLATE, TRANSLATE_FILL, TRANSLATE_FILLS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 CHECKPOINT = "checkpoint.keras"
@@ -64,7 +64,7 @@ class TrainConfig:
     class_balance: str = "none"  # oversample: classes drawn equally often; weight: loss weighs each by n / (k * count)
     augment: str = "light"
     translate: float = TRANSLATE  # the translate augmentation's largest shift, a fraction of the image side
-    translate_fill: str = "nearest"  # what fills the edge a shift uncovers: one of TRANSLATE_FILLS
+    translate_fill: str = TRANSLATE_FILL  # what fills the edge a shift uncovers: one of TRANSLATE_FILLS
     whiten: bool = False  # first conv = whitened patch PCA of the training images, frozen
     ema: float = 0.0  # momentum of an exponential moving average of the weights (Polyak); 0 = off
     teacher: str | None = None  # a trained run (or .keras file) to distil from (edgecnn.distill)

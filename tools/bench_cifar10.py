@@ -400,7 +400,7 @@ def _shown_data(recorded: str, data: str | None, run: Path, absolute: str | None
 
 
 def _also_row(run: Path, data: str | None = None) -> str:
-    from edgecnn.model import TRANSLATE, parse_augment
+    from edgecnn.model import TRANSLATE, TRANSLATE_FILL, parse_augment
     from edgecnn.spec import describe, parse
     from edgecnn.train import precision_used
 
@@ -409,7 +409,7 @@ def _also_row(run: Path, data: str | None = None) -> str:
         cfg["precision"] = precision_used(cfg) or "auto"
     if cfg.get("arch_spec") and describe(parse(cfg.get("arch", ""))) != cfg["arch_spec"]:
         cfg["arch"] = cfg["arch_spec"]  # a preset name whose network has changed since: spell out the one used
-    defaults = {"time_budget": 0.0, "keep": "best", "translate": TRANSLATE, "translate_fill": "nearest", "seed": 0,
+    defaults = {"time_budget": 0.0, "keep": "best", "translate": TRANSLATE, "translate_fill": TRANSLATE_FILL, "seed": 0,
                 "class_balance": "none",
                 "ema": 0.0, "precision": "auto"}
     flags = " ".join(f"--{k.replace('_', '-')} {json.dumps(cfg[k]) if k == 'arch' else cfg[k]}" for k in TRAIN_FLAGS
