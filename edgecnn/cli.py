@@ -63,8 +63,9 @@ def train(
     translate: float = typer.Option(0.1, help="Largest shift of the translate augmentation, a fraction of the "
                                     "image side (0.1: up to 3 px on 32x32)."),
     translate_fill: str = typer.Option("nearest", help="What fills the edge a translation uncovers: nearest (the "
-                                       "edge pixels repeated), reflect (the image mirrored at its edge) or "
-                                       "constant (black, as a zero-padded crop)."),
+                                       "edge pixels repeated), reflect (the image mirrored, edge pixels "
+                                       "repeated), mirror (mirrored about the edge pixels, as PyTorch's reflect "
+                                       "pad) or constant (black, as a zero-padded crop)."),
     whiten: bool = typer.Option(False, "--whiten", help="Initialise the first convolution with the training "
                                 "images' whitened patch PCA and freeze it."),
     ema: float = typer.Option(0.0, "--ema", help="Keep an exponential moving average of the weights with this "

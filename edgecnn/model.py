@@ -29,8 +29,9 @@ TRANSLATE = 0.1
 # pixels ("bilinear", absent from their config) trained on blurred images.
 TRANSLATE_INTERPOLATION = "nearest"
 # What the translate augmentation puts where the image moved away: the edge pixels repeated (nearest), the
-# image mirrored at its edge (reflect), or black (constant, a zero-padded crop).
-TRANSLATE_FILLS = ("nearest", "reflect", "constant")
+# image mirrored with its edge pixels repeated (reflect: numpy's "symmetric"), mirrored about its edge pixels
+# (mirror: numpy's and PyTorch's "reflect", as airbench pads), or black (constant, a zero-padded crop).
+TRANSLATE_FILLS = ("nearest", "reflect", "mirror", "constant")
 TRANSLATE_FILL = "nearest"  # the default, and what every run made before the choice existed used
 # Cutout's square side as a fraction of the shorter image side (8 px on CIFAR-10's 32).
 CUTOUT_FRACTION = 0.25
@@ -75,6 +76,9 @@ def build_augment(names: tuple[str, ...], input_shape, seed: int = 0, keras_modu
             layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
         elif name == "altflip":  # tf_keras (the fine-tuning worker, no epoch count) takes the random flip above
             layers.append(alternating_flip_class(keras)(seed=seed, name="altflip"))
+        elif name == "translate" and translate_fill == "mirror":  # TensorFlow's image transform has no mirror
+            side = math.floor(translate * min(input_shape[0], input_shape[1]) + 1e-6)
+            layers.append(padded_crop_class(keras)(side, seed=seed + 1, name="translate"))
         elif name == "translate":
             # Whole-pixel shifts, as a padded random crop: bilinear resampling of a fractional shift
             # blurs nearly every training image, which no test image is.
@@ -131,6 +135,45 @@ def cutout_class(keras):
     if keras.__name__ == "keras":  # tf_keras (the tfmot worker) never saves its augmentation
         Cutout = keras.saving.register_keras_serializable("edgecnn")(Cutout)
     return Cutout
+
+
+@functools.cache
+def padded_crop_class(keras):
+    """The PaddedCrop layer class for ``keras`` (Keras 3, registered for checkpoints; or tf_keras).
+
+    Each training image is mirrored about its edge pixels by ``pad`` pixels on every side (PyTorch's and
+    numpy's "reflect") and cropped back to its size at a uniformly random whole-pixel offset: a shift of
+    -pad..pad pixels on each axis. Identity at inference.
+    """
+    from edgecnn._tf import tf
+
+    class PaddedCrop(keras.layers.Layer):
+        def __init__(self, pad, seed=None, **kwargs):
+            super().__init__(**kwargs)
+            self.pad, self.seed = int(pad), seed
+
+        def call(self, images, training=None):
+            if not training or self.pad == 0:
+                return images
+            p = self.pad
+            shape = tf.shape(images)
+            n, h, w = shape[0], shape[1], shape[2]
+            padded = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]], mode="REFLECT")
+            dy = tf.random.uniform([n, 1], 0, 2 * p + 1, dtype=tf.int32, seed=self.seed)
+            dx = tf.random.uniform([n, 1], 0, 2 * p + 1, dtype=tf.int32,
+                                   seed=None if self.seed is None else self.seed + 1000)
+            rows = tf.gather(padded, dy + tf.range(h)[tf.newaxis], axis=1, batch_dims=1)
+            return tf.gather(rows, dx + tf.range(w)[tf.newaxis], axis=2, batch_dims=1)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return super().get_config() | {"pad": self.pad, "seed": self.seed}
+
+    if keras.__name__ == "keras":  # tf_keras (the tfmot worker) never saves its augmentation
+        PaddedCrop = keras.saving.register_keras_serializable("edgecnn")(PaddedCrop)
+    return PaddedCrop
 
 
 @functools.cache

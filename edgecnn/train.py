@@ -581,6 +581,7 @@ def train(cfg: TrainConfig, log=print, dataset=None, resume_dir: Path | None = N
             _one_cycle_class()  # register the schedule classes for deserialization
             _budgeted_class()
             model_mod.cutout_class(keras)
+            model_mod.padded_crop_class(keras)
             model_mod.alternating_flip_class(keras)
             model_mod.fused_batchnorm_class(keras)
             distill.classes(keras)

@@ -244,15 +244,16 @@ def test_qat_refuses_pool_first_blocks_by_name(run_copy):
 
 @pytest.mark.slow
 def test_a_whiten_cutout_run_fine_tunes_with_its_whitening_frozen(tmp_path):
-    """QAT and pruning rebuild the run in tf_keras with its cutout augmentation (altflip as a random flip:
-    the worker has no epoch count); --whiten's convolution
+    """QAT and pruning rebuild the run in tf_keras with its cutout augmentation and mirror-filled translation
+    (altflip as a random flip: the worker has no epoch count); --whiten's convolution
     stays exactly as trained (never pruned, never moved by QAT) and stays frozen in the saved model."""
     from edgecnn.finetune import finetune
     from edgecnn.model import load_keras
     from edgecnn.train import TrainConfig, train
 
     src = train(TrainConfig(data="shapes:300", image_size=16, arch="C: 8n 16n gap", epochs=1, batch_size=32,
-                            whiten=True, augment="altflip,translate,cutout", runs_dir=str(tmp_path), name="w"),
+                            whiten=True, augment="altflip,translate,cutout", translate_fill="mirror",
+                            runs_dir=str(tmp_path), name="w"),
                 log=lambda m: None)
     before = load_keras(src / "model.keras").get_layer("conv1").get_weights()
     for mode in ("qat", "prune"):

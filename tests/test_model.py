@@ -44,25 +44,29 @@ def test_translate_shifts_whole_pixels_without_blurring():
         assert np.isin(out, src).all()
 
 
+@pytest.mark.parametrize("fill", ["nearest", "mirror"])  # Keras's RandomTranslation; edgecnn's PaddedCrop
 @pytest.mark.parametrize("translate, largest", [(2 / 16, 2), (4 / 16, 4)])
-def test_translate_moves_at_most_its_fraction_of_the_side(translate, largest):
-    """Pixel values encode their position, so the centre pixel tells each image's shift."""
+def test_translate_moves_at_most_its_fraction_of_the_side(translate, largest, fill):
+    """Pixel values encode their position, so the centre pixel tells each image's shift: every whole-pixel
+    shift up to the bound occurs on each axis, none past it."""
     pos = np.arange(16 * 16, dtype="float32").reshape(1, 16, 16, 1)
-    x = np.repeat(np.repeat(pos, 200, axis=0), 3, axis=-1)
-    y = np.asarray(model.build_augment(("translate",), (16, 16, 3), seed=0, translate=translate)(x, training=True))
+    x = np.repeat(np.repeat(pos, 400, axis=0), 3, axis=-1)
+    y = np.asarray(model.build_augment(("translate",), (16, 16, 3), seed=0, translate=translate,
+                                       translate_fill=fill)(x, training=True))
     centre = y[:, 8, 8, 0].astype(int)
-    shifts = np.abs(np.stack([8 - centre // 16, 8 - centre % 16]))
-    assert shifts.max() == largest  # reaches the bound and never passes it
+    for shift in (8 - centre // 16, 8 - centre % 16):
+        assert set(shift) == set(range(-largest, largest + 1))
 
 
 # numpy's names for what each --translate-fill puts where a shift uncovers the edge
-NUMPY_PAD = {"nearest": "edge", "reflect": "symmetric", "constant": "constant"}
+NUMPY_PAD = {"nearest": "edge", "reflect": "symmetric", "mirror": "reflect", "constant": "constant"}
 
 
 @pytest.mark.parametrize("fill", model.TRANSLATE_FILLS)
 def test_translate_fills_the_uncovered_edge_as_its_fill_names(fill):
     """Each translated image is a crop of the original padded the named way (numpy's pad), and of no
-    other fill's padding: the edge is the edge pixels repeated, the image mirrored, or black."""
+    other fill's padding: the edge is the edge pixels repeated, the image mirrored with or about its edge
+    pixels, or black."""
     x = np.random.default_rng(1).integers(1, 256, (32, 8, 8, 1)).astype("float32")
     y = np.asarray(model.build_augment(("translate",), (8, 8, 1), seed=2, translate=2 / 8,
                                        translate_fill=fill)(x, training=True))

@@ -43,14 +43,14 @@ def _wait_for_epoch(run: Path, epoch: int, proc, timeout=240):
 
 @pytest.mark.slow
 def test_killed_training_resumes_without_gap_or_duplicate(tmp_path):
-    # With cutout, altflip and a teacher (custom layers and loss): the resuming process must know them to load
-    # the checkpoint.
+    # With cutout, altflip, the mirror fill's crop and a teacher (custom layers and loss): the resuming process
+    # must know them to load the checkpoint.
     from edgecnn.train import TrainConfig, train
 
     train(TrainConfig(data="shapes:1500", image_size=16, arch="C: 4n gap", epochs=1, runs_dir=str(tmp_path / "runs"),
                       name="teacher"), log=lambda m: None)
-    proc = _start([*TRAIN, "--augment", "altflip,translate,cutout", "--teacher", "teacher", "--runs-dir", "runs",
-                   "--name", "k"], tmp_path)
+    proc = _start([*TRAIN, "--augment", "altflip,translate,cutout", "--translate-fill", "mirror",
+                   "--teacher", "teacher", "--runs-dir", "runs", "--name", "k"], tmp_path)
     run = tmp_path / "runs" / "k"
     _wait_for_epoch(run, 2, proc)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up: only the per-epoch checkpoint survives
