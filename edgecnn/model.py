@@ -116,25 +116,31 @@ def cutout_class(keras):
                 return images
             shape = tf.shape(images)
             n, h, w = shape[0], shape[1], shape[2]
-            # Two op seeds: ops sharing one would draw the same sequence (every square on the diagonal).
+            # Two op seeds: one would put every square on the diagonal.
             cy = tf.random.uniform([n, 1, 1, 1], 0, h, dtype=tf.int32, seed=self.seed)
-            cx = tf.random.uniform([n, 1, 1, 1], 0, w, dtype=tf.int32,
-                                   seed=None if self.seed is None else self.seed + 1000)
+            cx = tf.random.uniform([n, 1, 1, 1], 0, w, dtype=tf.int32, seed=_second_seed(self.seed))
             y = tf.reshape(tf.range(h), [1, -1, 1, 1])
             x = tf.reshape(tf.range(w), [1, 1, -1, 1])
             lo = self.side // 2
             inside = ((y >= cy - lo) & (y < cy - lo + self.side) & (x >= cx - lo) & (x < cx - lo + self.side))
             return tf.where(inside, tf.cast(CUTOUT_FILL, images.dtype), images)
 
-        def compute_output_shape(self, input_shape):
-            return input_shape
-
         def get_config(self):
             return super().get_config() | {"side": self.side, "seed": self.seed}
 
-    if keras.__name__ == "keras":  # tf_keras (the tfmot worker) never saves its augmentation
-        Cutout = keras.saving.register_keras_serializable("edgecnn")(Cutout)
-    return Cutout
+    return _image_augment_class(keras, Cutout)
+
+
+def _image_augment_class(keras, cls):
+    """``cls``, an augmentation that keeps the image shape, registered for Keras 3 checkpoints (tf_keras, the
+    tfmot worker, never saves its augmentation)."""
+    cls.compute_output_shape = lambda self, input_shape: input_shape
+    return keras.saving.register_keras_serializable("edgecnn")(cls) if keras.__name__ == "keras" else cls
+
+
+def _second_seed(seed):
+    """A second op seed from a layer's ``seed``: ops sharing one would draw the same sequence."""
+    return None if seed is None else seed + 1000
 
 
 @functools.cache
@@ -160,20 +166,14 @@ def padded_crop_class(keras):
             n, h, w = shape[0], shape[1], shape[2]
             padded = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]], mode="REFLECT")
             dy = tf.random.uniform([n, 1], 0, 2 * p + 1, dtype=tf.int32, seed=self.seed)
-            dx = tf.random.uniform([n, 1], 0, 2 * p + 1, dtype=tf.int32,
-                                   seed=None if self.seed is None else self.seed + 1000)
+            dx = tf.random.uniform([n, 1], 0, 2 * p + 1, dtype=tf.int32, seed=_second_seed(self.seed))
             rows = tf.gather(padded, dy + tf.range(h)[tf.newaxis], axis=1, batch_dims=1)
             return tf.gather(rows, dx + tf.range(w)[tf.newaxis], axis=2, batch_dims=1)
-
-        def compute_output_shape(self, input_shape):
-            return input_shape
 
         def get_config(self):
             return super().get_config() | {"pad": self.pad, "seed": self.seed}
 
-    if keras.__name__ == "keras":  # tf_keras (the tfmot worker) never saves its augmentation
-        PaddedCrop = keras.saving.register_keras_serializable("edgecnn")(PaddedCrop)
-    return PaddedCrop
+    return _image_augment_class(keras, PaddedCrop)
 
 
 @functools.cache
