@@ -77,8 +77,8 @@ def build_augment(names: tuple[str, ...], input_shape, seed: int = 0, keras_modu
         elif name == "altflip":  # tf_keras (the fine-tuning worker, no epoch count) takes the random flip above
             layers.append(alternating_flip_class(keras)(seed=seed, name="altflip"))
         elif name == "translate" and translate_fill == "mirror":  # TensorFlow's image transform has no mirror
-            side = math.floor(translate * min(input_shape[0], input_shape[1]) + 1e-6)
-            layers.append(padded_crop_class(keras)(side, seed=seed + 1, name="translate"))
+            pad = math.floor(translate * min(input_shape[0], input_shape[1]) + 1e-6)  # the largest whole shift
+            layers.append(padded_crop_class(keras)(pad, seed=seed + 1, name="translate"))
         elif name == "translate":
             # Whole-pixel shifts, as a padded random crop: bilinear resampling of a fractional shift
             # blurs nearly every training image, which no test image is.
